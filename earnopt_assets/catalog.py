@@ -1,0 +1,238 @@
+"""Protocol catalog: the host's resource totals and every protocol that may run on it.
+
+The catalog is a YAML file (default ``data/catalog.yaml``; override with ``EARNOPT_CATALOG``), validated
+with pydantic so that a bad file fails loading with an error that names the field. Protocol names from
+the outside world (API paths, landing files, partition keys) must go through :meth:`Catalog.require`
+before they touch a path or a query.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from enum import Enum
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from earnopt_assets.settings import default_catalog_path
+
+# Protocol names end up in file paths and partition keys: keep them to a safe, boring alphabet.
+PROTOCOL_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+
+
+class CatalogError(ValueError):
+    """The catalog file is missing, unreadable or invalid. The message names the file and the field."""
+
+
+class UnknownProtocolError(KeyError):
+    """A protocol name that the catalog does not know."""
+
+    def __init__(self, name: object, known: list[str]):
+        self.name = name
+        self.known = known
+        super().__init__(f"unknown protocol {name!r}; the catalog knows: {', '.join(known)}")
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return self.args[0]
+
+
+class ProtocolKind(str, Enum):
+    bandwidth = "bandwidth"
+    storage = "storage"
+    compute = "compute"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SimulationProfile(_Strict):
+    """Parameters the simulator uses for this protocol. Ignored on real telemetry."""
+
+    base_hourly_usd: float = Field(0.003, gt=0, description="Mean $/h at allocation 1.0 before seasonality.")
+    price_volatility: float = Field(0.01, ge=0, le=0.2, description="Hourly std of the token price log random walk.")
+
+
+class ProtocolSpec(_Strict):
+    """One protocol. Resources are per unit of allocation: at allocation ``a`` it uses ``a * resource``."""
+
+    name: str
+    kind: ProtocolKind
+    cpu_cores: float = Field(ge=0, description="CPU cores per unit of allocation.")
+    memory_gb: float = Field(ge=0, description="Memory GB per unit of allocation.")
+    bandwidth_mbps: float = Field(ge=0, description="Bandwidth Mbps per unit of allocation.")
+    storage_gb: float = Field(ge=0, description="Storage GB per unit of allocation.")
+    min_allocation: float = Field(0.0, ge=0, le=1)
+    max_allocation: float = Field(1.0, ge=0, le=1)
+    restart_minutes: float = Field(5.0, ge=0, description="Downtime of one restart.")
+    enabled: bool = True
+    simulation: SimulationProfile = SimulationProfile()
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not PROTOCOL_NAME_PATTERN.fullmatch(value):
+            raise ValueError(
+                f"protocol name {value!r} must match {PROTOCOL_NAME_PATTERN.pattern} "
+                "(lower-case letters, digits, '_' or '-')"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _min_le_max(self) -> "ProtocolSpec":
+        if self.max_allocation < self.min_allocation:
+            raise ValueError(
+                f"max_allocation ({self.max_allocation}) is below min_allocation ({self.min_allocation})"
+            )
+        return self
+
+    def resource_vector(self) -> dict[str, float]:
+        return {
+            "cpu_cores": self.cpu_cores,
+            "memory_gb": self.memory_gb,
+            "bandwidth_mbps": self.bandwidth_mbps,
+            "storage_gb": self.storage_gb,
+        }
+
+
+class HostSpec(_Strict):
+    """The machine's totals: the allocator's resource constraints."""
+
+    device: str = Field("local", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    timezone: str = "UTC"
+    cpu_cores: float = Field(gt=0)
+    memory_gb: float = Field(gt=0)
+    bandwidth_mbps: float = Field(gt=0)
+    storage_gb: float = Field(gt=0)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown timezone {value!r}") from exc
+        return value
+
+    def totals(self) -> dict[str, float]:
+        return {
+            "cpu_cores": self.cpu_cores,
+            "memory_gb": self.memory_gb,
+            "bandwidth_mbps": self.bandwidth_mbps,
+            "storage_gb": self.storage_gb,
+        }
+
+
+class AlertChannel(_Strict):
+    kind: Literal["webhook", "ntfy", "slack", "discord"]
+    url: str = Field(pattern=r"^https?://")
+    min_severity: Literal["info", "warning", "critical"] = "warning"
+
+
+class AlertSettings(_Strict):
+    channels: list[AlertChannel] = []
+    cooldown_minutes: float = Field(60, ge=0)
+    earnings_drop_threshold: float = Field(0.30, gt=0, lt=1, description="Fractional drop vs same-hour median.")
+    failure_threshold: int = Field(5, ge=1, description="Connection failures in one hour that fire an alert.")
+    silent_hours: int = Field(2, ge=1)
+    degradation_ratio: float = Field(0.70, gt=0, lt=1)
+    degradation_hours: int = Field(3, ge=1)
+    resolve_after_hours: int = Field(3, ge=1)
+    contamination: float = Field(0.02, gt=0, le=0.5)
+
+
+class AllocationSettings(_Strict):
+    """Decision rule for reallocating (see docs/MODELS.md)."""
+
+    min_improvement_pct: float = Field(10.0, ge=0)
+    min_net_benefit_usd_per_hour: float = Field(0.50, ge=0)
+    max_change_l1: float = Field(2.0, gt=0, description="Largest total |new - current| allowed in one step.")
+    change_threshold: float = Field(0.05, ge=0, le=1, description="A change above this restarts the protocol.")
+    fixed_restart_cost_usd: float = Field(0.0, ge=0)
+    change_penalty: float = Field(0.0, ge=0, description="L1 friction weight in the objective ($/h per unit).")
+    horizon_minutes: float = Field(15.0, gt=0)
+    expected_earnings: Literal["next_hour", "mean_24h"] = "mean_24h"
+
+
+class Catalog(_Strict):
+    host: HostSpec
+    protocols: list[ProtocolSpec] = Field(min_length=1)
+    alerts: AlertSettings = AlertSettings()
+    allocation: AllocationSettings = AllocationSettings()
+    source: str | None = Field(None, description="File the catalog was loaded from.")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "Catalog":
+        seen: set[str] = set()
+        for index, protocol in enumerate(self.protocols):
+            if protocol.name in seen:
+                raise ValueError(f"protocols.{index}.name: duplicate protocol name {protocol.name!r}")
+            seen.add(protocol.name)
+        return self
+
+    @property
+    def names(self) -> list[str]:
+        return [p.name for p in self.protocols]
+
+    @property
+    def enabled(self) -> list[ProtocolSpec]:
+        return [p for p in self.protocols if p.enabled]
+
+    @property
+    def enabled_names(self) -> list[str]:
+        return [p.name for p in self.protocols if p.enabled]
+
+    def require(self, name: object) -> ProtocolSpec:
+        """Return the protocol spec for ``name`` or raise :class:`UnknownProtocolError`.
+
+        This is the gate every outside protocol name goes through before it touches a path or a query.
+        """
+        if isinstance(name, str):
+            for protocol in self.protocols:
+                if protocol.name == name:
+                    return protocol
+        raise UnknownProtocolError(name, self.names)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in self.names
+
+
+def _format_validation_error(path: Path, exc: ValidationError) -> str:
+    lines = [f"invalid catalog {path}:"]
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"]) or "<root>"
+        lines.append(f"  {field}: {error['msg']}")
+    return "\n".join(lines)
+
+
+def parse_catalog(data: object, source: str | Path = "<memory>") -> Catalog:
+    """Validate an already-parsed catalog mapping."""
+    path = Path(source)
+    if not isinstance(data, dict):
+        raise CatalogError(f"invalid catalog {path}: top level must be a mapping with 'host' and 'protocols'")
+    try:
+        return Catalog.model_validate({**data, "source": str(path)})
+    except ValidationError as exc:
+        raise CatalogError(_format_validation_error(path, exc)) from None
+
+
+def load_catalog(path: str | Path | None = None) -> Catalog:
+    """Load and validate a catalog file.
+
+    Resolution order: the explicit ``path``; ``$EARNOPT_CATALOG``; ``data/catalog.yaml`` in the project.
+    """
+    resolved = Path(path) if path is not None else Path(os.environ.get("EARNOPT_CATALOG") or default_catalog_path())
+    try:
+        text = resolved.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CatalogError(f"cannot read catalog {resolved}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise CatalogError(f"catalog {resolved} is not valid YAML: {exc}") from None
+    return parse_catalog(data, resolved)

@@ -1,0 +1,26 @@
+"""The one Definitions object of the earnopt code location.
+
+Each asset group module under ``earnopt_assets.defs`` exposes plain lists (``assets``, ``asset_checks``,
+``jobs``, ``schedules``, ``sensors``); this module only gathers them. Nothing here imports TensorFlow.
+"""
+
+import dagster as dg
+
+from earnopt_assets.defs import allocation, anomalies, forecasting, ingestion
+from earnopt_assets.resources import default_resources
+
+GROUP_MODULES = (ingestion, forecasting, anomalies, allocation)
+
+
+def build_definitions(resources: dict | None = None) -> dg.Definitions:
+    return dg.Definitions(
+        assets=[a for m in GROUP_MODULES for a in m.assets],
+        asset_checks=[c for m in GROUP_MODULES for c in m.asset_checks],
+        jobs=[j for m in GROUP_MODULES for j in m.jobs],
+        schedules=[s for m in GROUP_MODULES for s in m.schedules],
+        sensors=[s for m in GROUP_MODULES for s in m.sensors],
+        resources=resources if resources is not None else default_resources(),
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,1 @@
+"""Dagster wiring, one module per asset group. Domain logic lives outside this package."""

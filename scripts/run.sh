@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Command 1: run earnopt on embedded defaults. Installs into .venv, simulates 90 days of telemetry if
+# data/landing is empty, materializes every asset, then serves the Dagster UI on http://127.0.0.1:3000.
+source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
+export EARNOPT_DATA_DIR="${EARNOPT_DATA_DIR:-$ROOT/data}"
+export DAGSTER_HOME="${DAGSTER_HOME:-$EARNOPT_DATA_DIR/dagster_home}"
+mkdir -p "$DAGSTER_HOME"
+[ -f "$DAGSTER_HOME/dagster.yaml" ] || cp deploy/dagster.yaml "$DAGSTER_HOME/dagster.yaml"
+earnopt demo --data-dir "$EARNOPT_DATA_DIR"
+echo "==> Dagster UI: http://127.0.0.1:${EARNOPT_UI_PORT:-3000}  (Ctrl-C to stop)"
+exec dagster dev -w workspace.yaml -h 127.0.0.1 -p "${EARNOPT_UI_PORT:-3000}"
