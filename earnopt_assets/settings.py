@@ -64,6 +64,12 @@ class EarnoptPaths:
         return self.allocation_dir / "latest.json"
 
     @property
+    def features_dir(self) -> Path:
+        """Per-protocol Parquet snapshots of ``earnings_features`` (``<protocol>.parquet``), written
+        atomically by the features asset so training reads them without opening the warehouse."""
+        return self.data_dir / "features"
+
+    @property
     def labels(self) -> Path:
         """Anomaly labels written by the simulator, kept apart from landing so they are never ingested."""
         return self.data_dir / "labels"
@@ -73,6 +79,6 @@ class EarnoptPaths:
         return self.data_dir / "dagster_home"
 
     def ensure(self) -> "EarnoptPaths":
-        for directory in (self.landing, self.rejected, self.archive, self.models, self.allocation_dir, self.labels):
+        for directory in (self.landing, self.features_dir, self.rejected, self.archive, self.models, self.allocation_dir, self.labels):
             directory.mkdir(parents=True, exist_ok=True)
         return self
