@@ -129,21 +129,58 @@ class HostSpec(_Strict):
 
 
 class AlertChannel(_Strict):
+    """One notification target. ``min_severity`` filters what it receives (info < warning < critical)."""
+
     kind: Literal["webhook", "ntfy", "slack", "discord"]
     url: str = Field(pattern=r"^https?://")
     min_severity: Literal["info", "warning", "critical"] = "warning"
 
 
 class AlertSettings(_Strict):
+    """Alert rules, cooldown, detector and delivery settings (formulas in docs/sections/anomalies.md)."""
+
     channels: list[AlertChannel] = []
-    cooldown_minutes: float = Field(60, ge=0)
+    cooldown_minutes: float = Field(
+        60, ge=0, description="A (device, protocol, rule) that fired within this many minutes before is not re-notified."
+    )
     earnings_drop_threshold: float = Field(0.30, gt=0, lt=1, description="Fractional drop vs same-hour median.")
+    earnings_drop_critical: float = Field(0.60, gt=0, le=1, description="Drop at or above which the alert is critical.")
+    allocation_elasticity: float = Field(
+        0.6, ge=0, le=1, description="Earnings scale ~ allocation**elasticity; baselines are rescaled by it."
+    )
     failure_threshold: int = Field(5, ge=1, description="Connection failures in one hour that fire an alert.")
-    silent_hours: int = Field(2, ge=1)
+    failure_critical_threshold: int = Field(10, ge=1, description="Failures in one hour that make the alert critical.")
+    silent_hours: int = Field(2, ge=1, description="Hours without telemetry that count as a connection failure.")
+    resource_zscore_threshold: float = Field(3.0, gt=0, description="z-score vs the trailing 7 days that fires.")
+    resource_share_tolerance: float = Field(
+        0.25, ge=0, description="Usage above (1 + tolerance) x allocated share fires the resource rule."
+    )
     degradation_ratio: float = Field(0.70, gt=0, lt=1)
     degradation_hours: int = Field(3, ge=1)
     resolve_after_hours: int = Field(3, ge=1)
-    contamination: float = Field(0.02, gt=0, le=0.5)
+    contamination: float = Field(
+        0.005, gt=0, le=0.5, description="IsolationForest share of outliers (0.005 keeps its alerts >50 % precise)."
+    )
+    score_hours: int = Field(48, ge=1, description="Recent hours the anomalies asset scores each run.")
+    evaluation_hours: int = Field(24, ge=1, description="Recent hours the alerts asset evaluates each run.")
+    delivery_timeout_seconds: float = Field(3.0, gt=0, le=60, description="Timeout of one HTTP attempt.")
+    delivery_attempts: int = Field(3, ge=1, le=10)
+    delivery_backoff_seconds: float = Field(0.5, ge=0, le=30, description="First retry delay; doubles each retry.")
+    delivery_budget_seconds: float = Field(10.0, gt=0, le=300, description="Bound on one alert's delivery to one channel.")
+
+    @model_validator(mode="after")
+    def _critical_beyond_warning(self) -> "AlertSettings":
+        if self.earnings_drop_critical < self.earnings_drop_threshold:
+            raise ValueError(
+                f"earnings_drop_critical ({self.earnings_drop_critical}) is below "
+                f"earnings_drop_threshold ({self.earnings_drop_threshold})"
+            )
+        if self.failure_critical_threshold < self.failure_threshold:
+            raise ValueError(
+                f"failure_critical_threshold ({self.failure_critical_threshold}) is below "
+                f"failure_threshold ({self.failure_threshold})"
+            )
+        return self
 
 
 class AllocationSettings(_Strict):
