@@ -252,10 +252,17 @@ class _ParametrisedProblem:
 class ResourceAllocator:
     """Maximise expected earnings under the host's resource totals; see the module docstring."""
 
-    def __init__(self, constraints: ResourceConstraints, *, breakpoints: tuple[float, ...] = BREAKPOINTS) -> None:
+    def __init__(
+        self,
+        constraints: ResourceConstraints,
+        *,
+        breakpoints: tuple[float, ...] = BREAKPOINTS,
+        solvers: tuple[str, str] = ("ECOS", "CLARABEL"),
+    ) -> None:
         if not isinstance(constraints, ResourceConstraints):
             raise TypeError("ResourceAllocator needs a ResourceConstraints")
         self.constraints = constraints
+        self.solvers = solvers  # (primary, explicit fallback); cp.ECOS == "ECOS", cp.CLARABEL == "CLARABEL"
         self.breakpoints = breakpoints
         self._problems: dict[tuple[str, ...], _ParametrisedProblem] = {}
 
@@ -359,39 +366,35 @@ class ResourceAllocator:
             logger.exception("allocation failed")
             return failed("error", [f"{type(exc).__name__}: {exc}"])
 
-    @staticmethod
-    def _solve(built: _ParametrisedProblem) -> tuple[str, str, str | None]:
-        """ECOS first; CLARABEL when ECOS raises or ends anywhere but optimal/infeasible.
-
-        Returns (solver used, status, why the fallback happened or None).
-        """
-        import cvxpy as cp
-
-        ecos_status: str | None = None
+    def _solve(self, built: _ParametrisedProblem) -> tuple[str, str, str | None]:
+        """Primary solver (ECOS); the fallback (CLARABEL) when it raises or ends anywhere but
+        optimal/infeasible. Returns (solver used, status, why the fallback happened or None)."""
+        primary, secondary = self.solvers
+        primary_status: str | None = None
         try:
-            built.problem.solve(solver=cp.ECOS)
-            ecos_status = str(built.problem.status)
-            if ecos_status in (OPTIMAL, INFEASIBLE):
-                return "ECOS", ecos_status, None
-            fallback = f"ECOS ended with status {ecos_status!r}"
+            built.problem.solve(solver=primary)
+            primary_status = str(built.problem.status)
+            if primary_status in (OPTIMAL, INFEASIBLE):
+                return primary, primary_status, None
+            reason = f"{primary} ended with status {primary_status!r}"
         except Exception as exc:  # noqa: BLE001 - cp.SolverError and numerical errors alike
-            fallback = f"ECOS failed: {type(exc).__name__}: {exc}"
-        logger.warning("%s; falling back to CLARABEL", fallback)
+            reason = f"{primary} failed: {type(exc).__name__}: {exc}"
+        logger.warning("%s; falling back to %s", reason, secondary)
         try:
-            built.problem.solve(solver=cp.CLARABEL)
+            built.problem.solve(solver=secondary)
             status = str(built.problem.status)
-            if status in (OPTIMAL, INFEASIBLE) or ecos_status is None:
-                return "CLARABEL", status, fallback
+            if status in (OPTIMAL, INFEASIBLE) or primary_status is None:
+                return secondary, status, reason
         except Exception as exc:  # noqa: BLE001
-            fallback = f"{fallback}; CLARABEL failed: {type(exc).__name__}: {exc}"
-            if ecos_status is None:
-                return "CLARABEL", "solver_error", fallback
-        # CLARABEL did no better than ECOS's inexact answer: solve with ECOS again to restore it.
+            reason = f"{reason}; {secondary} failed: {type(exc).__name__}: {exc}"
+            if primary_status is None:
+                return secondary, "solver_error", reason
+        # The fallback did no better than the primary's inexact answer: solve again to restore it.
         try:
-            built.problem.solve(solver=cp.ECOS)
-        except Exception:  # noqa: BLE001  # pragma: no cover - ECOS answered a moment ago
-            return "ECOS", "solver_error", fallback
-        return "ECOS", str(built.problem.status), fallback
+            built.problem.solve(solver=primary)
+        except Exception:  # noqa: BLE001  # pragma: no cover - it answered a moment ago
+            return primary, "solver_error", reason
+        return primary, str(built.problem.status), reason
 
 
 # ---------------------------------------------------------------------------------------------- costs

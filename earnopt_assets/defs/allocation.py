@@ -1,9 +1,137 @@
-"""Asset group: allocation. (Placeholder until its issue lands.)"""
+"""Asset group: allocation - the 15-minute resource allocation and its blocking checks.
+
+Check ordering. The two blocking checks (``solver_status_optimal``, ``constraints_satisfied``) are
+declared as ``check_specs`` of ``resource_allocation`` and evaluated INSIDE the asset, after the optimiser
+and before anything is committed: the plan is recorded as ``applied`` (``allocation_state`` updated,
+``latest.json`` allocations switched) only when the decision says reallocate AND both checks passed.
+Otherwise the cycle is recorded as ``kept`` or ``rejected`` and ``latest.json`` keeps the running
+allocation. A failed ERROR check then also fails the step (blocking), so nothing downstream runs and the
+scheduled run shows red; ``optimal_inaccurate`` fails with WARN only: the plan is still not applied, and
+the next tick 15 minutes later tries again.
+"""
+
 
 import dagster as dg
+from dagster_duckdb import DuckDBResource
 
-assets: list = []
-asset_checks: list = []
-jobs: list = []
-schedules: list = []
+from earnopt_assets.allocation.plan import (
+    AllocationPlan,
+    decision_markdown,
+    plan_markdown,
+    run_allocation_cycle,
+    utilization_markdown,
+)
+from earnopt_assets.resources import EarnoptResource
+from earnopt_assets.warehouse import DUCKDB_POOL
+
+RESOURCE_ALLOCATION = dg.AssetKey("resource_allocation")
+SOLVER_CHECK = "solver_status_optimal"
+CONSTRAINTS_CHECK = "constraints_satisfied"
+
+
+def _check_results(plan: AllocationPlan) -> list[dg.AssetCheckResult]:
+    results = []
+    for name in (SOLVER_CHECK, CONSTRAINTS_CHECK):
+        outcome = plan.checks[name]
+        results.append(
+            dg.AssetCheckResult(
+                asset_key=RESOURCE_ALLOCATION,
+                check_name=name,
+                passed=outcome.passed,
+                severity=dg.AssetCheckSeverity.WARN if outcome.severity == "WARN" else dg.AssetCheckSeverity.ERROR,
+                description=outcome.description,
+                metadata={**outcome.metadata, "plan_status": plan.status, "cycle_id": plan.cycle_id},
+            )
+        )
+    return results
+
+
+@dg.asset(
+    key=RESOURCE_ALLOCATION,
+    group_name="allocation",
+    pool=DUCKDB_POOL,
+    deps=[dg.AssetKey("earnings_forecast"), dg.AssetKey("alerts")],
+    kinds={"duckdb", "cvxpy"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            SOLVER_CHECK,
+            asset=RESOURCE_ALLOCATION,
+            blocking=True,
+            description="The solver reached 'optimal' (WARN on 'optimal_inaccurate'); otherwise the plan is not applied.",
+        ),
+        dg.AssetCheckSpec(
+            CONSTRAINTS_CHECK,
+            asset=RESOURCE_ALLOCATION,
+            blocking=True,
+            description="Resource use recomputed from the proposed allocation fits every host total (1e-6 relative), "
+            "and min/max/0-1/degraded caps hold; otherwise the plan is not applied.",
+        ),
+    ],
+)
+def resource_allocation(context: dg.AssetExecutionContext, earnopt: EarnoptResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
+    """Allocate the host's CPU, memory, bandwidth and storage across the enabled protocols.
+
+    Expected earnings come from the latest `forecasts` (next hour or 24-h mean, `allocation.expected_earnings`
+    in the catalog), else a seasonal-naive fallback from `raw_earnings`; each protocol's diminishing-returns
+    curve E(x) = k x^beta is fitted to 30 days of (allocation, earnings). CVXPY/ECOS maximises the summed
+    concave earnings under the host totals, min/max shares and degraded caps (degraded -> its minimum and a
+    restart). The reallocation rule (improvement >= 10 %, net benefit after amortised restart cost above the
+    threshold, L1 change within tolerance) decides; the plan is applied only if it says yes and both blocking
+    checks pass. Writes `allocations`, `optimization_cycles` (with realised earnings of past cycles),
+    `allocation_state` and `data/allocation/latest.json`.
+    """
+    catalog = earnopt.catalog()
+    paths = earnopt.paths
+    plan, realised_updates = run_allocation_cycle(duckdb.get_connection, catalog, paths.latest_plan, log=context.log)
+    d = plan.decision
+    metadata: dict[str, object] = {
+        "cycle_id": plan.cycle_id,
+        "status": plan.status,
+        "applied": plan.applied,
+        "decision": "reallocate" if d.reallocate else "keep",
+        "protocols": len(plan.protocols),
+        "degraded": [p.name for p in plan.protocols.values() if p.degraded],
+        "restarts": [p.name for p in plan.protocols.values() if p.action == "restart"],
+        "solver": plan.result.solver or "",
+        "solver_status": plan.result.solver_status,
+        "solve_ms": dg.MetadataValue.float(1000 * plan.result.solve_seconds),
+        "expected_current_usd_per_hour": dg.MetadataValue.float(d.current_usd_per_hour),
+        "expected_proposed_usd_per_hour": dg.MetadataValue.float(d.proposed_usd_per_hour),
+        "expected_gain_usd_per_hour": dg.MetadataValue.float(d.improvement_usd_per_hour),
+        "net_benefit_usd_per_hour": dg.MetadataValue.float(d.net_benefit_usd_per_hour),
+        "reallocation_cost_usd": dg.MetadataValue.float(d.reallocation_cost.total_usd),
+        "change_l1": dg.MetadataValue.float(d.change_l1),
+        "realised_cycles_updated": realised_updates,
+        "forecast_sources": dg.MetadataValue.json({n: p.forecast_source for n, p in plan.protocols.items()}),
+        "allocation_table": dg.MetadataValue.md(plan_markdown(plan)),
+        "utilisation": dg.MetadataValue.md(utilization_markdown(plan, catalog)),
+        "decision_analysis": dg.MetadataValue.md(decision_markdown(plan)),
+        "latest_plan": dg.MetadataValue.path(str(paths.latest_plan)),
+    }
+    if plan.result.diagnosis:
+        metadata["diagnosis"] = dg.MetadataValue.md("\n".join(f"- {line}" for line in plan.result.diagnosis))
+    context.log.info(f"allocation cycle {plan.cycle_id}: {plan.status} ({'; '.join(d.reasons)})")
+    return dg.MaterializeResult(metadata=metadata, check_results=_check_results(plan))
+
+
+allocation_job = dg.define_asset_job(
+    "allocation_job",
+    selection=dg.AssetSelection.assets(RESOURCE_ALLOCATION),
+    executor_def=dg.in_process_executor,
+    description="Every 15 minutes: re-solve the allocation and apply it if the rule and the blocking checks allow.",
+)
+
+allocation_schedule = dg.ScheduleDefinition(
+    name="allocation_schedule",
+    job=allocation_job,
+    cron_schedule="*/15 * * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Re-allocate host resources every 15 minutes.",
+)
+
+assets: list = [resource_allocation]
+asset_checks: list = []  # the checks are check_specs of resource_allocation (evaluated before committing)
+jobs: list = [allocation_job]
+schedules: list = [allocation_schedule]
 sensors: list = []
