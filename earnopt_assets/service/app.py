@@ -1,0 +1,93 @@
+"""The FastAPI application: ``create_app(settings)`` for tests and embedding, ``run_server`` for
+``earnopt serve``.
+
+Startup (lifespan) loads the catalog, every available forecasting model (compiled forward pass traced
+once) and the anomaly detector; shutdown drops them. CPU-bound endpoints are plain ``def`` so FastAPI
+runs them in its threadpool, off the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from earnopt_assets.service.errors import install_problem_handlers
+from earnopt_assets.service.metrics import StateCollector
+from earnopt_assets.service.middleware import BodySizeLimitMiddleware, RequestLogMiddleware
+from earnopt_assets.service.routers import allocation, anomalies, models, ops, predict, training
+from earnopt_assets.service.settings import ServiceSettings
+from earnopt_assets.service.state import ServiceState
+
+log = logging.getLogger("earnopt.service")
+
+DESCRIPTION = """
+Serves what the earnopt asset graph produces: per-protocol earnings forecasts (LSTM, seasonal-naive
+fallback), allocation optimisation with the full reallocation analysis, anomaly scoring, model metadata,
+health and Prometheus metrics. Training runs through Dagster (`POST /train/{protocol}` → `GET /runs/{id}`).
+
+Errors are `application/problem+json` (RFC 7807). `POST /train` needs `Authorization: Bearer <token>`.
+"""
+
+
+def create_app(settings: ServiceSettings | None = None) -> FastAPI:
+    settings = settings or ServiceSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from fastapi.concurrency import run_in_threadpool
+
+        state = ServiceState(settings)
+        await run_in_threadpool(state.startup)
+        state.metrics.add_state_collector(StateCollector(lambda: ops.metrics_snapshot(state)))
+        app.state.earnopt = state
+        middleware_metrics.target = state.metrics
+        try:
+            yield
+        finally:
+            state.shutdown()
+            log.info("earnopt service stopped; models released")
+
+    app = FastAPI(
+        title="earnopt ML service",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    install_problem_handlers(app)
+    middleware_metrics = _MetricsProxy()
+    # Order: added last = outermost. CORS answers preflights before the size check; the log sees everything.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_credentials=True,
+        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type"],
+    )
+    app.add_middleware(RequestLogMiddleware, metrics=middleware_metrics)
+    for router in (predict.router, allocation.router, anomalies.router, models.router, training.router, ops.router):
+        app.include_router(router)
+    return app
+
+
+class _MetricsProxy:
+    """The middleware is built before the lifespan creates the state; requests only arrive after it."""
+
+    target = None
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        if self.target is not None:
+            self.target.observe_request(method, route, status, seconds)
+
+
+def run_server(host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve with uvicorn (``earnopt serve``). Settings come from ``EARNOPT_*`` environment variables."""
+    import uvicorn
+
+    settings = ServiceSettings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower(), access_log=False)

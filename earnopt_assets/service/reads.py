@@ -1,0 +1,147 @@
+"""Read-only warehouse queries of the service. Each opens a short read-only connection (retrying briefly
+while a Dagster step holds the write lock) and returns plain Python values.
+
+A missing warehouse file or table is not an error here: the service starts before the pipeline has run,
+and callers report "not available yet".
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+import duckdb
+
+from earnopt_assets.warehouse import connect, table_exists
+
+log = logging.getLogger("earnopt.service")
+
+T = TypeVar("T")
+
+# A request should not hang behind a long materialization: give up on the lock after this long.
+READ_LOCK_TIMEOUT_S = 2.0
+
+
+class WarehouseBusy(RuntimeError):
+    """The warehouse stayed locked by a writer for longer than the read timeout."""
+
+
+class WarehouseMissing(FileNotFoundError):
+    """The warehouse file does not exist yet."""
+
+
+@contextmanager
+def read_connection(db_path: Path, timeout_s: float = READ_LOCK_TIMEOUT_S) -> Iterator[duckdb.DuckDBPyConnection]:
+    try:
+        with connect(db_path, read_only=True, timeout_s=timeout_s) as conn:
+            yield conn
+    except FileNotFoundError as exc:
+        raise WarehouseMissing(str(exc)) from None
+    except duckdb.IOException as exc:
+        raise WarehouseBusy(f"warehouse {db_path} is locked by a writer: {exc}") from None
+
+
+def with_tables(db_path: Path, tables: tuple[str, ...], query: Callable[[duckdb.DuckDBPyConnection], T], default: T) -> T:
+    """Run ``query`` if every table exists, else return ``default``."""
+    with read_connection(db_path) as conn:
+        if not all(table_exists(conn, name) for name in tables):
+            return default
+        return query(conn)
+
+
+def _utc(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    return None
+
+
+def table_columns(conn: duckdb.DuckDBPyConnection, table: str) -> list[str]:
+    rows = conn.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position", [table]
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def ping(db_path: Path) -> str:
+    with read_connection(db_path) as conn:
+        conn.execute("SELECT 1").fetchone()
+    return "read-only connection ok"
+
+
+def latest_telemetry_ts(db_path: Path) -> datetime | None:
+    return with_tables(db_path, ("raw_earnings",), lambda c: _utc(c.execute("SELECT max(ts) FROM raw_earnings").fetchone()[0]), None)
+
+
+def latest_forecasts(db_path: Path) -> dict[str, tuple[float, str | None]]:
+    """Per protocol: the first target hour of its newest forecast, and the forecast's source."""
+
+    def query(conn: duckdb.DuckDBPyConnection) -> dict[str, tuple[float, str | None]]:
+        rows = conn.execute(
+            """
+            SELECT protocol, value, source
+            FROM forecasts
+            QUALIFY row_number() OVER (PARTITION BY protocol ORDER BY forecast_time DESC, target_ts ASC) = 1
+            """
+        ).fetchall()
+        return {protocol: (float(value), source) for protocol, value, source in rows}
+
+    return with_tables(db_path, ("forecasts",), query, {})
+
+
+def latest_forecast_series(db_path: Path, protocols: list[str]) -> dict[str, list[float]]:
+    """Per protocol, the 24 hourly values of its newest forecast (fewer if the row set is short)."""
+
+    def query(conn: duckdb.DuckDBPyConnection) -> dict[str, list[float]]:
+        rows = conn.execute(
+            """
+            WITH newest AS (
+                SELECT protocol, max(forecast_time) AS forecast_time FROM forecasts
+                WHERE list_contains(?, protocol) GROUP BY protocol
+            )
+            SELECT f.protocol, f.value
+            FROM forecasts f JOIN newest n USING (protocol, forecast_time)
+            ORDER BY f.protocol, f.target_ts
+            """,
+            [protocols],
+        ).fetchall()
+        out: dict[str, list[float]] = {}
+        for protocol, value in rows:
+            out.setdefault(protocol, []).append(float(value))
+        return {p: values[:24] for p, values in out.items()}
+
+    return with_tables(db_path, ("forecasts",), query, {})
+
+
+def open_alerts(db_path: Path) -> tuple[bool, list[dict[str, Any]]]:
+    """``(available, rows)``: rows of the alerts table that are still open, newest first."""
+
+    def query(conn: duckdb.DuckDBPyConnection) -> tuple[bool, list[dict[str, Any]]]:
+        columns = table_columns(conn, "alerts")
+        where = ""
+        if "status" in columns:
+            where = "WHERE lower(status) IN ('open', 'firing', 'active')"
+        elif "resolved_at" in columns:
+            where = "WHERE resolved_at IS NULL"
+        order = next((f"ORDER BY {c} DESC" for c in ("opened_at", "created_at", "ts", "fired_at") if c in columns), "")
+        cursor = conn.execute(f"SELECT * FROM alerts {where} {order}")  # noqa: S608 - fixed identifiers only
+        names = [d[0] for d in cursor.description]
+        return True, [dict(zip(names, row)) for row in cursor.fetchall()]
+
+    return with_tables(db_path, ("alerts",), query, (False, []))
+
+
+def latest_allocation_time(db_path: Path) -> datetime | None:
+    def query(conn: duckdb.DuckDBPyConnection) -> datetime | None:
+        columns = table_columns(conn, "optimization_cycles")
+        for column in ("cycle_time", "decided_at", "ts", "created_at", "started_at"):
+            if column in columns:
+                return _utc(conn.execute(f"SELECT max({column}) FROM optimization_cycles").fetchone()[0])
+        return None
+
+    return with_tables(db_path, ("optimization_cycles",), query, None)

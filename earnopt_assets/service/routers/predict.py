@@ -1,0 +1,165 @@
+"""Earnings forecasts and model evaluation on posted telemetry."""
+
+from __future__ import annotations
+
+import copy
+from typing import Annotated, Any
+
+import numpy as np
+import pandas as pd
+from fastapi import APIRouter, Depends, Path
+
+from earnopt_assets.service.errors import ModelUnavailable, UnprocessableData
+from earnopt_assets.service.routers.deps import get_state
+from earnopt_assets.service.schemas import (
+    EvaluationRequest,
+    EvaluationResponse,
+    HourlyPrediction,
+    PredictionRequest,
+    PredictionResponse,
+)
+from earnopt_assets.service.state import ServiceState
+from earnopt_assets.service.telemetry import rows_to_frame, utc_now
+
+router = APIRouter(tags=["predictions"])
+
+ProtocolPath = Annotated[str, Path(description="Protocol name from the catalog.", examples=["honeygain"], max_length=64)]
+
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"description": "Unknown protocol (not in the catalog)."},
+    422: {"description": "Invalid telemetry; `errors[].field` names the field."},
+    503: {"description": "No usable model for the protocol (ask `fallback: true` for the baseline)."},
+}
+
+
+def _baseline(frame: pd.DataFrame) -> tuple[pd.DatetimeIndex, np.ndarray]:
+    from earnopt_assets.forecasting.baselines import fallback_forecast
+
+    return fallback_forecast(frame["ts"], frame["earnings_usd"].to_numpy(dtype=float))
+
+
+@router.post("/predict/earnings/{protocol}", response_model=PredictionResponse, responses=PROBLEM_RESPONSES)
+def predict_earnings(protocol: ProtocolPath, request: PredictionRequest, state: ServiceState = Depends(get_state)) -> PredictionResponse:
+    """Forecast the protocol's next 24 hourly earnings from recent telemetry.
+
+    The LSTM needs ``required_history_hours`` contiguous hours (window + 168 h of lag history; see
+    ``GET /models``). ``source`` says whether the model or the seasonal-naive baseline answered.
+    """
+    from earnopt_assets.forecasting.predictor import InsufficientHistoryError, SequenceValidationError
+
+    state.protocol(protocol)
+    frame = rows_to_frame(request.rows, protocol=protocol, default_device=state.catalog.host.device)
+    device = str(frame["device"].iloc[0])
+    entry = state.models.get(protocol)
+    reason: str | None = None
+    if entry.loaded:
+        try:
+            forecast = entry.predictor.forecast_frame(frame)
+        except InsufficientHistoryError as exc:
+            if not request.fallback:
+                raise UnprocessableData(str(exc), field="rows", required_history_hours=entry.predictor.required_history_hours) from None
+            reason = f"model needs more history: {exc}"
+        except SequenceValidationError as exc:
+            raise UnprocessableData(str(exc), field="rows") from None
+        else:
+            values = forecast["value"].to_numpy(dtype=float)
+            state.metrics.predictions.labels(protocol, "model").inc()
+            return _response(protocol, device, entry.version, "model", None, pd.DatetimeIndex(forecast["target_ts"]), values)
+    else:
+        reason = f"no usable model for {protocol}: {entry.error or 'not loaded'}"
+        if not request.fallback:
+            raise ModelUnavailable(
+                f"{reason}; train one with POST /train/{protocol}, or send \"fallback\": true for the seasonal-naive baseline",
+                protocol=protocol,
+            )
+    targets, values = _baseline(frame)
+    state.metrics.predictions.labels(protocol, "baseline").inc()
+    return _response(protocol, device, None, "baseline", reason, targets, values)
+
+
+def _response(protocol: str, device: str, version: str | None, source: str, reason: str | None, targets: pd.DatetimeIndex, values: np.ndarray) -> PredictionResponse:
+    index = pd.DatetimeIndex(targets)
+    index = index.tz_localize("UTC") if index.tz is None else index.tz_convert("UTC")
+    clean = np.clip(np.nan_to_num(np.asarray(values, dtype=float), nan=0.0, posinf=0.0), 0.0, None)
+    return PredictionResponse(
+        protocol=protocol,
+        device=device,
+        model_version=version,
+        source=source,  # type: ignore[arg-type]
+        reason=reason,
+        generated_at=utc_now(),
+        predictions=[HourlyPrediction(ts=t.to_pydatetime(), earnings_usd=float(v)) for t, v in zip(index, clean)],
+        total_usd=float(clean.sum()),
+    )
+
+
+@router.post("/evaluate/{protocol}", response_model=EvaluationResponse, responses=PROBLEM_RESPONSES)
+def evaluate_model(protocol: ProtocolPath, request: EvaluationRequest, state: ServiceState = Depends(get_state)) -> EvaluationResponse:
+    """Score the stored model on posted telemetry with known outcomes (rolling-origin, 24 h forecasts).
+
+    The first ``168 + sequence_length`` hours are history; every later hour is a forecast target. Metrics
+    are those of training: MSE, MAE, RMSE, MAPE (zero actuals skipped), R², plus both seasonal-naive
+    baselines on the same hours.
+    """
+    from earnopt_assets.features import WARMUP_HOURS, series_features, to_hourly_grid
+    from earnopt_assets.forecasting.predictor import SequenceValidationError
+
+    state.protocol(protocol)
+    frame = rows_to_frame(request.rows, protocol=protocol, default_device=state.catalog.host.device)
+    entry = state.models.get(protocol)
+    if not entry.loaded:
+        raise ModelUnavailable(f"no usable model for {protocol}: {entry.error or 'not loaded'}; train one with POST /train/{protocol}")
+    predictor = entry.predictor
+    needed = WARMUP_HOURS + predictor.sequence_length + 1
+    if len(frame) < needed:
+        raise UnprocessableData(
+            f"{len(frame)} hourly rows posted; evaluation needs at least {needed} "
+            f"({WARMUP_HOURS} h feature warm-up + {predictor.sequence_length} h window + 1 target)",
+            field="rows",
+        )
+    # Features on the full hourly grid, warm-up rows included: their earnings are the history the lag
+    # features and the seasonal base read, even where a 168 h feature is not defined yet.
+    series = frame[["ts", "earnings_usd", "cpu_cores", "memory_gb", "bandwidth_mbps", "storage_gb", "allocation", "connection_failures"]]
+    gridded, _ = to_hourly_grid(series)
+    features = series_features(gridded, state.catalog.host.totals(), state.catalog.host.timezone)
+    split = WARMUP_HOURS + predictor.sequence_length
+    context, holdout = features.iloc[:split], features.iloc[split:]
+    # evaluate() records its result on the predictor; score a shallow copy so the served model keeps its
+    # training-time metrics (and concurrent requests do not see each other's results).
+    scorer = copy.copy(predictor)
+    try:
+        result = scorer.evaluate(holdout, context=context)
+    except SequenceValidationError as exc:
+        raise UnprocessableData(str(exc), field="rows") from None
+    model_metrics = {k: float(v) for k, v in (result.get("model") or {}).items() if isinstance(v, (int, float)) and v is not None}
+    from earnopt_assets.service.forecast_adapter import mape_check
+
+    _, threshold = mape_check(entry.metadata, predictor.metrics or {})
+    mape = model_metrics.get("mape")
+    passed = None if threshold is None or mape is None else bool(mape <= threshold)
+    details = {
+        key: value for key, value in result.items() if key != "model"
+    }
+    return EvaluationResponse(
+        protocol=protocol,
+        model_version=entry.version,
+        metrics=model_metrics,
+        n_samples=int(model_metrics.get("n", 0)),
+        passed_mape_check=passed,
+        mape_threshold=threshold,
+        details=_json_safe(details),
+    )
+
+
+def _json_safe(obj: Any) -> Any:
+    import math
+
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(float(obj)) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj

@@ -1,0 +1,186 @@
+"""What the service holds in memory between requests: settings, catalog, loaded models, the anomaly
+detector, the allocator and the training launcher. Built by the app's lifespan; released on shutdown."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from earnopt_assets.catalog import Catalog, ProtocolSpec, UnknownProtocolError, load_catalog
+from earnopt_assets.service import forecast_adapter
+from earnopt_assets.service.errors import NotFound
+from earnopt_assets.service.metrics import ServiceMetrics
+from earnopt_assets.service.settings import ServiceSettings
+from earnopt_assets.service.training import GraphQLTrainLauncher, InstanceTrainLauncher
+
+log = logging.getLogger("earnopt.service")
+
+
+@dataclass
+class LoadedModel:
+    protocol: str
+    predictor: Any | None
+    version: str | None
+    trained_at: datetime | None
+    metadata: dict[str, Any]
+    fingerprint: tuple | None
+    error: str | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self.predictor is not None
+
+
+@dataclass
+class ModelRegistry:
+    """Forecasting models by protocol. A model whose files changed on disk (a finished training run) is
+    reloaded on the next request after ``reload_seconds``; a model that fails to load keeps the last good
+    one in memory and records the error."""
+
+    models_dir: Path
+    protocols: list[str]
+    reload_seconds: float = 5.0
+    entries: dict[str, LoadedModel] = field(default_factory=dict)
+    _checked: dict[str, float] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _load(self, protocol: str, previous: LoadedModel | None) -> LoadedModel:
+        directory = self.models_dir / protocol
+        fingerprint = forecast_adapter.model_fingerprint(directory)
+        if fingerprint is None:
+            return LoadedModel(protocol, None, None, None, {}, None, error="no trained model")
+        try:
+            predictor = forecast_adapter.load_predictor(directory)
+        except Exception as exc:  # corrupt files must not take the service down
+            log.warning("cannot load model for %s from %s: %s", protocol, directory, exc)
+            if previous is not None and previous.loaded:
+                return LoadedModel(
+                    protocol, previous.predictor, previous.version, previous.trained_at, previous.metadata,
+                    fingerprint, error=f"newer files failed to load, serving the previous version: {exc}",
+                )
+            return LoadedModel(protocol, None, None, None, {}, fingerprint, error=f"model files failed to load: {exc}")
+        info = forecast_adapter.describe(predictor)
+        log.info("loaded model %s version %s", protocol, info["version"])
+        return LoadedModel(protocol, predictor, info["version"], info["trained_at"], info["metadata"], fingerprint)
+
+    def load_all(self) -> None:
+        for protocol in self.protocols:
+            self.entries[protocol] = self._load(protocol, None)
+            self._checked[protocol] = time.monotonic()
+
+    def get(self, protocol: str) -> LoadedModel:
+        now = time.monotonic()
+        entry = self.entries.get(protocol)
+        if entry is not None and now - self._checked.get(protocol, 0.0) < self.reload_seconds:
+            return entry
+        with self._lock:
+            entry = self.entries.get(protocol)
+            self._checked[protocol] = now
+            fingerprint = forecast_adapter.model_fingerprint(self.models_dir / protocol)
+            if entry is None or fingerprint != entry.fingerprint:
+                entry = self._load(protocol, entry)
+                self.entries[protocol] = entry
+            return entry
+
+    def loaded(self) -> list[LoadedModel]:
+        return [e for e in self.entries.values() if e.loaded]
+
+    def close(self) -> None:
+        self.entries.clear()
+        self._checked.clear()
+
+
+@dataclass
+class DetectorHolder:
+    directory: Path
+    detector: Any | None = None
+    error: str | None = None
+    fingerprint: tuple | None = None
+
+    def _fingerprint(self) -> tuple | None:
+        latest = self.directory / "latest.json"
+        try:
+            stat = latest.stat()
+        except OSError:
+            return None
+        return (stat.st_mtime_ns, stat.st_size)
+
+    def load(self) -> None:
+        from earnopt_assets.anomaly.detector import AnomalyDetector
+
+        self.fingerprint = self._fingerprint()
+        if self.fingerprint is None:
+            self.detector, self.error = None, f"no anomaly detector saved under {self.directory}"
+            return
+        try:
+            self.detector, self.error = AnomalyDetector.load(self.directory), None
+        except Exception as exc:
+            log.warning("cannot load anomaly detector: %s", exc)
+            self.error = f"anomaly detector failed to load: {exc}"
+
+    def get(self) -> Any | None:
+        if self._fingerprint() != self.fingerprint:
+            self.load()
+        return self.detector
+
+
+class ServiceState:
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.settings = settings
+        self.paths = settings.paths
+        self.metrics = ServiceMetrics()
+        self.catalog: Catalog = load_catalog(settings.catalog)
+        self.models = ModelRegistry(self.paths.models, self.catalog.enabled_names, settings.model_reload_seconds)
+        self.detector = DetectorHolder(self.paths.models / "anomaly")
+        self.launcher: InstanceTrainLauncher | GraphQLTrainLauncher
+        if settings.dagster_graphql_url:
+            self.launcher = GraphQLTrainLauncher(settings.dagster_graphql_url, job_name=settings.train_job)
+        else:
+            self.launcher = InstanceTrainLauncher(
+                settings.resolved_dagster_home,
+                job_name=settings.train_job,
+                workspace_module=settings.workspace_module,
+                data_dir=self.paths.data_dir,
+                catalog_path=Path(settings.catalog),
+            )
+        self._allocator: Any = None
+        self._allocator_lock = threading.Lock()
+        self.started_at = datetime.now(timezone.utc)
+
+    def startup(self) -> None:
+        self.models.load_all()
+        self.detector.load()
+        log.info(
+            "earnopt service ready: %d/%d models loaded, anomaly detector %s",
+            len(self.models.loaded()), len(self.catalog.enabled_names), "loaded" if self.detector.detector else "absent",
+        )
+
+    def shutdown(self) -> None:
+        self.models.close()
+        self.detector.detector = None
+        self.launcher.close()
+        self._allocator = None
+
+    def protocol(self, name: str) -> ProtocolSpec:
+        """The catalog gate: unknown names become a 404 before they touch a path or a query."""
+        try:
+            return self.catalog.require(name)
+        except UnknownProtocolError as exc:
+            raise NotFound(str(exc), problem="unknown-protocol") from None
+
+    def allocator(self) -> Any:
+        from earnopt_assets.allocation.allocator import ResourceAllocator, ResourceConstraints
+
+        with self._allocator_lock:
+            if self._allocator is None:
+                self._allocator = ResourceAllocator(ResourceConstraints.from_totals(self.catalog.host.totals()))
+            return self._allocator
+
+    @property
+    def db_path(self) -> Path:
+        return self.paths.warehouse

@@ -1,0 +1,61 @@
+"""Posted telemetry rows → the DataFrame shapes the predictor, detector and landing path expect."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime, timezone
+
+import pandas as pd
+
+from earnopt_assets.service.errors import UnprocessableData
+from earnopt_assets.service.schemas import TelemetryRow
+
+FRAME_COLUMNS = (
+    "device", "protocol", "ts", "earnings_usd", "cpu_cores", "memory_gb", "bandwidth_mbps", "storage_gb",
+    "allocation", "connection_failures", "latency_ms",
+)
+
+
+def rows_to_frame(rows: Sequence[TelemetryRow], *, protocol: str | None, default_device: str, single_device: bool = True) -> pd.DataFrame:
+    """One row per posted hour, ``ts`` as naive UTC ``datetime64``, sorted by (device, protocol, ts).
+
+    ``protocol`` (from the path) is stamped on every row; a row naming another protocol is a 422 that
+    names the row. ``single_device`` refuses a mix of devices (a forecast is for one series).
+    """
+    records = []
+    for index, row in enumerate(rows):
+        if protocol is not None and row.protocol is not None and row.protocol != protocol:
+            raise UnprocessableData(
+                f"row {index} is for protocol {row.protocol!r} but the path says {protocol!r}", field=f"rows.{index}.protocol"
+            )
+        record = row.model_dump()
+        record["device"] = row.device or default_device
+        record["protocol"] = protocol if protocol is not None else row.protocol
+        record["ts"] = row.ts.astimezone(timezone.utc).replace(tzinfo=None)
+        records.append(record)
+    frame = pd.DataFrame.from_records(records, columns=list(FRAME_COLUMNS))
+    if single_device and frame["device"].nunique() > 1:
+        raise UnprocessableData(
+            f"rows mix devices {sorted(frame['device'].unique())}; post one device's series per request", field="rows"
+        )
+    frame["ts"] = pd.to_datetime(frame["ts"]).astype("datetime64[us]")
+    frame["latency_ms"] = frame["latency_ms"].astype("float64")
+    frame["connection_failures"] = frame["connection_failures"].astype("int64")
+    return frame.sort_values(["device", "protocol", "ts"]).reset_index(drop=True)
+
+
+def rows_to_jsonl(rows: Sequence[TelemetryRow], *, protocol: str, default_device: str) -> str:
+    """Landing-file text (JSON Lines, one object per hour) in the columns ingestion validates."""
+    lines = []
+    for row in rows:
+        record = row.model_dump(exclude_none=True)
+        record["protocol"] = protocol
+        record["device"] = row.device or default_device
+        record["ts"] = row.ts.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        lines.append(json.dumps(record, sort_keys=True))
+    return "\n".join(lines) + "\n"
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
