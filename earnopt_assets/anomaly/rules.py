@@ -360,7 +360,7 @@ def plan_notifications(alerts: Iterable[Alert], last_fired: Mapping[tuple[str, s
         if prev is None or alert.hour - prev > cooldown:
             decisions.append(NotificationDecision(alert, True, "new"))
             sent_rank[key] = rank
-        elif rank > sent_rank.get(key, -1):
+        elif rank > sent_rank.get(key, rank):  # unknown history: no escalation
             decisions.append(NotificationDecision(alert, True, "escalated"))
             sent_rank[key] = rank
         else:

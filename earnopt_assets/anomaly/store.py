@@ -1,0 +1,244 @@
+"""DuckDB tables of the anomaly area (``anomalies``, ``alerts``, ``alert_deliveries``) and the
+recording logic of the alerts asset: dedupe, cooldown decision, auto-resolve, delivery bookkeeping.
+
+Alert status: ``open`` -> ``acknowledged`` (operator, :func:`acknowledge_alert`) -> ``resolved``
+(automatic, when the (device, protocol, rule) has not fired for ``resolve_after_hours`` evaluated hours).
+``notify_status``: ``pending`` (to send), ``cooldown`` (recorded, not sent), then after delivery ``sent``,
+``failed`` (every attempt failed) or ``no_channel`` (no configured channel takes that severity; logged only).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import duckdb
+import pandas as pd
+
+from earnopt_assets.catalog import AlertSettings
+from earnopt_assets.anomaly.detector import DETECTION_FEATURES
+from earnopt_assets.anomaly.notify import DeliveryAttempt
+from earnopt_assets.anomaly.rules import Alert, NotificationDecision, plan_notifications, resolve_due
+
+ANOMALIES_DDL = f"""
+CREATE TABLE IF NOT EXISTS anomalies (
+    device        VARCHAR   NOT NULL,
+    protocol      VARCHAR   NOT NULL,
+    ts            TIMESTAMP NOT NULL,
+    score         DOUBLE    NOT NULL,  -- IsolationForest decision_function: below 0 = anomalous
+    is_anomaly    BOOLEAN   NOT NULL,
+    {", ".join(f"{name} DOUBLE" for name in DETECTION_FEATURES)},
+    model_version VARCHAR   NOT NULL,
+    scored_at     TIMESTAMP NOT NULL,
+    PRIMARY KEY (device, protocol, ts)
+)
+"""
+
+ALERTS_DDL = """
+CREATE TABLE IF NOT EXISTS alerts (
+    id              VARCHAR   PRIMARY KEY,
+    dedupe_key      VARCHAR   NOT NULL UNIQUE,
+    device          VARCHAR   NOT NULL,
+    protocol        VARCHAR   NOT NULL,
+    rule            VARCHAR   NOT NULL,
+    severity        VARCHAR   NOT NULL CHECK (severity IN ('info', 'warning', 'critical')),
+    hour            TIMESTAMP NOT NULL,
+    message         VARCHAR   NOT NULL,
+    evidence        VARCHAR   NOT NULL,  -- JSON object
+    status          VARCHAR   NOT NULL CHECK (status IN ('open', 'acknowledged', 'resolved')),
+    notify_status   VARCHAR   NOT NULL,
+    notify_reason   VARCHAR,
+    created_at      TIMESTAMP NOT NULL,
+    updated_at      TIMESTAMP NOT NULL,
+    acknowledged_at TIMESTAMP,
+    resolved_at     TIMESTAMP,
+    resolved_reason VARCHAR,
+    notified_at     TIMESTAMP
+)
+"""
+
+ALERT_DELIVERIES_DDL = """
+CREATE TABLE IF NOT EXISTS alert_deliveries (
+    alert_id     VARCHAR   NOT NULL,
+    channel      VARCHAR   NOT NULL,  -- kind:scheme://host (no path: webhook paths hold secrets)
+    attempt      INTEGER   NOT NULL,
+    ok           BOOLEAN   NOT NULL,
+    status_code  INTEGER,
+    error        VARCHAR,
+    elapsed_ms   DOUBLE    NOT NULL,
+    attempted_at TIMESTAMP NOT NULL
+)
+"""
+
+
+def ensure_alert_tables(conn: duckdb.DuckDBPyConnection) -> None:
+    conn.execute(ALERTS_DDL)
+    conn.execute(ALERT_DELIVERIES_DDL)
+
+
+def ensure_anomalies_table(conn: duckdb.DuckDBPyConnection) -> None:
+    conn.execute(ANOMALIES_DDL)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def write_scores(conn: duckdb.DuckDBPyConnection, scored: pd.DataFrame, model_version: str, now: datetime | None = None) -> int:
+    """Upsert scored rows (device, protocol, ts, score, is_anomaly, detection features) into ``anomalies``."""
+    ensure_anomalies_table(conn)
+    if scored.empty:
+        return 0
+    frame = scored[["device", "protocol", "ts", "score", "is_anomaly", *DETECTION_FEATURES]].copy()
+    frame["ts"] = pd.to_datetime(frame["ts"]).astype("datetime64[us]")
+    frame["model_version"] = model_version
+    frame["scored_at"] = pd.Timestamp(now or _now()).as_unit("us")
+    conn.register("scored_rows", frame)
+    try:
+        columns = ", ".join(frame.columns)
+        conn.execute(f"INSERT OR REPLACE INTO anomalies ({columns}) SELECT {columns} FROM scored_rows")
+    finally:
+        conn.unregister("scored_rows")
+    return len(frame)
+
+
+def alert_hours(conn: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """(device, protocol, ts) of every hour already alerted on, for excluding them from training."""
+    from earnopt_assets.warehouse import table_exists
+
+    if not table_exists(conn, "alerts"):
+        return pd.DataFrame({"device": pd.Series(dtype=str), "protocol": pd.Series(dtype=str), "ts": pd.Series(dtype="datetime64[us]")})
+    return conn.execute("SELECT DISTINCT device, protocol, hour AS ts FROM alerts").df()
+
+
+@dataclass
+class RecordResult:
+    new: list[Alert] = field(default_factory=list)
+    decisions: list[NotificationDecision] = field(default_factory=list)
+    duplicates: int = 0
+    resolved: dict[tuple[str, str, str], datetime] = field(default_factory=dict)
+    resolved_rows: int = 0
+
+    @property
+    def to_notify(self) -> list[Alert]:
+        return [d.alert for d in self.decisions if d.notify]
+
+
+def record_alerts(conn: duckdb.DuckDBPyConnection, candidates: Sequence[Alert], evaluated: Mapping[str, datetime],
+                  settings: AlertSettings, now: datetime | None = None) -> RecordResult:
+    """Insert the candidates not recorded yet (dedupe on ``dedupe_key``), decide their notification
+    (cooldown), and auto-resolve keys that have been quiet for ``resolve_after_hours``."""
+    ensure_alert_tables(conn)
+    now = now or _now()
+    result = RecordResult()
+    existing: set[str] = set()
+    if candidates:
+        lo = min(a.hour for a in candidates)
+        hi = max(a.hour for a in candidates)
+        existing = {row[0] for row in conn.execute("SELECT dedupe_key FROM alerts WHERE hour BETWEEN ? AND ?", [lo, hi]).fetchall()}
+    seen: set[str] = set()
+    new: list[Alert] = []
+    for alert in candidates:
+        if alert.dedupe_key in existing or alert.dedupe_key in seen:
+            result.duplicates += 1
+            continue
+        seen.add(alert.dedupe_key)
+        new.append(alert)
+    result.new = new
+
+    last_fired = {
+        (d, p, r): h for d, p, r, h in conn.execute("SELECT device, protocol, rule, max(hour) FROM alerts GROUP BY ALL").fetchall()
+    }
+    last_sent = {
+        (d, p, r): s
+        for d, p, r, s in conn.execute(
+            """
+            SELECT device, protocol, rule, arg_max(severity, hour)
+            FROM alerts WHERE notify_status <> 'cooldown' AND status IN ('open', 'acknowledged')
+            GROUP BY ALL
+            """
+        ).fetchall()
+    }
+    result.decisions = plan_notifications(new, last_fired, settings.cooldown_minutes, last_sent)
+    rows = [
+        (
+            d.alert.id, d.alert.dedupe_key, d.alert.device, d.alert.protocol, d.alert.rule, d.alert.severity,
+            d.alert.hour, d.alert.message, json.dumps(d.alert.evidence, sort_keys=True, default=str), "open",
+            "pending" if d.notify else "cooldown", d.reason, now, now,
+        )
+        for d in result.decisions
+    ]
+    if rows:
+        conn.executemany(
+            """
+            INSERT INTO alerts (id, dedupe_key, device, protocol, rule, severity, hour, message, evidence, status,
+                                notify_status, notify_reason, created_at, updated_at)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """,
+            rows,
+        )
+
+    active_last = {
+        (d, p, r): h
+        for d, p, r, h in conn.execute(
+            """
+            SELECT a.device, a.protocol, a.rule, max(a.hour)
+            FROM alerts a
+            WHERE EXISTS (SELECT 1 FROM alerts o WHERE o.device = a.device AND o.protocol = a.protocol
+                          AND o.rule = a.rule AND o.status IN ('open', 'acknowledged'))
+            GROUP BY ALL
+            """
+        ).fetchall()
+    }
+    result.resolved = resolve_due(active_last, evaluated, settings.resolve_after_hours)
+    for (device, protocol, rule), resolved_at in result.resolved.items():
+        reason = f"rule {rule} has not fired for {settings.resolve_after_hours} h"
+        count = conn.execute(
+            """
+            UPDATE alerts SET status = 'resolved', resolved_at = ?, resolved_reason = ?, updated_at = ?
+            WHERE device = ? AND protocol = ? AND rule = ? AND status IN ('open', 'acknowledged')
+            """,
+            [resolved_at, reason, now, device, protocol, rule],
+        ).fetchall()
+        result.resolved_rows += int(count[0][0]) if count else 0
+    return result
+
+
+def record_deliveries(conn: duckdb.DuckDBPyConnection, notified: Iterable[Alert], attempts: Sequence[DeliveryAttempt],
+                      now: datetime | None = None) -> dict[str, int]:
+    """Append every attempt to ``alert_deliveries`` and set each notified alert's ``notify_status``."""
+    ensure_alert_tables(conn)
+    now = now or _now()
+    if attempts:
+        conn.executemany(
+            """
+            INSERT INTO alert_deliveries (alert_id, channel, attempt, ok, status_code, error, elapsed_ms, attempted_at)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+            """,
+            [(a.alert_id, a.channel, a.attempt, a.ok, a.status_code, a.error, a.elapsed_ms, a.attempted_at) for a in attempts],
+        )
+    by_alert: dict[str, list[DeliveryAttempt]] = {}
+    for attempt in attempts:
+        by_alert.setdefault(attempt.alert_id, []).append(attempt)
+    counts = {"sent": 0, "failed": 0, "no_channel": 0}
+    for alert in notified:
+        tries = by_alert.get(alert.id, [])
+        status = "no_channel" if not tries else "sent" if any(t.ok for t in tries) else "failed"
+        counts[status] += 1
+        conn.execute(
+            "UPDATE alerts SET notify_status = ?, notified_at = ?, updated_at = ? WHERE id = ?",
+            [status, now if status == "sent" else None, now, alert.id],
+        )
+    return counts
+
+
+def acknowledge_alert(conn: duckdb.DuckDBPyConnection, alert_id: str, now: datetime | None = None) -> bool:
+    """Mark an open alert acknowledged; False when no open alert has that id."""
+    ensure_alert_tables(conn)
+    rows = conn.execute(
+        "UPDATE alerts SET status = 'acknowledged', acknowledged_at = ?, updated_at = ? WHERE id = ? AND status = 'open' RETURNING id",
+        [now or _now(), now or _now(), alert_id],
+    ).fetchall()
+    return bool(rows)
