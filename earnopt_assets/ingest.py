@@ -685,21 +685,28 @@ def ingest_files(conn: duckdb.DuckDBPyConnection, files: Sequence[Path], paths: 
         file_report.stored_as = str(destination(directory, path.name))
         report.files.append(file_report)
 
-    # A key repeated inside one file: the later row wins, the earlier ones are quarantined.
-    conn.execute(
-        """
-        UPDATE staged SET
-            reason = 'duplicate key (device, protocol, ts hour) in this file; row ' || d.winner || ' wins',
-            raw_json = CAST(to_json(struct_pack(device := staged.device, protocol := staged.protocol,
-                ts := staged.ts_exact, value := staged.value, kind := staged.kind)) AS VARCHAR)
-        FROM (
-            SELECT file_index, row_number,
-                   max(row_number) OVER (PARTITION BY file_index, device, protocol, date_trunc('hour', ts_exact)) AS winner
-            FROM staged WHERE reason IS NULL
-        ) AS d
-        WHERE staged.file_index = d.file_index AND staged.row_number = d.row_number AND d.row_number <> d.winner
-        """
-    )
+    # A key repeated inside one file: the later row wins, the earlier ones are quarantined. The cheap
+    # hash-aggregate count runs first; the window query only when there is something to mark.
+    valid_rows, distinct_in_file, distinct_overall = conn.execute(
+        "SELECT count(*), count(DISTINCT (file_index, device, protocol, date_trunc('hour', ts_exact))), "
+        "count(DISTINCT (device, protocol, date_trunc('hour', ts_exact))) FROM staged WHERE reason IS NULL"
+    ).fetchone()
+    if distinct_in_file < valid_rows:
+        conn.execute(
+            """
+            UPDATE staged SET
+                reason = 'duplicate key (device, protocol, ts hour) in this file; row ' || d.winner || ' wins',
+                raw_json = CAST(to_json(struct_pack(device := staged.device, protocol := staged.protocol,
+                    ts := staged.ts_exact, value := staged.value, kind := staged.kind)) AS VARCHAR)
+            FROM (
+                SELECT file_index, row_number,
+                       max(row_number) OVER (PARTITION BY file_index, device, protocol, date_trunc('hour', ts_exact)) AS winner
+                FROM staged WHERE reason IS NULL
+            ) AS d
+            WHERE staged.file_index = d.file_index AND staged.row_number = d.row_number AND d.row_number <> d.winner
+            """
+        )
+    cross_file_duplicates = distinct_overall < distinct_in_file
     for index, read, quarantined, min_ts, max_ts in conn.execute(
         "SELECT file_index, count(*), count(reason), min(date_trunc('hour', ts_exact)), max(date_trunc('hour', ts_exact)) "
         "FROM staged GROUP BY file_index"
@@ -733,39 +740,28 @@ def ingest_files(conn: duckdb.DuckDBPyConnection, files: Sequence[Path], paths: 
             SELECT device, protocol, date_trunc('hour', ts_exact) AS ts, value, cpu_cores, memory_gb, bandwidth_mbps,
                    storage_gb, allocation, CAST(connection_failures AS INTEGER) AS connection_failures, latency_ms, file_index
             FROM staged WHERE reason IS NULL AND kind = ?
+        """
+        if cross_file_duplicates:  # a later file wins on a shared key
+            valid += """
             QUALIFY row_number() OVER (PARTITION BY device, protocol, date_trunc('hour', ts_exact)
                                        ORDER BY file_index DESC, row_number DESC) = 1
-        """
+            """
         conn.execute(f"CREATE OR REPLACE TEMP TABLE batch_earnings AS {valid}", ["earnings"])
         conn.execute(f"CREATE OR REPLACE TEMP TABLE batch_polls AS {valid}", ["balance"])
         report.balance_baselines = _apply_balance_polls(conn, now)
-        conn.execute(
-            """
-            CREATE OR REPLACE TEMP TABLE batch_all AS
-            SELECT * FROM (SELECT * FROM batch_earnings UNION ALL SELECT * FROM batch_derived)
-            QUALIFY row_number() OVER (PARTITION BY device, protocol, ts ORDER BY file_index DESC) = 1
-            """
-        )
-        total, existing = conn.execute(
-            "SELECT (SELECT count(*) FROM batch_all), "
-            "(SELECT count(*) FROM batch_all b JOIN raw_earnings r USING (device, protocol, ts))"
-        ).fetchone()
-        report.rows_updated = int(existing)
-        report.rows_inserted = int(total) - int(existing)
-        conn.execute(
-            """
-            INSERT INTO raw_earnings
-            SELECT b.device, b.protocol, b.ts, b.value, b.cpu_cores, b.memory_gb, b.bandwidth_mbps, b.storage_gb,
-                   b.allocation, b.connection_failures, b.latency_ms, coalesce(f.source_file, 'balance_polls'), ?
-            FROM batch_all b LEFT JOIN __files f USING (file_index)
-            ON CONFLICT (device, protocol, ts) DO UPDATE SET
-                earnings_usd = excluded.earnings_usd, cpu_cores = excluded.cpu_cores, memory_gb = excluded.memory_gb,
-                bandwidth_mbps = excluded.bandwidth_mbps, storage_gb = excluded.storage_gb,
-                allocation = excluded.allocation, connection_failures = excluded.connection_failures,
-                latency_ms = excluded.latency_ms, source_file = excluded.source_file, ingested_at = excluded.ingested_at
-            """,
-            [now],
-        )
+        has_derived = conn.execute("SELECT count(*) FROM batch_derived").fetchone()[0] > 0
+        if has_derived:
+            conn.execute(
+                """
+                CREATE OR REPLACE TEMP TABLE batch_all AS
+                SELECT * FROM (SELECT * FROM batch_earnings UNION ALL SELECT * FROM batch_derived)
+                QUALIFY row_number() OVER (PARTITION BY device, protocol, ts ORDER BY file_index DESC) = 1
+                """
+            )
+        else:
+            conn.execute("DROP TABLE IF EXISTS batch_all")
+            conn.execute("ALTER TABLE batch_earnings RENAME TO batch_all")
+        report.rows_inserted, report.rows_updated = _upsert_raw_earnings(conn, now)
         conn.register(
             "__ingested",
             pa.table(
@@ -800,7 +796,8 @@ def ingest_files(conn: duckdb.DuckDBPyConnection, files: Sequence[Path], paths: 
         for view in ("__files", "__ingested"):
             with contextlib.suppress(Exception):
                 conn.unregister(view)
-        conn.execute("DROP TABLE IF EXISTS staged")
+        for temp in ("staged", "batch_earnings", "batch_polls", "batch_series", "batch_derived", "batch_all", "batch_existing"):
+            conn.execute(f"DROP TABLE IF EXISTS {temp}")
 
     # Only after the commit: a crash before this point leaves the files in landing to be loaded again
     # (harmless: the load is an upsert).
@@ -811,6 +808,47 @@ def ingest_files(conn: duckdb.DuckDBPyConnection, files: Sequence[Path], paths: 
         if file_report.status == "rejected":
             log.warning("rejected landing file %s -> %s: %s", path.name, target, file_report.reason)
     return report
+
+
+def _upsert_raw_earnings(conn: duckdb.DuckDBPyConnection, now: datetime) -> tuple[int, int]:
+    """Upsert ``batch_all`` into ``raw_earnings``; returns (inserted, updated) row counts.
+
+    Keys already stored are UPDATEd in place and new keys are plain INSERTs: much faster than
+    ``INSERT ... ON CONFLICT`` on a million rows, with the same result (the batch wins).
+    """
+    conn.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE batch_existing AS
+        SELECT b.device, b.protocol, b.ts FROM batch_all b SEMI JOIN raw_earnings r USING (device, protocol, ts)
+        """
+    )
+    total = conn.execute("SELECT count(*) FROM batch_all").fetchone()[0]
+    existing = conn.execute("SELECT count(*) FROM batch_existing").fetchone()[0]
+    source = "coalesce(f.source_file, 'balance_polls')"
+    if existing:
+        conn.execute(
+            f"""
+            UPDATE raw_earnings r SET
+                earnings_usd = b.value, cpu_cores = b.cpu_cores, memory_gb = b.memory_gb,
+                bandwidth_mbps = b.bandwidth_mbps, storage_gb = b.storage_gb, allocation = b.allocation,
+                connection_failures = b.connection_failures, latency_ms = b.latency_ms,
+                source_file = coalesce(b.source_file, 'balance_polls'), ingested_at = ?
+            FROM (SELECT b.*, f.source_file FROM batch_all b LEFT JOIN __files f USING (file_index)) AS b
+            WHERE r.device = b.device AND r.protocol = b.protocol AND r.ts = b.ts
+            """,
+            [now],
+        )
+    new_rows = "batch_all b ANTI JOIN batch_existing e USING (device, protocol, ts)" if existing else "batch_all b"
+    conn.execute(
+        f"""
+        INSERT INTO raw_earnings
+        SELECT b.device, b.protocol, b.ts, b.value, b.cpu_cores, b.memory_gb, b.bandwidth_mbps, b.storage_gb,
+               b.allocation, b.connection_failures, b.latency_ms, {source}, ?
+        FROM {new_rows} LEFT JOIN __files f USING (file_index)
+        """,
+        [now],
+    )
+    return int(total) - int(existing), int(existing)
 
 
 def _apply_balance_polls(conn: duckdb.DuckDBPyConnection, now: datetime) -> int:
