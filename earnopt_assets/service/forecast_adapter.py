@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-MAPE_CHECK_KEYS = ("mape_check", "check", "mape_check_result")
+MAPE_CHECK_KEYS = ("mape_check",)
 
 
 def model_fingerprint(protocol_dir: Path) -> tuple | None:
@@ -24,9 +24,14 @@ def model_fingerprint(protocol_dir: Path) -> tuple | None:
         version = pointer.read_text(encoding="utf-8").strip()
     except OSError:
         return None
-    if not version:
+    if not version or "/" in version or version.startswith("."):
         return None
-    return (version, stat.st_mtime_ns)
+    # The MAPE check is written into metadata.json after the save: a change there refreshes the entry too.
+    try:
+        meta_mtime = (protocol_dir / "versions" / version / "metadata.json").stat().st_mtime_ns
+    except OSError:
+        meta_mtime = None
+    return (version, stat.st_mtime_ns, meta_mtime)
 
 
 def load_predictor(protocol_dir: Path) -> Any:

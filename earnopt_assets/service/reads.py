@@ -118,30 +118,26 @@ def latest_forecast_series(db_path: Path, protocols: list[str]) -> dict[str, lis
     return with_tables(db_path, ("forecasts",), query, {})
 
 
+ALERT_COLUMNS = ("id", "device", "protocol", "rule", "severity", "hour", "message", "evidence", "status", "created_at", "updated_at", "acknowledged_at")
+
+
 def open_alerts(db_path: Path) -> tuple[bool, list[dict[str, Any]]]:
-    """``(available, rows)``: rows of the alerts table that are still open, newest first."""
+    """``(available, rows)``: alerts not yet resolved (open or acknowledged), newest first.
+
+    Columns follow ``earnopt_assets.anomaly.store`` (the anomaly area owns the table).
+    """
 
     def query(conn: duckdb.DuckDBPyConnection) -> tuple[bool, list[dict[str, Any]]]:
-        columns = table_columns(conn, "alerts")
-        where = ""
-        if "status" in columns:
-            where = "WHERE lower(status) IN ('open', 'firing', 'active')"
-        elif "resolved_at" in columns:
-            where = "WHERE resolved_at IS NULL"
-        order = next((f"ORDER BY {c} DESC" for c in ("opened_at", "created_at", "ts", "fired_at") if c in columns), "")
-        cursor = conn.execute(f"SELECT * FROM alerts {where} {order}")  # noqa: S608 - fixed identifiers only
-        names = [d[0] for d in cursor.description]
-        return True, [dict(zip(names, row)) for row in cursor.fetchall()]
+        cursor = conn.execute(
+            f"SELECT {', '.join(ALERT_COLUMNS)} FROM alerts WHERE status <> 'resolved' ORDER BY created_at DESC, id"
+        )
+        return True, [dict(zip(ALERT_COLUMNS, row)) for row in cursor.fetchall()]
 
     return with_tables(db_path, ("alerts",), query, (False, []))
 
 
 def latest_allocation_time(db_path: Path) -> datetime | None:
     def query(conn: duckdb.DuckDBPyConnection) -> datetime | None:
-        columns = table_columns(conn, "optimization_cycles")
-        for column in ("cycle_time", "decided_at", "ts", "created_at", "started_at"):
-            if column in columns:
-                return _utc(conn.execute(f"SELECT max({column}) FROM optimization_cycles").fetchone()[0])
-        return None
+        return _utc(conn.execute("SELECT max(created_at) FROM optimization_cycles").fetchone()[0])
 
     return with_tables(db_path, ("optimization_cycles",), query, None)

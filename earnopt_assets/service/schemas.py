@@ -382,15 +382,20 @@ class AnomalyDetectionResponse(_Model):
 
 
 class Alert(_Model):
-    model_config = ConfigDict(extra="allow")
+    """One unresolved alert of the anomaly pipeline (table ``alerts``)."""
 
-    alert_id: str | None = None
-    protocol: str | None = None
-    kind: str | None = None
-    severity: str | None = None
-    status: str | None = None
-    message: str | None = None
-    opened_at: datetime | None = None
+    id: str
+    device: str
+    protocol: str
+    rule: str = Field(description="Rule or detector that fired (e.g. earnings_drop, offline, anomaly_score).")
+    severity: Literal["info", "warning", "critical"]
+    hour: datetime = Field(description="UTC hour the alert is about.")
+    message: str
+    evidence: dict[str, Any] = Field(default_factory=dict, description="What the rule saw (JSON).")
+    status: Literal["open", "acknowledged"]
+    created_at: datetime
+    updated_at: datetime
+    acknowledged_at: datetime | None = None
 
 
 class AlertsResponse(_Model):

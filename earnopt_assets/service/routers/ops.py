@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -145,4 +146,9 @@ def _alert_fields(row: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, datetime) and value.tzinfo is None:
             value = value.replace(tzinfo=timezone.utc)
         out[key] = value
+    try:
+        evidence = json.loads(out.get("evidence") or "{}")
+    except ValueError:
+        evidence = {"raw": out.get("evidence")}
+    out["evidence"] = evidence if isinstance(evidence, dict) else {"value": evidence}
     return out

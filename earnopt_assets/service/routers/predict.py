@@ -131,21 +131,21 @@ def evaluate_model(protocol: ProtocolPath, request: EvaluationRequest, state: Se
         result = scorer.evaluate(holdout, context=context)
     except SequenceValidationError as exc:
         raise UnprocessableData(str(exc), field="rows") from None
-    model_metrics = {k: float(v) for k, v in (result.get("model") or {}).items() if isinstance(v, (int, float)) and v is not None}
+    model_metrics = {k: float(v) for k, v in (result.get("model") or {}).items() if isinstance(v, (int, float))}
+    from earnopt_assets.forecasting.registry import DEFAULT_MAPE_TARGET_PCT, judge_mape
     from earnopt_assets.service.forecast_adapter import mape_check
 
     _, threshold = mape_check(entry.metadata, predictor.metrics or {})
-    mape = model_metrics.get("mape")
-    passed = None if threshold is None or mape is None else bool(mape <= threshold)
-    details = {
-        key: value for key, value in result.items() if key != "model"
-    }
+    threshold = threshold if threshold is not None else DEFAULT_MAPE_TARGET_PCT
+    outcome = judge_mape(result, threshold)
+    details = {key: value for key, value in result.items() if key != "model"}
+    details["mape_check_reasons"] = list(outcome.reasons)
     return EvaluationResponse(
         protocol=protocol,
         model_version=entry.version,
         metrics=model_metrics,
         n_samples=int(model_metrics.get("n", 0)),
-        passed_mape_check=passed,
+        passed_mape_check=outcome.passed,
         mape_threshold=threshold,
         details=_json_safe(details),
     )
