@@ -22,7 +22,7 @@ trivial yet is learnable. For protocol ``p`` in hour ``t`` (all arrays vectorise
   Poisson(30), latency NaN. Labelled ``outage``.
 * Injected anomalies (about 5 per protocol per 90 days, 2-6 h each, never overlapping an outage or the
   first week): ``earnings_drop`` (earnings * (1 - magnitude), magnitude 0.6-0.95), ``resource_spike``
-  (cpu/memory/bandwidth * magnitude, magnitude 3-6) and ``failure_burst`` (failures + magnitude,
+  (cpu/memory/bandwidth pinned at alloc * per-unit * magnitude, magnitude 3-6) and ``failure_burst`` (failures + magnitude,
   magnitude 15-60, earnings * 0.85). Every affected hour is one row of the labels frame.
 
 Everything is drawn from ``numpy.random.default_rng(seed)`` (one child stream per protocol, in catalog
@@ -246,9 +246,10 @@ def _simulate_protocol(
                 earnings[a:b] *= 1.0 - magnitude
             elif kind == "resource_spike":
                 magnitude = float(rng.uniform(3.0, 6.0))
-                cpu[a:b] *= magnitude
-                memory[a:b] *= magnitude
-                bandwidth[a:b] *= magnitude
+                # A runaway container: usage pinned at magnitude x its allocated share, whatever the hour.
+                cpu[a:b] = allocation[a:b] * spec.cpu_cores * magnitude
+                memory[a:b] = allocation[a:b] * spec.memory_gb * magnitude
+                bandwidth[a:b] = allocation[a:b] * spec.bandwidth_mbps * magnitude
             else:
                 magnitude = float(rng.integers(15, 61))
                 failures[a:b] += int(magnitude)
