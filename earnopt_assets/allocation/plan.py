@@ -413,6 +413,20 @@ class AllocationPlan:
         }
 
 
+_ALLOCATORS: dict[ResourceConstraints, ResourceAllocator] = {}
+
+
+def shared_allocator(constraints: ResourceConstraints) -> ResourceAllocator:
+    """One allocator per host totals in this process, so a long-lived process (the API service, a
+    benchmark) re-solves its cached DPP problem instead of rebuilding it every cycle."""
+    allocator = _ALLOCATORS.get(constraints)
+    if allocator is None:
+        if len(_ALLOCATORS) >= 8:
+            _ALLOCATORS.clear()
+        allocator = _ALLOCATORS[constraints] = ResourceAllocator(constraints)
+    return allocator
+
+
 def _action(current: float, target: float, degraded: bool, threshold: float) -> tuple[Action, str]:
     change = abs(target - current)
     if degraded:
@@ -435,7 +449,7 @@ def compute_plan(
     """Phase 2 (pure): optimise, check, decide and derive the per-protocol actions."""
     settings = catalog.allocation
     constraints = ResourceConstraints.from_totals(catalog.host.totals())
-    allocator = allocator or ResourceAllocator(constraints)
+    allocator = allocator or shared_allocator(constraints)
     specs = {n: catalog.require(n) for n in inputs.protocols}
     requirements = {n: ProtocolRequirements.from_spec(s) for n, s in specs.items()}
     degraded = frozenset(n for n, p in inputs.protocols.items() if p.degraded)
