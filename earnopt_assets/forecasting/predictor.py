@@ -303,6 +303,7 @@ class EarningsPredictor:
         self.checkpoint_path: Path | None = None
         self.callback_names: list[str] = []
         self.last_evaluation: pd.DataFrame | None = None
+        self.last_split: tuple[np.ndarray, np.ndarray] | None = None
         self._compiled: Callable | None = None
         self._index = {name: i for i, name in enumerate(self.config.channels)}
 
@@ -580,6 +581,7 @@ class EarningsPredictor:
             raise InsufficientHistoryError(f"{self.protocol}: {len(X)} training windows are too few to validate")
         train_idx, val_idx = list(TimeSeriesSplit(n_splits=n_splits, test_size=val_size).split(X))[-1]
         X_train, y_train, X_val, y_val = X[train_idx], y[train_idx], X[val_idx], y[val_idx]
+        self.last_split = (train_idx, val_idx)
 
         self.build_model()
         checkpoint_root = Path(checkpoint_dir) if checkpoint_dir is not None else self._checkpoint_dir()
@@ -740,6 +742,20 @@ class EarningsPredictor:
             self._compiled = lambda x: concrete(tf.constant(x)).numpy()
         return self._compiled
 
+    def predict_windows(self, X: np.ndarray) -> np.ndarray:
+        """Scaled residual outputs of the network for already-scaled windows ``X`` of shape (n, L, C)."""
+        self._require_fitted()
+        X = np.asarray(X, dtype=np.float32)
+        expected = (self.sequence_length, self.n_channels)
+        if X.ndim != 3 or X.shape[1:] != expected:
+            raise ValueError(f"{self.protocol}: windows must have shape (n, {expected[0]}, {expected[1]}), got {X.shape}")
+        call = self._compiled_call()
+        return np.concatenate([call(X[i : i + 1])[:, 0] for i in range(len(X))]) if len(X) else np.empty(0, dtype=np.float32)
+
+    def _require_fitted(self) -> None:
+        if not self.is_fitted:
+            raise ModelNotTrainedError(f"{self.protocol}: no model; train or load first")
+
     def _forecast_from(self, window: np.ndarray, tail: np.ndarray, origin_ts: pd.Timestamp, horizon: int = HORIZON_HOURS) -> np.ndarray:
         if not self.is_fitted:
             raise ModelNotTrainedError(f"{self.protocol}: no model; train or load first")
@@ -795,12 +811,14 @@ class EarningsPredictor:
         Needs ``sequence_length`` complete hours plus 168 h of earnings behind them; values are never
         negative or NaN. Raises a :class:`SequenceValidationError` subclass when the input is unusable.
         """
+        self._require_fitted()
         arrays = self.history_arrays(recent_data)
         window, tail = self._origin_inputs(arrays, len(arrays.ts) - 1)
         return self._forecast_from(window, tail, arrays.ts[-1])
 
     def forecast_frame(self, recent_data: pd.DataFrame) -> pd.DataFrame:
         """:meth:`predict_next_24h` with its target hours: columns ``target_ts``, ``horizon_hours``, ``value``."""
+        self._require_fitted()
         arrays = self.history_arrays(recent_data)
         origin = arrays.ts[-1]
         window, tail = self._origin_inputs(arrays, len(arrays.ts) - 1)
@@ -825,6 +843,7 @@ class EarningsPredictor:
         "origins": n, "skipped_origins": k, "better_baseline": name}`` with ``m`` from
         :func:`forecast_metrics`; the per-hour table is kept in :attr:`last_evaluation`.
         """
+        self._require_fitted()
         self._check_columns(test_df)
         frame = test_df if context is None else pd.concat([context, test_df], ignore_index=True)
         frame = frame.drop_duplicates(subset="ts", keep="last")
