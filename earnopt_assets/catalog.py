@@ -159,7 +159,7 @@ class AlertSettings(_Strict):
     degradation_hours: int = Field(3, ge=1)
     resolve_after_hours: int = Field(3, ge=1)
     contamination: float = Field(
-        0.005, gt=0, le=0.5, description="IsolationForest share of outliers (0.005 keeps its alerts >50 % precise)."
+        0.002, gt=0, le=0.5, description="IsolationForest share of outliers (0.005 keeps its alerts >50 % precise)."
     )
     score_hours: int = Field(48, ge=1, description="Recent hours the anomalies asset scores each run.")
     evaluation_hours: int = Field(24, ge=1, description="Recent hours the alerts asset evaluates each run.")

@@ -8,6 +8,8 @@ feature                  formula
 earnings_dev_24h         (x_t - m_t) / (m_t + eps), m_t = mean(x_{t-24..t-1}) (relative deviation from
                          the 24 h moving average of allocation-adjusted earnings), clipped to [-1, 5]
 earnings_vs_last_week    (x_t - x_{t-168}) / ((|x_t| + |x_{t-168}|)/2 + eps)  in [-2, 2]
+(compute protocols)      both earnings features use m_t = x_{t-168} = B_t, the median hour of the
+                         trailing week in the same busy/idle (leased/unleased) state as t
 resource_zscore          max_r (v_{r,t} - mean_r) / max(std_r, 0.1*|mean_r|, eps): activity z-score vs the
                          trailing 7 days (std floored at 10 % of the mean so steady resources do not
                          fire on noise), clipped to [-10, 50]
@@ -37,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from earnopt_assets.atomic import atomic_write_bytes, atomic_write_json
-from earnopt_assets.catalog import ProtocolSpec
+from earnopt_assets.catalog import ProtocolKind, ProtocolSpec
 from earnopt_assets.features import lag, rolling_mean
 from earnopt_assets.anomaly.series import RESOURCES, SeriesContext, iter_series, trailing_stats
 
@@ -76,8 +78,12 @@ def resource_zscore(ctx: SeriesContext, min_relative_std: float = MIN_RELATIVE_S
 def series_detection_features(ctx: SeriesContext) -> pd.DataFrame:
     """The detection features of one series, one row per grid hour (NaN where not computable)."""
     x = ctx.adjusted_earnings
-    ma = lag(rolling_mean(x, 24), 1)
-    week = lag(x, 168)
+    if ctx.spec.kind is ProtocolKind.compute:
+        # Lease-paid: compare with the median hour of the trailing week in the same (busy/idle) state.
+        ma = week = ctx.same_hour_baseline
+    else:
+        ma = lag(rolling_mean(x, 24), 1)
+        week = lag(x, 168)
     with np.errstate(invalid="ignore", divide="ignore"):
         dev = np.clip((x - ma) / (ma + EPS), -1.0, 5.0)
         vs_week = (x - week) / ((np.abs(x) + np.abs(week)) / 2.0 + EPS)

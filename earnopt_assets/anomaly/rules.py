@@ -14,7 +14,8 @@ a 30.0001 % drop and not at 30 %.
 | isolation_forest | the detector flags the row (decision_function < 0) | info |
 
 ``x_t`` is allocation-adjusted earnings (earnings per unit of allocation^g, see ``series.py``), so a
-deliberate allocation cut is not an earnings drop; compute protocols are judged only in busy (leased) hours.
+deliberate allocation cut is not an earnings drop; compute protocols compare busy (leased) hours with busy
+hours and idle hours with idle hours, so the end of a lease is not a drop either.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def earnings_drop(ctx: SeriesContext, settings: AlertSettings) -> list[RuleHit]:
     """Earnings this hour more than ``earnings_drop_threshold`` below the same-hour 7-day median."""
     x, base = ctx.adjusted_earnings, ctx.same_hour_baseline
     with np.errstate(invalid="ignore"):
-        valid = ctx.observed & ctx.busy & np.isfinite(x) & np.isfinite(base) & (base > 0)
+        valid = ctx.observed & np.isfinite(x) & np.isfinite(base) & (base > 0)
         fire = valid & (x < base * (1.0 - settings.earnings_drop_threshold) - _TOL * base)
         critical = x <= base * (1.0 - settings.earnings_drop_critical) + _TOL * base
     hits: list[RuleHit] = []
@@ -221,7 +222,7 @@ def performance_degradation(ctx: SeriesContext, settings: AlertSettings) -> list
     x, base = ctx.adjusted_earnings, ctx.same_hour_baseline
     latency_median = trailing_median(ctx.latency)
     with np.errstate(invalid="ignore"):
-        earn_low = ctx.busy & np.isfinite(x) & np.isfinite(base) & (base > 0) & (x < ratio * base - _TOL * base)
+        earn_low = np.isfinite(x) & np.isfinite(base) & (base > 0) & (x < ratio * base - _TOL * base)
         slow = np.isfinite(ctx.latency) & np.isfinite(latency_median) & (ctx.latency * ratio > latency_median + _TOL)
     below = ctx.observed & (earn_low | slow)
     run = np.zeros(len(below), dtype=int)

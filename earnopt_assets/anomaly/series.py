@@ -12,9 +12,9 @@ Notation: ``e_t`` earnings, ``a_t`` allocation, ``g`` = ``allocation_elasticity`
 * nan-tolerant trailing stats    mean/std over the ``w`` hours BEFORE t, ignoring missing hours, defined
                                  when at least half of the window was observed
 * same-hour baseline             median(x_{t-24k}, k = 1..7), defined when >= 4 of the 7 exist;
-                                 compute protocols (lease-paid, no daily rhythm while leased): median of the
-                                 busy hours of the trailing 168 h (>= 24 of them). Idle compute hours (CPU
-                                 below 50 % of the allocated share: no lease) are not judged on earnings.
+                                 compute protocols (lease-paid, no daily rhythm): median of the trailing
+                                 168 h hours in the same state as t (>= 24 of them): busy (CPU at >= 50 %
+                                 of its allocated share: leased) or idle.
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ class SeriesContext:
 
     @property
     def busy(self) -> np.ndarray:
-        """Hours in which earnings are expected: always, except idle (unleased) compute nodes."""
+        """Leased hours of a compute node (CPU >= 50 % of its share); every hour for other kinds."""
         if self.spec.kind is not ProtocolKind.compute:
             return np.ones(len(self.ts), dtype=bool)
         cpu = self.activity("cpu_cores")
@@ -157,13 +157,19 @@ class SeriesContext:
 
     @property
     def same_hour_baseline(self) -> np.ndarray:
-        """median of x over the same hour of the previous 7 days (busy hours only for compute)."""
+        """B_t: what hour t normally earns (allocation-adjusted).
+
+        Bandwidth/storage: median of x over the same hour of the previous 7 days. Compute (lease-paid, no
+        daily rhythm, busy and idle hours earn at two levels): median of the trailing 168 h hours in the
+        same state (busy or idle) as t, so the end of a lease is not an earnings drop.
+        """
         def compute() -> np.ndarray:
-            x = np.where(self.busy, self.adjusted_earnings, np.nan)
+            x = self.adjusted_earnings
             if self.spec.kind is ProtocolKind.compute:
-                # A lease pays a steady rate whatever the hour, and leased hours are too sparse for a
-                # same-hour median: use the median of all busy hours of the trailing 7 days.
-                return trailing_median(x, WEEK_HOURS, min_count=24)
+                busy = self.busy
+                busy_median = trailing_median(np.where(busy, x, np.nan), WEEK_HOURS, min_count=24)
+                idle_median = trailing_median(np.where(busy, np.nan, x), WEEK_HOURS, min_count=24)
+                return np.where(busy, busy_median, idle_median)
             return same_hour_median(x)
 
         return self._cached("baseline", compute)

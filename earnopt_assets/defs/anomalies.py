@@ -8,8 +8,9 @@ connection around the SQL only, and the alerts asset delivers notifications afte
 
 
 import base64
+import contextlib
 import io
-import json
+from collections.abc import Iterator
 from collections import Counter
 from datetime import timedelta
 
@@ -17,6 +18,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 from dagster_duckdb import DuckDBResource
+from duckdb import DuckDBPyConnection
 
 from earnopt_assets.anomaly.detector import DETECTION_FEATURES, AnomalyDetector, detection_features
 from earnopt_assets.anomaly.notify import Notifier
@@ -71,9 +73,27 @@ def _score_histogram(scores: np.ndarray) -> str | None:
     return f"![score distribution](data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()})"
 
 
+@contextlib.contextmanager
+def _warehouse(duckdb: DuckDBResource) -> Iterator[DuckDBPyConnection]:
+    """``duckdb.get_connection()`` that also closes the connection when the block raises (the resource's
+    own context manager only closes on success, leaving the file locked until garbage collection)."""
+    with duckdb.get_connection() as conn:
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+
+NO_TELEMETRY = "table raw_earnings does not exist yet: materialize raw_earnings (ingestion) first"
+
+
+class _NoTelemetry(Exception):
+    """Raised inside a connection block, turned into dg.Failure outside it (so no connection outlives it)."""
+
+
 def _require_telemetry(conn) -> None:
     if not table_exists(conn, "raw_earnings"):
-        raise dg.Failure(description="table raw_earnings does not exist yet: materialize raw_earnings (ingestion) first")
+        raise _NoTelemetry(NO_TELEMETRY)
 
 
 def _recent_telemetry(conn, hours: int) -> tuple[pd.DataFrame, pd.Timestamp | None]:
@@ -109,14 +129,17 @@ def anomaly_model(context: dg.AssetExecutionContext, earnopt: EarnoptResource, d
     """
     catalog = earnopt.catalog()
     settings = catalog.alerts
-    with duckdb.get_connection() as conn:
-        _require_telemetry(conn)
-        raw = conn.execute(f"SELECT {_TELEMETRY_SELECT} FROM raw_earnings ORDER BY device, protocol, ts").df()
-        feature_keys = (
-            conn.execute("SELECT device, protocol, ts FROM earnings_features").df()
-            if table_exists(conn, "earnings_features") else None
-        )
-        excluded = alert_hours(conn)
+    try:
+        with _warehouse(duckdb) as conn:
+            _require_telemetry(conn)
+            raw = conn.execute(f"SELECT {_TELEMETRY_SELECT} FROM raw_earnings ORDER BY device, protocol, ts").df()
+            feature_keys = (
+                conn.execute("SELECT device, protocol, ts FROM earnings_features").df()
+                if table_exists(conn, "earnings_features") else None
+            )
+            excluded = alert_hours(conn)
+    except _NoTelemetry:
+        raise dg.Failure(description=NO_TELEMETRY) from None
     raw = _known(raw, catalog)
     specs = {p.name: p for p in catalog.protocols}
     features = detection_features(raw, specs, settings.allocation_elasticity)
@@ -175,8 +198,11 @@ def anomalies(context: dg.AssetExecutionContext, earnopt: EarnoptResource, duckd
         detector = AnomalyDetector.load(earnopt.paths.models / "anomaly")
     except FileNotFoundError as exc:
         raise dg.Failure(description=f"{exc}; materialize anomaly_model first") from None
-    with duckdb.get_connection() as conn:
-        telemetry, newest = _recent_telemetry(conn, settings.score_hours)
+    try:
+        with _warehouse(duckdb) as conn:
+            telemetry, newest = _recent_telemetry(conn, settings.score_hours)
+    except _NoTelemetry:
+        raise dg.Failure(description=NO_TELEMETRY) from None
     telemetry = _known(telemetry, catalog)
     specs = {p.name: p for p in catalog.protocols}
     features = detection_features(telemetry, specs, settings.allocation_elasticity)
@@ -184,7 +210,7 @@ def anomalies(context: dg.AssetExecutionContext, earnopt: EarnoptResource, duckd
         features = features.loc[pd.to_datetime(features["ts"]) > newest - pd.Timedelta(hours=settings.score_hours)]
     scores = detector.decision_function(features)
     scored = features.assign(score=scores, is_anomaly=scores < 0)
-    with duckdb.get_connection() as conn:
+    with _warehouse(duckdb) as conn:
         written = write_scores(conn, scored, str(detector.version))
     flagged = scored.loc[scored["is_anomaly"]].sort_values("score")
     context.log.info(f"scored {written} rows with model {detector.version}; {len(flagged)} flagged")
@@ -214,12 +240,15 @@ def alerts(context: dg.AssetExecutionContext, earnopt: EarnoptResource, duckdb: 
     the configured channels after the warehouse connection is closed; attempts go to ``alert_deliveries``."""
     catalog = earnopt.catalog()
     settings = catalog.alerts
-    with duckdb.get_connection() as conn:
-        telemetry, newest = _recent_telemetry(conn, settings.evaluation_hours)
-        scores = (
-            conn.execute("SELECT * FROM anomalies WHERE ts > ?", [(newest - pd.Timedelta(hours=settings.evaluation_hours)).to_pydatetime()]).df()
-            if newest is not None and table_exists(conn, "anomalies") else None
-        )
+    try:
+        with _warehouse(duckdb) as conn:
+            telemetry, newest = _recent_telemetry(conn, settings.evaluation_hours)
+            scores = (
+                conn.execute("SELECT * FROM anomalies WHERE ts > ?", [(newest - pd.Timedelta(hours=settings.evaluation_hours)).to_pydatetime()]).df()
+                if newest is not None and table_exists(conn, "anomalies") else None
+            )
+    except _NoTelemetry:
+        raise dg.Failure(description=NO_TELEMETRY) from None
     telemetry = _known(telemetry, catalog)
     if scores is not None:
         scores = scores.drop(columns=["model_version", "scored_at"])
@@ -228,7 +257,7 @@ def alerts(context: dg.AssetExecutionContext, earnopt: EarnoptResource, duckdb: 
     evaluated = evaluated_until(telemetry)
     device = catalog.host.device
     devices = sorted(set(telemetry["device"].astype(str))) or [device]
-    with duckdb.get_connection() as conn:
+    with _warehouse(duckdb) as conn:
         conn.execute("BEGIN TRANSACTION")
         try:
             result = record_alerts(conn, candidates, evaluated, settings)
@@ -251,7 +280,7 @@ def alerts(context: dg.AssetExecutionContext, earnopt: EarnoptResource, duckdb: 
     with Notifier.from_settings(settings, log=context.log.info) as notifier:
         attempts = notifier.deliver_all(to_notify)
         channel_names = [c.target for c in notifier.channels]
-    with duckdb.get_connection() as conn:
+    with _warehouse(duckdb) as conn:
         delivery_counts = record_deliveries(conn, to_notify, attempts)
 
     new_table = pd.DataFrame(
