@@ -219,3 +219,41 @@ def test_overlapping_writers_do_not_fail_on_the_duckdb_lock(data_dir, small_cata
     assert all(count == 1 for _, count in ingested)  # no file ingested twice
     assert raw_rows == 4 * 3 * 72 and feature_rows == 3 * (4 * 72 - 168)  # 12 contiguous days per series
     assert sorted(p.name for p in paths.archive.iterdir()) == files
+
+
+_HOLDER = textwrap.dedent(
+    """
+    import sys, time, duckdb
+    conn = duckdb.connect(sys.argv[1])
+    conn.execute("CREATE TABLE IF NOT EXISTS t (x INTEGER)")
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+    conn.close()
+    """
+)
+
+
+def test_warehouse_connect_waits_for_another_process_then_times_out(tmp_path):
+    """Outside Dagster (API, CLI, benchmarks) ``warehouse.connect`` retries while another process holds
+    the DuckDB file, and gives up with the lock error after its timeout."""
+    from earnopt_assets.warehouse import connect
+
+    db = tmp_path / "w.duckdb"
+    with pytest.raises(FileNotFoundError, match="does not exist yet"):
+        with connect(db, read_only=True):
+            pass
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(db), "1.5"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    with connect(db, timeout_s=60) as conn:  # blocks until the holder exits, then works
+        conn.execute("INSERT INTO t VALUES (1)")
+    holder.wait(timeout=30)
+
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(db), "20"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(duckdb.IOException, match="lock"):
+            with connect(db, timeout_s=0.3):
+                pass
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
