@@ -49,7 +49,6 @@ import fcntl
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Iterator, Sequence
@@ -237,12 +236,6 @@ def unique_destination(directory: Path, name: str) -> Path:
     return target
 
 
-def _move(source: Path, directory: Path) -> Path:
-    target = unique_destination(directory, source.name)
-    shutil.move(str(source), str(target))
-    return target
-
-
 @contextlib.contextmanager
 def landing_lock(landing: Path, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
     """Exclusive ``flock`` on ``landing/.ingest.lock`` (blocks threads and processes alike)."""
@@ -418,7 +411,7 @@ def _validation_select(
 ) -> str:
     """The vectorised SELECT that types every contract column and collects every reason per row.
 
-    Output columns, in :data:`STAGED_COLUMNS` order. ``file_problems`` apply to every row (a missing or
+    Output columns in the order of the ``staged`` temp table (:data:`STAGED_DDL`). ``file_problems`` apply to every row (a missing or
     unexpected column); ``row_reasons_sql`` are extra per-row reason expressions (JSONL key checks).
     Parameters: ``$known`` (catalog protocol names), ``$default_device``, ``$file_index``, ``$kind``.
     """
@@ -494,11 +487,6 @@ def _validation_select(
         FROM {from_sql} AS s
     """
 
-
-STAGED_COLUMNS = (
-    "file_index", "row_number", "protocol", "device", "ts_exact", "value", "cpu_cores", "memory_gb",
-    "bandwidth_mbps", "storage_gb", "allocation", "connection_failures", "latency_ms", "reason", "raw_json", "kind",
-)
 
 STAGED_DDL = """
 CREATE OR REPLACE TEMP TABLE staged (
@@ -642,9 +630,6 @@ def _stage_file(conn: duckdb.DuckDBPyConnection, path: Path, file_format: str | 
     if file_format == "parquet":
         return _stage_arrow(conn, read_parquet_file(path), index, known, device)
     return _stage_jsonl(conn, read_jsonl_file(path), index, known, device)
-
-
-_TELEMETRY_SELECT = "device, protocol, ts, {value}, cpu_cores, memory_gb, bandwidth_mbps, storage_gb, allocation, connection_failures, latency_ms"
 
 
 def ingest_files(conn: duckdb.DuckDBPyConnection, files: Sequence[Path], paths: EarnoptPaths, catalog: Catalog) -> IngestReport:
