@@ -440,3 +440,17 @@ def test_zero_current_earnings_and_forced_reallocation(caplog: pytest.LogCapture
     assert decide(0.0, 1.0).to_dict()["improvement_pct"] == "inf"
     with pytest.raises(ValueError, match="horizon_minutes"):
         DecisionThresholds(horizon_minutes=0)
+
+
+@pytest.mark.parametrize("potential", [0.0, 2.5e-263, 1e-9, 1e-5])
+@pytest.mark.parametrize("penalty", [0.0, 0.001, 5.0])
+def test_tiny_earnings_and_large_penalties_stay_well_scaled(potential: float, penalty: float) -> None:
+    reqs = {"a": requirements(), "b": requirements(max_allocation=0.0), "c": requirements(min_allocation=0.1)}
+    current = {"a": 0.3, "b": 0.0, "c": 0.4}
+    result = ResourceAllocator(HOST).optimize_allocation(
+        reqs, {"a": potential, "b": potential, "c": potential}, current, change_penalty=penalty
+    )
+    assert result.solver_status == "optimal", result
+    assert check_constraints(result.allocations, reqs, HOST).passed
+    if penalty >= 0.001 and potential < 1e-8:
+        assert result.allocations == pytest.approx(current, abs=1e-6)  # nothing to gain: do not move

@@ -38,6 +38,8 @@ OPTIMAL_INACCURATE = "optimal_inaccurate"
 INFEASIBLE = "infeasible"
 # A restart is triggered by a change strictly above the threshold; this absorbs float noise at the boundary.
 BOUNDARY_EPS = 1e-9
+# Below a millionth of a cent per hour an expected earning is treated as zero.
+MIN_EARNINGS_USD_PER_HOUR = 1e-8
 
 
 def _finite_nonneg(owner: str, name: str, value: float) -> None:
@@ -316,7 +318,9 @@ class ResourceAllocator:
 
             curves = {n: (response_curves or {}).get(n) or ResponseCurve() for n in names}
             potentials = np.array([float(expected_earnings[n]) for n in names])
-            scale = float(potentials.max()) if potentials.size and potentials.max() > 0 else 1.0
+            potentials[potentials < MIN_EARNINGS_USD_PER_HOUR] = 0.0  # denormal dust would wreck the scaling
+            # Normalise by the largest coefficient so every objective coefficient is <= 1.
+            scale = max(float(potentials.max()), float(change_penalty)) or 1.0
             chords = [curves[n].chords(self.breakpoints) for n in names]
             intercepts = np.array([c[0] for c in chords]).T * (potentials / scale)  # (K, n)
             slopes = np.array([c[1] for c in chords]).T * (potentials / scale)
