@@ -454,3 +454,16 @@ def test_tiny_earnings_and_large_penalties_stay_well_scaled(potential: float, pe
     assert check_constraints(result.allocations, reqs, HOST).passed
     if penalty >= 0.001 and potential < 1e-8:
         assert result.allocations == pytest.approx(current, abs=1e-6)  # nothing to gain: do not move
+
+
+def test_concurrent_solves_on_one_allocator_do_not_mix_parameters() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    reqs = {"a": requirements(cpu_per_unit=8.0), "b": requirements(cpu_per_unit=8.0)}
+    allocator = ResourceAllocator(HOST)
+    cases = [{"a": 0.01 * (i + 1), "b": 0.05} for i in range(8)]
+    expected = [ResourceAllocator(HOST).optimize_allocation(reqs, case).allocations for case in cases]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda case: allocator.optimize_allocation(reqs, case).allocations, cases))
+    for got, want in zip(results, expected):
+        assert got == pytest.approx(want, abs=1e-6)

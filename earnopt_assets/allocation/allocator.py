@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -267,6 +268,8 @@ class ResourceAllocator:
         self.solvers = solvers  # (primary, explicit fallback); cp.ECOS == "ECOS", cp.CLARABEL == "CLARABEL"
         self.breakpoints = breakpoints
         self._problems: dict[tuple[str, ...], _ParametrisedProblem] = {}
+        # A solve sets the cached problem's parameters, then reads its variables: one solve at a time.
+        self._lock = threading.Lock()
 
     def _problem_for(self, names: tuple[str, ...]) -> _ParametrisedProblem:
         problem = self._problems.get(names)
@@ -329,43 +332,44 @@ class ResourceAllocator:
             current = np.array([float((current_allocation or {}).get(n, 0.0)) for n in names])
             usage = np.array([requirements[n].as_vector() for n in names]).T  # (4, n)
 
-            built = self._problem_for(names)
-            for k in range(len(built.intercepts)):
-                built.intercepts[k].value = intercepts[k]
-                built.slopes[k].value = slopes[k]
-            built.usage.value = usage
-            built.totals.value = self.constraints.as_vector()
-            built.lower.value = lower
-            built.upper.value = upper
-            built.current.value = current
-            built.penalty.value = float(change_penalty) / scale
+            with self._lock:
+                built = self._problem_for(names)
+                for k in range(len(built.intercepts)):
+                    built.intercepts[k].value = intercepts[k]
+                    built.slopes[k].value = slopes[k]
+                built.usage.value = usage
+                built.totals.value = self.constraints.as_vector()
+                built.lower.value = lower
+                built.upper.value = upper
+                built.current.value = current
+                built.penalty.value = float(change_penalty) / scale
 
-            solver, status, fallback = self._solve(built)
-            diagnosis = diagnose_infeasibility(requirements, self.constraints, frozenset(degraded))
-            if status not in (OPTIMAL, OPTIMAL_INACCURATE) or built.x.value is None:
-                if not diagnosis:
-                    diagnosis = [f"solver status {status!r}; no conflict between minimum allocations and totals was found"]
-                return failed(status, diagnosis, solver, fallback)
+                solver, status, fallback = self._solve(built)
+                diagnosis = diagnose_infeasibility(requirements, self.constraints, frozenset(degraded))
+                if status not in (OPTIMAL, OPTIMAL_INACCURATE) or built.x.value is None:
+                    if not diagnosis:
+                        diagnosis = [f"solver status {status!r}; no conflict between minimum allocations and totals was found"]
+                    return failed(status, diagnosis, solver, fallback)
 
-            shares = np.clip(np.asarray(built.x.value, dtype=float), lower, upper)
-            shares = np.clip(shares, 0.0, 1.0)
-            allocation = {n: float(s) for n, s in zip(names, shares)}
-            by_protocol = {n: float(potentials[i] * curves[n].relative(shares[i])) for i, n in enumerate(names)}
-            used = resource_use(allocation, requirements)
-            objective = float(built.problem.value) * scale if built.problem.value is not None else None
-            return AllocationResult(
-                allocations=allocation,
-                expected_earnings=float(sum(by_protocol.values())),
-                resource_utilization=utilization_pct(used, self.constraints),
-                is_optimal=status == OPTIMAL,
-                solver_status=status,
-                solve_seconds=time.perf_counter() - started,
-                solver=solver,
-                expected_earnings_by_protocol=by_protocol,
-                diagnosis=[] if status == OPTIMAL else [f"solver returned {status}"],
-                fallback_reason=fallback,
-                objective_value=objective,
-            )
+                shares = np.clip(np.asarray(built.x.value, dtype=float), lower, upper)
+                shares = np.clip(shares, 0.0, 1.0)
+                allocation = {n: float(s) for n, s in zip(names, shares)}
+                by_protocol = {n: float(potentials[i] * curves[n].relative(shares[i])) for i, n in enumerate(names)}
+                used = resource_use(allocation, requirements)
+                objective = float(built.problem.value) * scale if built.problem.value is not None else None
+                return AllocationResult(
+                    allocations=allocation,
+                    expected_earnings=float(sum(by_protocol.values())),
+                    resource_utilization=utilization_pct(used, self.constraints),
+                    is_optimal=status == OPTIMAL,
+                    solver_status=status,
+                    solve_seconds=time.perf_counter() - started,
+                    solver=solver,
+                    expected_earnings_by_protocol=by_protocol,
+                    diagnosis=[] if status == OPTIMAL else [f"solver returned {status}"],
+                    fallback_reason=fallback,
+                    objective_value=objective,
+                )
         except Exception as exc:  # noqa: BLE001 - the contract is "never raises"
             logger.exception("allocation failed")
             return failed("error", [f"{type(exc).__name__}: {exc}"])
