@@ -168,6 +168,15 @@ def telemetry_records(data: Any) -> list[dict[str, Any]]:
     return out
 
 
+def _train_body(rows: Any, options: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    body: dict[str, Any] = {}
+    if rows is not None:
+        body["rows"] = telemetry_records(rows)
+    if options:
+        body["options"] = dict(options)
+    return body or None
+
+
 def _retry_after(response: httpx.Response | None) -> float | None:
     if response is None:
         return None
@@ -314,9 +323,10 @@ class MLClient(_Core):
     def evaluate(self, protocol: str, data: Any) -> EvaluationResponse:
         return self._parse(EvaluationResponse, self._request("POST", f"/evaluate/{protocol}", json={"rows": telemetry_records(data)}))
 
-    def train(self, protocol: str, rows: Any = None) -> TrainResponse:
-        """Launch a training run (needs the token). Not retried once the request may have been sent."""
-        body = {"rows": telemetry_records(rows)} if rows is not None else None
+    def train(self, protocol: str, rows: Any = None, options: Mapping[str, Any] | None = None) -> TrainResponse:
+        """Launch a training run (needs the token); ``options`` override the run config (e.g. ``epochs``).
+        Not retried once the request may have been sent."""
+        body = _train_body(rows, options)
         return self._parse(TrainResponse, self._request("POST", f"/train/{protocol}", json=body, idempotent=False))
 
     def run_status(self, run_id: str) -> RunStatusResponse:
@@ -406,8 +416,8 @@ class AsyncMLClient(_Core):
     async def evaluate(self, protocol: str, data: Any) -> EvaluationResponse:
         return self._parse(EvaluationResponse, await self._request("POST", f"/evaluate/{protocol}", json={"rows": telemetry_records(data)}))
 
-    async def train(self, protocol: str, rows: Any = None) -> TrainResponse:
-        body = {"rows": telemetry_records(rows)} if rows is not None else None
+    async def train(self, protocol: str, rows: Any = None, options: Mapping[str, Any] | None = None) -> TrainResponse:
+        body = _train_body(rows, options)
         return self._parse(TrainResponse, await self._request("POST", f"/train/{protocol}", json=body, idempotent=False))
 
     async def run_status(self, run_id: str) -> RunStatusResponse:

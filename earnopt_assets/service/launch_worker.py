@@ -54,8 +54,11 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     _update(record_path, record, state="LAUNCHING", detail="submitting the run to the Dagster instance")
     tags = {"dagster/partition": record["partition"], "earnopt/launched_by": "api"}
+    command = [*cli, "job", "launch", "-m", module, "-j", record["job"], "--run-id", record["run_id"], "--tags", json.dumps(tags)]
+    if record.get("run_config"):
+        command += ["--config-json", json.dumps(record["run_config"])]
     launch = subprocess.run(
-        [*cli, "job", "launch", "-m", module, "-j", record["job"], "--run-id", record["run_id"], "--tags", json.dumps(tags)],
+        command,
         env=env, capture_output=True, text=True,
     )
     sys.stdout.write(launch.stdout + launch.stderr)

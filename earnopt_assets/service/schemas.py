@@ -158,11 +158,39 @@ class EvaluationResponse(_Model):
 # ----------------------------------------------------------------------------- training and runs
 
 
+class TrainingOptions(_Model):
+    """Overrides of the ``earnings_model`` run config (unset = the asset's defaults)."""
+
+    epochs: int | None = Field(None, ge=1, le=500, description="Max epochs (early stopping may end sooner).")
+    batch_size: int | None = Field(None, ge=1, le=4096)
+    sequence_length: int | None = Field(None, ge=2, le=168, description="Hours per input window.")
+    lstm_units_1: int | None = Field(None, ge=1, le=1024)
+    lstm_units_2: int | None = Field(None, ge=1, le=1024)
+    patience: int | None = Field(None, ge=1, le=100)
+    min_holdout_days: int | None = Field(None, ge=1, le=60)
+    mape_target_pct: float | None = Field(None, gt=0, le=1000, description="Target of the blocking MAPE check (percent).")
+
+    def run_config(self) -> dict[str, Any]:
+        """Dagster run config for the training job: the asset's config, plus the check's target."""
+        values = self.model_dump(exclude_none=True)
+        check_target = values.get("mape_target_pct")
+        config: dict[str, Any] = {"ops": {}}
+        if values:
+            config["ops"]["earnings_model"] = {"config": values}
+        if check_target is not None:
+            config["ops"]["earnings_model_mape_within_target"] = {"config": {"mape_target_pct": check_target}}
+        return config if config["ops"] else {}
+
+
 class TrainRequest(_Model):
-    """Optional extra telemetry: it is written to the landing directory and goes through ingestion's
-    validation (raw_earnings, earnings_features) before the model trains. Omit to train on the warehouse."""
+    """Optional extra telemetry and training options. Posted rows are written to the landing directory and
+    go through ingestion's validation (raw_earnings, earnings_features) before the model trains. Omit
+    everything to train on what the warehouse holds with the asset's default config."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"options": {"epochs": 60}}, {}]})
 
     rows: list[TelemetryRow] = Field(default_factory=list, max_length=24 * 365 * 2, description="Extra telemetry to ingest first.")
+    options: TrainingOptions = Field(default_factory=TrainingOptions, description="Run config overrides.")
 
     _rows_unique = field_validator("rows")(classmethod(lambda cls, rows: _check_rows(rows)))
 
@@ -173,7 +201,7 @@ RunStatus = Literal["LAUNCHING", "QUEUED", "NOT_STARTED", "STARTING", "STARTED",
 class TrainResponse(_Model):
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"run_id": "0b8a3f6e-3c1c-4d4a-9e55-6f1f4c0f6a51", "protocol": "honeygain", "status": "LAUNCHING", "status_url": "/runs/0b8a3f6e-3c1c-4d4a-9e55-6f1f4c0f6a51", "job": "earnings_model_job", "partition": "honeygain", "ingested_rows": 0}]},
+        json_schema_extra={"examples": [{"run_id": "0b8a3f6e-3c1c-4d4a-9e55-6f1f4c0f6a51", "protocol": "honeygain", "status": "LAUNCHING", "status_url": "/runs/0b8a3f6e-3c1c-4d4a-9e55-6f1f4c0f6a51", "job": "retrain_earnings_models", "partition": "honeygain", "ingested_rows": 0}]},
     )
 
     run_id: str = Field(description="Dagster run id; poll GET /runs/{run_id}.")

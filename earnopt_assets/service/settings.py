@@ -57,7 +57,7 @@ class ServiceSettings(BaseSettings):
     dagster_graphql_url: str | None = Field(
         None, description="Dagster webserver URL (e.g. http://127.0.0.1:3000) to submit training runs to."
     )
-    train_job: str = Field("earnings_model_job", description="Job materializing one earnings_model partition.")
+    train_job: str = Field("retrain_earnings_models", description="Job materializing one earnings_model partition.")
     workspace_module: str = Field("earnopt_assets.definitions", description="Module holding the Definitions.")
     model_reload_seconds: float = Field(5.0, ge=0, description="Min seconds between model freshness checks.")
     log_level: str = Field("info", description="Log level of the service's request log.")

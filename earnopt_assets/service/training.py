@@ -106,7 +106,7 @@ class InstanceTrainLauncher:
                 self._instance = dg.DagsterInstance.from_config(str(self.dagster_home))
             return self._instance
 
-    def launch(self, protocol: str, *, ingest_first: bool) -> str:
+    def launch(self, protocol: str, *, ingest_first: bool, run_config: dict[str, Any] | None = None) -> str:
         """Start the worker and return the run id the Dagster run will carry."""
         run_id = str(uuid.uuid4())
         self.records_dir.mkdir(parents=True, exist_ok=True)
@@ -117,6 +117,7 @@ class InstanceTrainLauncher:
             "partition": protocol,
             "state": "LAUNCHING",
             "ingest_first": ingest_first,
+            "run_config": run_config or {},
             "workspace_module": self.workspace_module,
             "created_at": datetime.now(timezone.utc).isoformat(),
             "detail": None,
@@ -143,6 +144,28 @@ class InstanceTrainLauncher:
         log.info("launched training worker pid=%d run_id=%s protocol=%s", process.pid, run_id, protocol)
         return run_id
 
+    def _failure_detail(self, run_id: str) -> str | None:
+        """The failed steps' error messages (and failed blocking checks) from the run's event log."""
+        from dagster import DagsterEventType
+
+        messages: list[str] = []
+        try:
+            for record in self.instance().all_logs(run_id, of_type={DagsterEventType.STEP_FAILURE, DagsterEventType.RUN_FAILURE}):
+                event = record.dagster_event
+                if event is None:
+                    continue
+                data = event.event_specific_data
+                error = getattr(data, "error", None)
+                while error is not None and getattr(error, "cause", None) is not None:
+                    error = error.cause  # the user's exception, not Dagster's wrapper
+                text = error.message.strip() if error is not None else (event.message or record.user_message or "")
+                step = f"{event.step_key}: " if event.step_key else ""
+                if text:
+                    messages.append(step + text.splitlines()[0][:500])
+        except Exception:  # detail is best effort; the status itself is authoritative
+            return None
+        return "; ".join(dict.fromkeys(messages)) or None
+
     def _read_record(self, run_id: str) -> dict[str, Any] | None:
         try:
             return json.loads(self._record_path(run_id).read_text())
@@ -158,6 +181,9 @@ class InstanceTrainLauncher:
                 stats = self.instance().get_run_stats(run_id)
             except Exception:  # stats are a nicety
                 stats = None
+            detail = (record or {}).get("detail")
+            if run.status.value == "FAILURE":
+                detail = self._failure_detail(run_id) or detail
             return RunState(
                 run_id=run_id,
                 status=run.status.value,
@@ -165,7 +191,7 @@ class InstanceTrainLauncher:
                 partition=run.tags.get("dagster/partition"),
                 start_time=_epoch_to_dt(getattr(stats, "start_time", None)),
                 end_time=_epoch_to_dt(getattr(stats, "end_time", None)),
-                detail=(record or {}).get("detail"),
+                detail=detail,
             )
         if record is None:
             raise RunNotFound(run_id)
@@ -212,11 +238,11 @@ class GraphQLTrainLauncher:
 
         return DagsterGraphQLClient(self._host, port_number=self._port, use_https=self._https, timeout=10)
 
-    def launch(self, protocol: str, *, ingest_first: bool) -> str:
+    def launch(self, protocol: str, *, ingest_first: bool, run_config: dict[str, Any] | None = None) -> str:
         if ingest_first:
             raise ValueError("posted rows need instance mode; in GraphQL mode land files and let ingestion run")
         return self._client().submit_job_execution(
-            self.job_name, tags={"dagster/partition": protocol, "earnopt/launched_by": "api"}
+            self.job_name, run_config=run_config or {}, tags={"dagster/partition": protocol, "earnopt/launched_by": "api"}
         )
 
     def status(self, run_id: str) -> RunState:

@@ -60,7 +60,8 @@ async def train(
         # The protocol is catalog-checked; the file name adds only a fresh uuid.
         await run_in_threadpool(atomic_write_text, landing / f"api-{protocol}-{uuid.uuid4().hex}.jsonl", text)
     try:
-        run_id = await run_in_threadpool(state.launcher.launch, protocol, ingest_first=bool(rows))
+        run_config = request.options.run_config() if request is not None else {}
+        run_id = await run_in_threadpool(state.launcher.launch, protocol, ingest_first=bool(rows), run_config=run_config)
     except ValueError as exc:
         raise UnprocessableData(str(exc), field="rows") from None
     except Exception as exc:
