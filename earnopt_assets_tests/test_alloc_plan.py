@@ -23,6 +23,8 @@ from earnopt_assets.allocation.plan import (
     write_latest_plan,
 )
 from earnopt_assets.allocation.allocator import ProtocolRequirements, ResourceConstraints
+from earnopt_assets.anomaly.state import ensure_state_tables
+from earnopt_assets.forecasting.store import ensure_forecasts_table
 from earnopt_assets.simulator import simulate
 from earnopt_assets.warehouse import connect, ensure_raw_earnings
 
@@ -96,13 +98,11 @@ def test_fallback_forecast_and_response_curves_from_raw_earnings(warehouse: Path
 
 def insert_forecasts(db: Path, protocol: str, forecast_time: datetime, values: list[float], source: str = "lstm") -> None:
     with connect(db) as conn:
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS forecasts (forecast_time TIMESTAMP, device VARCHAR, protocol VARCHAR, target_ts TIMESTAMP,"
-            " value DOUBLE, model_version VARCHAR, source VARCHAR, reason VARCHAR)"
-        )
+        ensure_forecasts_table(conn)  # the forecasting area's own DDL, so a schema change shows up here
         conn.executemany(
-            "INSERT INTO forecasts VALUES (?, 'local', ?, ?, ?, 'v1', ?, NULL)",
-            [[forecast_time, protocol, forecast_time + timedelta(hours=h + 1), v, source] for h, v in enumerate(values)],
+            "INSERT INTO forecasts (forecast_time, device, protocol, origin_ts, target_ts, horizon_hours, value, model_version, source)"
+            " VALUES (?, 'local', ?, ?, ?, ?, ?, 'v1', ?)",
+            [[forecast_time, protocol, forecast_time, forecast_time + timedelta(hours=h + 1), h + 1, v, source] for h, v in enumerate(values)],
         )
 
 
@@ -123,9 +123,15 @@ def test_latest_forecast_is_used_mean_or_next_hour(warehouse: Path, small_catalo
 
 def test_degraded_protocol_is_capped_and_restarted(warehouse: Path, tight_catalog) -> None:
     with connect(warehouse) as conn:
-        conn.execute("CREATE TABLE protocol_state (device VARCHAR, protocol VARCHAR, state VARCHAR, reason VARCHAR, since TIMESTAMP)")
-        conn.execute("INSERT INTO protocol_state VALUES ('local', 'honeygain', 'degraded', 'earnings 80% below baseline', NULL),"
-                     " ('local', 'akash', 'healthy', NULL, NULL), ('local', 'retired', 'degraded', 'x', NULL)")
+        ensure_state_tables(conn)  # the anomaly area's own DDL
+        conn.executemany(
+            "INSERT INTO protocol_state (device, protocol, state, reason, since, updated_at) VALUES ('local', ?, ?, ?, ?, ?)",
+            [
+                ["honeygain", "degraded", "earnings 80% below baseline", NOW, NOW],
+                ["akash", "healthy", "", NOW, NOW],
+                ["retired", "degraded", "x", NOW, NOW],
+            ],
+        )
     catalog = with_settings(tight_catalog, **LOOSE)
     plan, _ = run_allocation_cycle(opener(warehouse), catalog, warehouse.parent / "latest.json", now=NOW)
     honeygain = plan.protocols["honeygain"]
