@@ -73,6 +73,7 @@ def test_scheduled_job_runs_end_to_end_on_fallback_forecasts(data_dir: Path, sma
     assert metadata["status"].value in ("kept", "applied")
     assert "| honeygain |" in metadata["allocation_table"].value and "memory_gb" in metadata["utilisation"].value
     assert "Decision:" in metadata["decision_analysis"].value
+    assert "| keep | kept |" in metadata["recent_cycles"].value or "| reallocate | applied |" in metadata["recent_cycles"].value
     assert set(metadata["forecast_sources"].value.values()) == {"seasonal_naive_fallback"}
 
     plan = json.loads((data_dir / "allocation" / "latest.json").read_text())

@@ -18,6 +18,7 @@ from earnopt_assets.allocation.plan import (
     initial_allocation,
     plan_markdown,
     read_cycle_inputs,
+    recent_cycles_markdown,
     run_allocation_cycle,
     utilization_markdown,
     write_latest_plan,
@@ -248,6 +249,9 @@ def test_realised_earnings_are_filled_when_telemetry_arrives(warehouse: Path, ti
     with connect(warehouse) as conn:
         hours = conn.execute("SELECT realised_hours FROM optimization_cycles WHERE cycle_id = ?", [first.cycle_id]).fetchone()[0]
     assert hours == 24 and updated >= 1  # hours END+1h .. END+24h: the whole 24-hour window
+    with connect(warehouse) as conn:
+        table = recent_cycles_markdown(conn, "local")
+    assert table.count("\n") == 4 and "| reallocate | applied |" in table and "pending" in table
 
 
 def test_plan_file_write_is_atomic(warehouse: Path, small_catalog, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -275,8 +279,10 @@ def test_plan_file_write_is_atomic(warehouse: Path, small_catalog, monkeypatch: 
 
 def test_tables_are_created_idempotently(data_dir: Path) -> None:
     with connect(data_dir / "w.duckdb") as conn:
+        assert recent_cycles_markdown(conn, "local") == "no cycles recorded yet"
         ensure_allocation_tables(conn)
         ensure_allocation_tables(conn)
+        assert recent_cycles_markdown(conn, "local").count("\n") == 1  # header only
         names = {r[0] for r in conn.execute("SELECT table_name FROM information_schema.tables").fetchall()}
     assert {"allocation_state", "allocations", "optimization_cycles"} <= names
 

@@ -692,3 +692,28 @@ def decision_markdown(plan: AllocationPlan) -> str:
     if plan.inputs.notes:
         lines += [f"- note: {note}" for note in plan.inputs.notes]
     return "\n".join(lines)
+
+
+def recent_cycles_markdown(conn: duckdb.DuckDBPyConnection, device: str, limit: int = 8) -> str:
+    """The last cycles with their expected and (once telemetry arrived) realised earnings."""
+    if not table_exists(conn, "optimization_cycles"):
+        return "no cycles recorded yet"
+    rows = conn.execute(
+        """
+        SELECT created_at, decision, status, expected_gain_usd_per_hour, expected_target_usd_per_hour,
+               realised_usd_per_hour, realised_hours, realised_vs_expected_pct
+        FROM optimization_cycles WHERE device = ? ORDER BY created_at DESC LIMIT ?
+        """,
+        [device, limit],
+    ).fetchall()
+    lines = [
+        "| cycle time (UTC) | decision | status | expected gain $/h | expected $/h | realised $/h | hours | realised vs expected |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for created, decision, status, gain, expected, realised, hours, vs in rows:
+        realised_text = f"{realised:.5f}" if realised is not None else "pending"
+        vs_text = f"{vs:+.1f} %" if vs is not None else "-"
+        lines.append(
+            f"| {created:%Y-%m-%d %H:%M} | {decision} | {status} | {gain:.5f} | {expected:.5f} | {realised_text} | {hours or 0} | {vs_text} |"
+        )
+    return "\n".join(lines)

@@ -18,6 +18,7 @@ from earnopt_assets.allocation.plan import (
     AllocationPlan,
     decision_markdown,
     plan_markdown,
+    recent_cycles_markdown,
     run_allocation_cycle,
     utilization_markdown,
 )
@@ -83,6 +84,8 @@ def resource_allocation(context: dg.AssetExecutionContext, earnopt: EarnoptResou
     catalog = earnopt.catalog()
     paths = earnopt.paths
     plan, realised_updates = run_allocation_cycle(duckdb.get_connection, catalog, paths.latest_plan, log=context.log)
+    with duckdb.get_connection() as conn:
+        recent = recent_cycles_markdown(conn, plan.device)
     d = plan.decision
     metadata: dict[str, object] = {
         "cycle_id": plan.cycle_id,
@@ -106,6 +109,7 @@ def resource_allocation(context: dg.AssetExecutionContext, earnopt: EarnoptResou
         "allocation_table": dg.MetadataValue.md(plan_markdown(plan)),
         "utilisation": dg.MetadataValue.md(utilization_markdown(plan, catalog)),
         "decision_analysis": dg.MetadataValue.md(decision_markdown(plan)),
+        "recent_cycles": dg.MetadataValue.md(recent),
         "latest_plan": dg.MetadataValue.path(str(paths.latest_plan)),
     }
     if plan.result.diagnosis:
