@@ -148,6 +148,9 @@ class AlertSettings(_Strict):
     allocation_elasticity: float = Field(
         0.6, ge=0, le=1, description="Earnings scale ~ allocation**elasticity; baselines are rescaled by it."
     )
+    baseline_level_band: float = Field(
+        0.25, ge=0, lt=1, description="How far the 24 h level factor may move the same-hour baseline (0 = off)."
+    )
     failure_threshold: int = Field(5, ge=1, description="Connection failures in one hour that fire an alert.")
     failure_critical_threshold: int = Field(10, ge=1, description="Failures in one hour that make the alert critical.")
     silent_hours: int = Field(2, ge=1, description="Hours without telemetry that count as a connection failure.")

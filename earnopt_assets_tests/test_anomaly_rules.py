@@ -281,3 +281,27 @@ def test_record_alerts_dedupes_resolves_and_acknowledges(tmp_path):
     # It fires again later: a new incident, notified again.
     later = record_alerts(conn, _alerts([7]), {"local": START + timedelta(hours=7)}, settings)
     assert [d.notify for d in later.decisions] == [True]
+
+
+# ------------------------------------------------------------------------------------ level factor
+
+
+def test_slow_price_slide_is_followed_but_a_long_outage_keeps_firing():
+    frame = flat_series(hours=12 * 24)
+    n = len(frame)
+    # The token loses 40 % over the last 4 days, smoothly: the same-hour median lags far behind.
+    slide = np.ones(n)
+    slide[-96:] = np.linspace(1.0, 0.6, 96)
+    frame["earnings_usd"] = slide
+    ctx = ctx_of(frame)
+    assert earnings_drop(ctx, SETTINGS) == []
+    assert ctx.level_factor[-1] < 0.9
+    # Without the level factor the slide alerts (the plain rule of the issue).
+    plain = SeriesContext.from_frame(frame, TEST_SPEC, level_band=0.0)
+    assert earnings_drop(plain, SETTINGS)
+
+    # Earnings stop for two days: the clip keeps the baseline up, so it never becomes the new normal.
+    dead = flat_series(hours=12 * 24)
+    dead.loc[dead.index[-48:], "earnings_usd"] = 0.0
+    hits = earnings_drop(ctx_of(dead), SETTINGS)
+    assert len(hits) == 48 and {h.severity for h in hits} == {"critical"}

@@ -7,10 +7,10 @@ a 30.0001 % drop and not at 30 %.
 
 | rule | fires at hour t when | severity |
 |---|---|---|
-| earnings_drop | x_t < (1 - drop_threshold) * B_t, B_t = median(x_{t-24k}, k=1..7) | critical if x_t <= (1 - drop_critical) * B_t |
+| earnings_drop | x_t < (1 - drop_threshold) * B'_t, B'_t = median(x_{t-24k}, k=1..7) * L_t | critical if x_t <= (1 - drop_critical) * B'_t |
 | resource_usage | max_r z_{r,t} > z_threshold, or max_r v_{r,t} > 1 + share_tolerance | critical if max_r v_{r,t} >= 2 |
 | connection_failures | failures_t >= failure_threshold, or no telemetry for >= silent_hours | critical if failures_t >= failure_critical_threshold or silent >= 2 * silent_hours |
-| performance_degradation | for >= degradation_hours consecutive hours: x_t < ratio * B_t or latency_t > median_7d(latency) / ratio | warning |
+| performance_degradation | for >= degradation_hours consecutive hours: x_t < ratio * B'_t or latency_t > median_7d(latency) / ratio | warning |
 | isolation_forest | the detector flags the row (decision_function < 0) | info |
 
 ``x_t`` is allocation-adjusted earnings (earnings per unit of allocation^g, see ``series.py``), so a
@@ -113,7 +113,7 @@ def _fmt_pct(value: float) -> str:
 
 def earnings_drop(ctx: SeriesContext, settings: AlertSettings) -> list[RuleHit]:
     """Earnings this hour more than ``earnings_drop_threshold`` below the same-hour 7-day median."""
-    x, base = ctx.adjusted_earnings, ctx.same_hour_baseline
+    x, base = ctx.adjusted_earnings, ctx.baseline
     with np.errstate(invalid="ignore"):
         valid = ctx.observed & np.isfinite(x) & np.isfinite(base) & (base > 0)
         fire = valid & (x < base * (1.0 - settings.earnings_drop_threshold) - _TOL * base)
@@ -134,6 +134,7 @@ def earnings_drop(ctx: SeriesContext, settings: AlertSettings) -> list[RuleHit]:
                     "baseline_usd": expected,
                     "drop": drop,
                     "allocation": ctx.allocation[i],
+                    "level_factor": ctx.level_factor[i],
                     "threshold": settings.earnings_drop_threshold,
                 },
             )
@@ -219,7 +220,7 @@ def performance_degradation(ctx: SeriesContext, settings: AlertSettings) -> list
     apps with a daily rhythm); latency with its trailing 7-day median (performance = 1 / latency).
     """
     ratio = settings.degradation_ratio
-    x, base = ctx.adjusted_earnings, ctx.same_hour_baseline
+    x, base = ctx.adjusted_earnings, ctx.baseline
     latency_median = trailing_median(ctx.latency)
     with np.errstate(invalid="ignore"):
         earn_low = np.isfinite(x) & np.isfinite(base) & (base > 0) & (x < ratio * base - _TOL * base)
@@ -310,7 +311,7 @@ def evaluate_rules(telemetry: pd.DataFrame, catalog: Catalog, settings: AlertSet
     settings = settings or catalog.alerts
     specs = {p.name: p for p in catalog.protocols}
     alerts: list[Alert] = []
-    for ctx in iter_series(telemetry, specs, elasticity=settings.allocation_elasticity):
+    for ctx in iter_series(telemetry, specs, elasticity=settings.allocation_elasticity, level_band=settings.baseline_level_band):
         alerts.extend(series_alerts(ctx, settings, start, end))
     if scores is not None:
         known = scores.loc[scores["protocol"].isin(list(specs))]

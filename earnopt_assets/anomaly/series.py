@@ -15,6 +15,8 @@ Notation: ``e_t`` earnings, ``a_t`` allocation, ``g`` = ``allocation_elasticity`
                                  compute protocols (lease-paid, no daily rhythm): median of the trailing
                                  168 h hours in the same state as t (>= 24 of them): busy (CPU at >= 50 %
                                  of its allocated share: leased) or idle.
+* level factor                   L_t = clip(median(x_{t-k} / B_{t-k}, k = 1..24), 1 - band, 1/(1 - band))
+* rule baseline                  B'_t = B_t * L_t   (follows a slow drift, e.g. the token price)
 """
 
 from __future__ import annotations
@@ -89,11 +91,13 @@ class SeriesContext:
     latency: np.ndarray
     usage: dict[str, np.ndarray]
     elasticity: float
+    level_band: float = 0.25
     _cache: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, spec: ProtocolSpec, *, elasticity: float = 0.6,
-                   end: pd.Timestamp | None = None, device: str | None = None) -> "SeriesContext":
+                   end: pd.Timestamp | None = None, device: str | None = None,
+                   level_band: float = 0.25) -> "SeriesContext":
         """Build from telemetry rows of ONE series (any order, gaps allowed)."""
         if frame.empty:
             raise ValueError(f"no telemetry rows for protocol {spec.name!r}")
@@ -124,6 +128,7 @@ class SeriesContext:
             latency=col("latency_ms"),
             usage={r: col(r) for r in RESOURCES},
             elasticity=elasticity,
+            level_band=level_band,
         )
 
     def _cached(self, key: str, compute) -> np.ndarray:
@@ -174,6 +179,30 @@ class SeriesContext:
 
         return self._cached("baseline", compute)
 
+    @property
+    def level_factor(self) -> np.ndarray:
+        """L_t = median over the previous 24 h of x / B, clipped to [1 - band, 1 / (1 - band)].
+
+        Tracks a slow drift of the whole level (a token price sliding for days) that a 7-day same-hour
+        median lags behind; a median of 24 hourly ratios ignores anomalies shorter than ~12 h, and the
+        clip keeps a long outage from becoming the new normal. 1 where unknown or when band = 0.
+        """
+        def compute() -> np.ndarray:
+            if self.level_band <= 0:
+                return np.ones(len(self.ts))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ratio = np.where(self.same_hour_baseline > 0, self.adjusted_earnings / self.same_hour_baseline, np.nan)
+            level = trailing_median(ratio, 24, min_count=12)
+            low, high = 1.0 - self.level_band, 1.0 / (1.0 - self.level_band)
+            return np.where(np.isfinite(level), np.clip(level, low, high), 1.0)
+
+        return self._cached("level", compute)
+
+    @property
+    def baseline(self) -> np.ndarray:
+        """What the rules compare with: B_t * L_t (allocation-adjusted)."""
+        return self._cached("baseline_level", lambda: self.same_hour_baseline * self.level_factor)
+
     def silent_run(self) -> np.ndarray:
         """Consecutive missing hours ending at t (0 when t was observed)."""
         def compute() -> np.ndarray:
@@ -188,7 +217,7 @@ class SeriesContext:
 
 
 def iter_series(telemetry: pd.DataFrame, specs: dict[str, ProtocolSpec], *, elasticity: float = 0.6,
-                extend_to_device_end: bool = True) -> Iterator[SeriesContext]:
+                extend_to_device_end: bool = True, level_band: float = 0.25) -> Iterator[SeriesContext]:
     """One :class:`SeriesContext` per (device, protocol) of known protocols, sorted by key.
 
     With ``extend_to_device_end`` each series runs to the newest hour any protocol of its device reported,
@@ -204,4 +233,4 @@ def iter_series(telemetry: pd.DataFrame, specs: dict[str, ProtocolSpec], *, elas
         if spec is None:
             continue
         end = device_end[device] if extend_to_device_end else None
-        yield SeriesContext.from_frame(part, spec, elasticity=elasticity, end=end, device=str(device))
+        yield SeriesContext.from_frame(part, spec, elasticity=elasticity, end=end, device=str(device), level_band=level_band)
