@@ -27,7 +27,7 @@ from pathlib import Path
 import duckdb
 
 from earnopt_assets.catalog import load_catalog
-from earnopt_assets.feature_store import load_raw_for_features, replace_feature_table, write_feature_snapshots
+from earnopt_assets.feature_store import load_raw_for_features, replace_feature_table, to_arrow, write_feature_snapshots
 from earnopt_assets.features import build_feature_table, validate_features
 from earnopt_assets.ingest import ingest_landing
 from earnopt_assets.settings import EarnoptPaths
@@ -64,9 +64,10 @@ def run_once(landing_src: Path, workdir: Path) -> tuple[float, float, int, int]:
         raw = load_raw_for_features(conn)
     table, _stats = build_feature_table(raw, catalog.host.totals(), catalog.host.timezone)
     validate_features(table)
+    arrow = to_arrow(table)
     with duckdb.connect(str(paths.warehouse)) as conn:
-        replace_feature_table(conn, table)
-    write_feature_snapshots(table, paths.features_dir, catalog)
+        replace_feature_table(conn, arrow)
+    write_feature_snapshots(arrow, paths.features_dir, catalog)
     t2 = time.perf_counter()
     assert report.rows_accepted + report.rows_quarantined == report.rows_read
     return t1 - t0, t2 - t1, report.rows_accepted, len(table)

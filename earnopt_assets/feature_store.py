@@ -13,6 +13,9 @@ from pathlib import Path
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from earnopt_assets.atomic import atomic_write_bytes
 from earnopt_assets.catalog import Catalog
@@ -38,12 +41,25 @@ def load_raw_for_features(conn: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     if not table_exists(conn, "raw_earnings"):
         return pd.DataFrame({c: pd.Series(dtype="float64") for c in RAW_FEATURE_INPUT_COLUMNS})
     columns = ", ".join(RAW_FEATURE_INPUT_COLUMNS)
-    return conn.execute(f"SELECT {columns} FROM raw_earnings ORDER BY device, protocol, ts").df()
+    # Through Arrow: about twice as fast as .df() for a million rows with text keys.
+    # (a cursor: the relation API refuses a connection that still holds an unfetched execute() result)
+    cursor = conn.cursor()
+    try:
+        return cursor.sql(f"SELECT {columns} FROM raw_earnings ORDER BY device, protocol, ts").to_arrow_table().to_pandas()
+    finally:
+        cursor.close()
 
 
-def replace_feature_table(conn: duckdb.DuckDBPyConnection, table: pd.DataFrame) -> None:
+def to_arrow(table: pd.DataFrame | pa.Table) -> pa.Table:
+    """The feature table as Arrow with exactly the key and feature columns (convert once, reuse)."""
+    if isinstance(table, pa.Table):
+        return table.select([*KEY_COLUMNS, *FEATURE_COLUMNS])
+    return pa.Table.from_pandas(table[[*KEY_COLUMNS, *FEATURE_COLUMNS]].reset_index(drop=True), preserve_index=False)
+
+
+def replace_feature_table(conn: duckdb.DuckDBPyConnection, table: pd.DataFrame | pa.Table) -> None:
     """Replace the DuckDB table ``earnings_features`` with ``table`` in one statement."""
-    conn.register("__features", table[[*KEY_COLUMNS, *FEATURE_COLUMNS]])
+    conn.register("__features", to_arrow(table))
     try:
         conn.execute("CREATE OR REPLACE TABLE earnings_features AS SELECT * FROM __features")
     finally:
@@ -56,15 +72,15 @@ def snapshot_path(features_dir: Path, protocol: str, catalog: Catalog) -> Path:
     return Path(features_dir) / f"{spec.name}.parquet"
 
 
-def write_feature_snapshots(table: pd.DataFrame, features_dir: Path, catalog: Catalog, protocols: Iterable[str] | None = None) -> dict[str, Path]:
+def write_feature_snapshots(table: pd.DataFrame | pa.Table, features_dir: Path, catalog: Catalog, protocols: Iterable[str] | None = None) -> dict[str, Path]:
     """Write one Parquet file per protocol present in ``table`` (all devices), atomically."""
     written: dict[str, Path] = {}
-    names = sorted(set(table["protocol"].astype(str))) if protocols is None else list(protocols)
+    arrow = to_arrow(table)
+    names = sorted(pc.unique(arrow["protocol"]).to_pylist()) if protocols is None else list(protocols)
     for protocol in names:
         path = snapshot_path(features_dir, protocol, catalog)
-        part = table.loc[table["protocol"] == protocol].reset_index(drop=True)
         buffer = io.BytesIO()
-        part.to_parquet(buffer, index=False)
+        pq.write_table(arrow.filter(pc.equal(arrow["protocol"], protocol)), buffer)
         written[protocol] = atomic_write_bytes(path, buffer.getvalue())
     return written
 

@@ -314,34 +314,42 @@ def build_feature_table(raw: pd.DataFrame, host_totals: Mapping[str, float], tim
     stats = FeatureBuildStats(input_rows=len(raw))
     if len(raw) == 0:
         return build_feature_table_reference(raw, host_totals, timezone)
-    frame = raw.sort_values(["device", "protocol", "ts"], kind="stable")
-    device = frame["device"].astype(str).to_numpy()
-    protocol = frame["protocol"].astype(str).to_numpy()
-    ts = pd.DatetimeIndex(frame["ts"]).as_unit("us")
+    # Integer codes instead of strings: sorting and series boundaries stay in fast numpy.
+    device_codes, device_names = pd.factorize(raw["device"].astype(str), sort=True)
+    protocol_codes, protocol_names = pd.factorize(raw["protocol"].astype(str), sort=True)
+    ts = pd.DatetimeIndex(raw["ts"]).as_unit("us")
     if ts.tz is not None:
         ts = ts.tz_convert("UTC").tz_localize(None)
-    hours = ts.asi8 // 3_600_000_000
-    if (ts.asi8 % 3_600_000_000 != 0).any():
+    micros = ts.asi8
+    if (micros % 3_600_000_000 != 0).any():
         raise FeatureValidationError("build_feature_table needs ts on whole hours")
-    new_series = np.ones(len(frame), dtype=bool)
-    new_series[1:] = (device[1:] != device[:-1]) | (protocol[1:] != protocol[:-1])
+    order = np.lexsort((micros, protocol_codes, device_codes))
+    already_sorted = bool((order[1:] > order[:-1]).all())
+
+    def column(values: np.ndarray) -> np.ndarray:
+        return values if already_sorted else values[order]
+
+    device_codes, protocol_codes, micros = column(device_codes), column(protocol_codes), column(micros)
+    hours = micros // 3_600_000_000
+    new_series = np.ones(len(hours), dtype=bool)
+    new_series[1:] = (device_codes[1:] != device_codes[:-1]) | (protocol_codes[1:] != protocol_codes[:-1])
     series_index = np.cumsum(new_series) - 1
     starts = np.flatnonzero(new_series)
-    first_hour = hours[starts]
-    position = hours - first_hour[series_index]
+    position = hours - hours[starts][series_index]
     if (np.diff(position)[~new_series[1:]] <= 0).any():
         raise FeatureValidationError("duplicate (device, protocol, ts) rows in the input")
     n_series = len(starts)
-    ends = np.append(starts[1:], len(frame))
+    ends = np.append(starts[1:], len(hours))
     grid_len = position[ends - 1] + 1
     shape = (n_series, int(grid_len.max()))
     stats.series = n_series
     stats.missing_hours = int((grid_len - (ends - starts)).sum())
 
-    def matrix(column: str) -> np.ndarray:
-        return _series_matrix(frame[column].to_numpy(dtype=float), series_index, position, shape)
+    def values(name: str) -> np.ndarray:
+        return column(raw[name].to_numpy(dtype=float))
 
-    e = matrix("earnings_usd")
+    earnings = values("earnings_usd")
+    e = _series_matrix(earnings, series_index, position, shape)
     prev = _lag_rows(e, 1)
     mean_24 = _rolling_mean_rows(e, 24)
     grid_columns = {
@@ -355,29 +363,29 @@ def build_feature_table(raw: pd.DataFrame, host_totals: Mapping[str, float], tim
         "ema_12": _ema_rows(e),
         "roc_1": (e - prev) / ((np.abs(e) + np.abs(prev)) / 2.0 + ROC_EPS),
         "volatility_24h": np.sqrt(np.clip(_rolling_mean_rows(e * e, 24) - mean_24 * mean_24, 0.0, None)),
-        "failure_rate_24h": _rolling_mean_rows(matrix("connection_failures"), 24),
+        "failure_rate_24h": _rolling_mean_rows(_series_matrix(values("connection_failures"), series_index, position, shape), 24),
     }
-    # Back to one value per observed row (the same order as ``frame``).
-    columns: dict[str, np.ndarray] = {"earnings_usd": frame["earnings_usd"].to_numpy(dtype=float)}
+    # Back to one value per observed row (in (device, protocol, ts) order).
+    columns: dict[str, np.ndarray] = {"earnings_usd": earnings}
     for name, grid in grid_columns.items():
         columns[name] = grid[series_index, position]
-    usage = {key: frame[key].to_numpy(dtype=float) for key, _ in RESOURCE_TOTAL_KEYS.values()}
-    columns.update(resource_features(usage, frame["allocation"].to_numpy(dtype=float), host_totals))
-    keep = np.ones(len(frame), dtype=bool)
-    for values in columns.values():
-        keep &= np.isfinite(values)
-    stats.warmup_or_gap_rows = int(len(frame) - keep.sum())
-    kept_ts = ts[keep]
-    columns = {name: values[keep] for name, values in columns.items()}
-    columns.update(calendar_features(kept_ts, timezone))
-    table = pd.DataFrame(
-        {
-            "device": pd.array(device[keep], dtype=str),
-            "protocol": pd.array(protocol[keep], dtype=str),
-            "ts": kept_ts.to_numpy().astype("datetime64[us]"),
-            **{name: columns[name].astype("float64") for name in FEATURE_COLUMNS},
-        }
-    )
+    del grid_columns, e, prev, mean_24
+    usage = {key: values(key) for key, _ in RESOURCE_TOTAL_KEYS.values()}
+    columns.update(resource_features(usage, values("allocation"), host_totals))
+    keep = np.ones(len(hours), dtype=bool)
+    for array in columns.values():
+        keep &= np.isfinite(array)
+    stats.warmup_or_gap_rows = int(len(hours) - keep.sum())
+    kept_ts = micros[keep].astype("datetime64[us]")
+    matrix = np.empty((int(keep.sum()), len(FEATURE_COLUMNS)), order="F")
+    calendar = calendar_features(pd.DatetimeIndex(kept_ts), timezone)
+    for j, name in enumerate(FEATURE_COLUMNS):
+        matrix[:, j] = calendar[name] if name in calendar else columns[name][keep]
+    # One float block, no per-column copies; keys in front.
+    table = pd.DataFrame(matrix, columns=list(FEATURE_COLUMNS), copy=False)
+    table.insert(0, "ts", kept_ts)
+    table.insert(0, "protocol", pd.array(np.asarray(protocol_names, dtype=object)[protocol_codes[keep]], dtype=str))
+    table.insert(0, "device", pd.array(np.asarray(device_names, dtype=object)[device_codes[keep]], dtype=str))
     stats.output_rows = len(table)
     return table, stats
 

@@ -15,7 +15,7 @@ import dagster as dg
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
-from earnopt_assets.feature_store import load_raw_for_features, replace_feature_table, write_feature_snapshots
+from earnopt_assets.feature_store import load_raw_for_features, replace_feature_table, to_arrow, write_feature_snapshots
 from earnopt_assets.features import FEATURE_COLUMNS, build_feature_table, validate_features
 from earnopt_assets.ingest import ensure_ingestion_tables, ingest_landing, landing_files
 from earnopt_assets.resources import EarnoptResource
@@ -128,9 +128,10 @@ def earnings_features(context: dg.AssetExecutionContext, earnopt: EarnoptResourc
     # Feature building is CPU work: no warehouse connection is held meanwhile.
     table, stats = build_feature_table(raw, catalog.host.totals(), catalog.host.timezone)
     validate_features(table)
+    arrow = to_arrow(table)
     with duckdb.get_connection() as conn:
-        replace_feature_table(conn, table)
-    written = write_feature_snapshots(table, paths.features_dir, catalog)
+        replace_feature_table(conn, arrow)
+    written = write_feature_snapshots(arrow, paths.features_dir, catalog)
     per_protocol = (
         table.groupby("protocol").agg(rows=("ts", "size"), first=("ts", "min"), last=("ts", "max"), mean_earnings=("earnings_usd", "mean")).reset_index()
         if len(table)
