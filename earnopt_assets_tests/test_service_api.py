@@ -402,3 +402,59 @@ def test_unexpected_errors_are_problem_json_without_traceback(settings):
 def test_unknown_route_and_method_are_problem_json(client):
     _problem(client.get("/nowhere"), 404)
     _problem(client.get("/predict/allocation"), 405)
+
+
+# ----------------------------------------------------------------------------- prediction cache
+
+
+def test_identical_requests_are_served_from_the_cache(client, telemetry):
+    rows = _rows(telemetry, "honeygain")
+    first = client.post("/predict/earnings/honeygain", json={"rows": rows}).json()
+    second = client.post("/predict/earnings/honeygain", json={"rows": rows}).json()
+    assert first["cached"] is False and second["cached"] is True
+    assert second["predictions"] == first["predictions"] and second["generated_at"] == first["generated_at"]
+    other = client.post("/predict/earnings/honeygain", json={"rows": rows[:-1]}).json()
+    assert other["cached"] is False and other["predictions"][0]["ts"] != first["predictions"][0]["ts"]
+    state = client.app.state.earnopt
+    assert state.predictions.hits == 1 and state.predictions.misses == 2
+
+
+def test_cache_can_be_disabled_and_errors_are_not_cached(data_dir, small_catalog_path, trained_store, telemetry):
+    copy_models(trained_store, data_dir)
+    settings = ServiceSettings(data_dir=data_dir, catalog=small_catalog_path, prediction_cache_size=0)
+    rows = _rows(telemetry, "honeygain")
+    with TestClient(create_app(settings)) as client:
+        assert [client.post("/predict/earnings/honeygain", json={"rows": rows}).json()["cached"] for _ in range(2)] == [False, False]
+        short = _rows(telemetry, "honeygain", hours=30)
+        assert [client.post("/predict/earnings/honeygain", json={"rows": short}).status_code for _ in range(2)] == [422, 422]
+
+
+def test_concurrent_identical_requests_compute_once():
+    import asyncio
+
+    from earnopt_assets.service.state import PredictionCache
+
+    cache = PredictionCache(size=4)
+    calls = []
+
+    async def compute():
+        calls.append(1)
+        await asyncio.sleep(0.05)
+        return "forecast"
+
+    async def scenario():
+        results = await asyncio.gather(*(cache.compute_once("k", compute) for _ in range(5)))
+        failing = [cache.compute_once("bad", _fail) for _ in range(3)]
+        errors = await asyncio.gather(*failing, return_exceptions=True)
+        return results, errors
+
+    async def _fail():
+        await asyncio.sleep(0.01)
+        raise ValueError("bad rows")
+
+    results, errors = asyncio.run(scenario())
+    assert results == ["forecast"] * 5 and len(calls) == 1 and cache.get("k") == "forecast"
+    assert all(isinstance(e, ValueError) for e in errors) and cache.get("bad") is None
+    for key in "abcde":
+        cache.put(key, key)
+    assert cache.get("k") is None and cache.get("e") == "e"  # LRU evicted the oldest

@@ -132,6 +132,7 @@ class PredictionResponse(_Model):
     generated_at: datetime
     predictions: list[HourlyPrediction] = Field(min_length=24, max_length=24)
     total_usd: float = Field(ge=0, description="Sum of the 24 predictions.")
+    cached: bool = Field(False, description="Served from the prediction cache (same model version, rows and fallback).")
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -13,6 +13,7 @@ EARNOPT_DAGSTER_HOME            Dagster instance directory for training runs; de
 EARNOPT_DAGSTER_GRAPHQL_URL     if set, training runs are submitted to this Dagster webserver instead
 EARNOPT_TRAIN_JOB               Dagster job that materializes one ``earnings_model`` partition
 EARNOPT_MODEL_RELOAD_SECONDS    how often a request may re-check a model's files for a newer version
+EARNOPT_PREDICTION_CACHE_SIZE   forecasts kept in memory for identical requests (0 = no cache)
 ==============================  =====================================================================
 """
 
@@ -60,6 +61,7 @@ class ServiceSettings(BaseSettings):
     train_job: str = Field("retrain_earnings_models", description="Job materializing one earnings_model partition.")
     workspace_module: str = Field("earnopt_assets.definitions", description="Module holding the Definitions.")
     model_reload_seconds: float = Field(5.0, ge=0, description="Min seconds between model freshness checks.")
+    prediction_cache_size: int = Field(2048, ge=0, description="Forecasts kept in the LRU cache (0 disables it).")
     log_level: str = Field("info", description="Log level of the service's request log.")
 
     @field_validator("cors_origins")

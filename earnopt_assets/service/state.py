@@ -3,8 +3,11 @@ detector, the allocator and the training launcher. Built by the app's lifespan; 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -73,6 +76,13 @@ class ModelRegistry:
             self.entries[protocol] = self._load(protocol, None)
             self._checked[protocol] = time.monotonic()
 
+    def peek(self, protocol: str) -> LoadedModel | None:
+        """The entry if no freshness check is due (no I/O at all), else None."""
+        entry = self.entries.get(protocol)
+        if entry is not None and time.monotonic() - self._checked.get(protocol, 0.0) < self.reload_seconds:
+            return entry
+        return None
+
     def get(self, protocol: str) -> LoadedModel:
         now = time.monotonic()
         entry = self.entries.get(protocol)
@@ -129,6 +139,60 @@ class DetectorHolder:
         return self.detector
 
 
+class PredictionCache:
+    """LRU of prediction responses by key, plus single-flight: concurrent misses on one key await the
+    same computation. Only successful answers are stored (errors are recomputed, they are cheap)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[str, Any] = OrderedDict()
+        self._inflight: dict[str, asyncio.Future] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> Any | None:
+        if self.size <= 0:
+            return None
+        item = self._items.get(key)
+        if item is not None:
+            self._items.move_to_end(key)
+            self.hits += 1
+        return item
+
+    def put(self, key: str, value: Any) -> None:
+        if self.size <= 0:
+            return
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+    async def compute_once(self, key: str, compute: Callable[[], Awaitable[Any]]) -> Any:
+        self.misses += 1
+        pending = self._inflight.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            value = await compute()
+        except Exception as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters re-raise it, nobody else must
+            raise
+        except BaseException:  # cancelled: waiters retry on their own
+            future.cancel()
+            raise
+        finally:
+            self._inflight.pop(key, None)
+        future.set_result(value)
+        self.put(key, value)
+        return value
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
 class ServiceState:
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
@@ -137,6 +201,7 @@ class ServiceState:
         self.catalog: Catalog = load_catalog(settings.catalog)
         self.models = ModelRegistry(self.paths.models, self.catalog.enabled_names, settings.model_reload_seconds)
         self.detector = DetectorHolder(self.paths.models / "anomaly")
+        self.predictions = PredictionCache(settings.prediction_cache_size)
         self.launcher: InstanceTrainLauncher | GraphQLTrainLauncher
         if settings.dagster_graphql_url:
             self.launcher = GraphQLTrainLauncher(settings.dagster_graphql_url, job_name=settings.train_job)
@@ -161,6 +226,7 @@ class ServiceState:
         )
 
     def shutdown(self) -> None:
+        self.predictions.clear()
         self.models.close()
         self.detector.detector = None
         self.launcher.close()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
 from fastapi import APIRouter, Depends, Path
+from fastapi.concurrency import run_in_threadpool
 
 from earnopt_assets.service.errors import ModelUnavailable, UnprocessableData
 from earnopt_assets.service.routers.deps import get_state
@@ -39,18 +41,40 @@ def _baseline(frame: pd.DataFrame) -> tuple[pd.DatetimeIndex, np.ndarray]:
 
 
 @router.post("/predict/earnings/{protocol}", response_model=PredictionResponse, responses=PROBLEM_RESPONSES)
-def predict_earnings(protocol: ProtocolPath, request: PredictionRequest, state: ServiceState = Depends(get_state)) -> PredictionResponse:
+async def predict_earnings(protocol: ProtocolPath, request: PredictionRequest, state: ServiceState = Depends(get_state)) -> PredictionResponse:
     """Forecast the protocol's next 24 hourly earnings from recent telemetry.
 
     The LSTM needs ``required_history_hours`` contiguous hours (window + 168 h of lag history; see
     ``GET /models``). ``source`` says whether the model or the seasonal-naive baseline answered.
+
+    A forecast is a pure function of (model version, rows, fallback), so answers are kept in an LRU cache
+    (``EARNOPT_PREDICTION_CACHE_SIZE``); ``cached`` says whether this one came from it. Concurrent
+    identical requests share one computation. The model work itself runs in the threadpool.
     """
+    state.protocol(protocol)
+    entry = state.models.peek(protocol)
+    if entry is None:  # a freshness check is due: it may reload a model, which is slow
+        entry = await run_in_threadpool(state.models.get, protocol)
+    key = prediction_key(protocol, entry.version if entry.loaded else None, request)
+    cached = state.predictions.get(key)
+    if cached is not None:
+        state.metrics.predictions.labels(protocol, cached.source).inc()
+        return cached.model_copy(update={"cached": True})
+    response = await state.predictions.compute_once(key, lambda: run_in_threadpool(_predict, protocol, request, entry, state))
+    state.metrics.predictions.labels(protocol, response.source).inc()
+    return response
+
+
+def prediction_key(protocol: str, version: str | None, request: PredictionRequest) -> str:
+    digest = hashlib.sha256(request.model_dump_json().encode())
+    return f"{protocol}|{version}|{digest.hexdigest()}"
+
+
+def _predict(protocol: str, request: PredictionRequest, entry: Any, state: ServiceState) -> PredictionResponse:
     from earnopt_assets.forecasting.predictor import InsufficientHistoryError, SequenceValidationError
 
-    state.protocol(protocol)
     frame = rows_to_frame(request.rows, protocol=protocol, default_device=state.catalog.host.device)
     device = str(frame["device"].iloc[0])
-    entry = state.models.get(protocol)
     reason: str | None = None
     if entry.loaded:
         try:
@@ -63,7 +87,6 @@ def predict_earnings(protocol: ProtocolPath, request: PredictionRequest, state: 
             raise UnprocessableData(str(exc), field="rows") from None
         else:
             values = forecast["value"].to_numpy(dtype=float)
-            state.metrics.predictions.labels(protocol, "model").inc()
             return _response(protocol, device, entry.version, "model", None, pd.DatetimeIndex(forecast["target_ts"]), values)
     else:
         reason = f"no usable model for {protocol}: {entry.error or 'not loaded'}"
@@ -73,7 +96,6 @@ def predict_earnings(protocol: ProtocolPath, request: PredictionRequest, state: 
                 protocol=protocol,
             )
     targets, values = _baseline(frame)
-    state.metrics.predictions.labels(protocol, "baseline").inc()
     return _response(protocol, device, None, "baseline", reason, targets, values)
 
 
