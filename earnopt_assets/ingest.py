@@ -274,7 +274,7 @@ def read_csv_file(path: Path) -> tuple[pa.Table, list[tuple[int, str, str]]]:
 
     try:
         with open(path, "rb") as handle:
-            first_line = handle.readline().decode("utf-8").strip("\r\n")
+            first_line = handle.readline().decode("utf-8-sig").strip("\r\n")  # Excel writes a BOM
     except UnicodeDecodeError as exc:
         raise UnreadableFileError(f"not UTF-8 text: {exc}") from None
     if not first_line.strip():

@@ -315,3 +315,10 @@ def test_simulated_files_round_trip_through_ingestion(paths, ingest, small_catal
     report = ingest()
     assert report.rows_quarantined == 0 and report.rows_accepted == 3 * 3 * 48
     assert query(paths, "SELECT count(DISTINCT protocol), count(*) FROM raw_earnings") == [(3, 3 * 3 * 48)]
+
+
+def test_csv_with_bom_and_crlf_from_spreadsheets(paths, ingest):
+    text = "\ufeff" + HEADER + "\r\n" + GOOD.format(h=3) + "\r\n"
+    (paths.landing / "excel.csv").write_bytes(text.encode("utf-8"))
+    report = ingest()
+    assert report.rows_accepted == 1 and report.rows_quarantined == 0
