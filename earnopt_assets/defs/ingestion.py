@@ -10,6 +10,7 @@ import base64
 import hashlib
 import io
 from datetime import datetime
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
@@ -258,7 +259,7 @@ ingestion_job = dg.define_asset_job(
 )
 
 
-def landing_run_key(files: list) -> str:
+def landing_run_key(files: list[Path]) -> str:
     """Run key from the names and modification times (ns) of the landing files: the same set of files
     never yields a second run, and a rewritten file (new mtime) yields a new one."""
     parts = sorted(f"{p.name}\t{p.stat().st_mtime_ns}" for p in files)
