@@ -3,7 +3,6 @@ alert delivery to a real local webhook receiver."""
 
 from __future__ import annotations
 
-import json
 
 import dagster as dg
 import duckdb as duckdb_lib
@@ -63,6 +62,9 @@ def telemetry(small_catalog):
     # storj fails hard in its last 3 hours: a critical connection-failure alert that degrades it.
     last3 = (frame["protocol"] == "storj") & (frame["ts"] > frame["ts"].max() - pd.Timedelta(hours=3))
     frame.loc[last3, "connection_failures"] = 40
+    # honeygain failed four days ago: history that a first run records but must not send.
+    old = (frame["protocol"] == "honeygain") & frame["ts"].between(frame["ts"].max() - pd.Timedelta(hours=100), frame["ts"].max() - pd.Timedelta(hours=99))
+    frame.loc[old, "connection_failures"] = 30
     return frame
 
 
@@ -100,7 +102,7 @@ def test_materialize_anomaly_assets_end_to_end(small_catalog_path, small_catalog
     assert scored == (3 * small_catalog.alerts.score_hours, 3)
 
     alert_meta = metadata(result, "alerts")
-    storj = query(data_dir, "SELECT severity, status, notify_status FROM alerts WHERE protocol = 'storj' AND rule = 'connection_failures' ORDER BY hour")
+    storj = query(data_dir, "SELECT severity, status, notify_status FROM alerts WHERE protocol = 'storj' AND rule = 'connection_failures' AND notify_status <> 'backfill' ORDER BY hour")
     assert [s for s, _, _ in storj] == ["critical"] * 3
     assert [n for _, _, n in storj] == ["sent", "cooldown", "cooldown"]  # one notification for the fault
     assert {st for _, st, _ in storj} == {"open"}
@@ -115,11 +117,16 @@ def test_materialize_anomaly_assets_end_to_end(small_catalog_path, small_catalog
     deliveries = query(data_dir, "SELECT ok, status_code FROM alert_deliveries")
     assert deliveries and all(ok and code == 200 for ok, code in deliveries)
 
+    history = query(data_dir, "SELECT notify_status, status FROM alerts WHERE protocol = 'honeygain' AND rule = 'connection_failures'")
+    assert history == [("backfill", "resolved")] * 2
+    assert alert_meta["first_run_backfill"] is True and alert_meta["backfilled_history"] >= 2
+    assert not any(b["protocol"] == "honeygain" for b in bodies)
+
     # Re-running over the same hours records nothing twice and sends nothing new.
     sent_before = len(receiver.requests)
     again = materialize(small_resources)
     again_meta = metadata(again, "alerts")
-    assert again_meta["new_alerts"] == 0
+    assert again_meta["new_alerts"] == 0 and again_meta["first_run_backfill"] is False
     assert again_meta["duplicates_skipped"] == again_meta["candidates"] >= 3
     assert len(receiver.requests) == sent_before
 

@@ -305,3 +305,12 @@ def test_slow_price_slide_is_followed_but_a_long_outage_keeps_firing():
     dead.loc[dead.index[-48:], "earnings_usd"] = 0.0
     hits = earnings_drop(ctx_of(dead), SETTINGS)
     assert len(hits) == 48 and {h.severity for h in hits} == {"critical"}
+
+
+def test_history_before_notify_since_is_recorded_but_never_sent(tmp_path):
+    conn = duckdb.connect(str(tmp_path / "w.duckdb"))
+    result = record_alerts(conn, _alerts([0, 1, 10]), {"local": START + timedelta(hours=10)}, AlertSettings(),
+                           notify_since=START + timedelta(hours=10))
+    assert [(d.notify, d.reason) for d in result.decisions] == [(False, "backfill"), (False, "backfill"), (True, "new")]
+    assert conn.execute("SELECT notify_status, status FROM alerts ORDER BY hour").fetchall() == [
+        ("backfill", "resolved"), ("backfill", "resolved"), ("pending", "open")]

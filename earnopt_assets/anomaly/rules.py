@@ -335,7 +335,7 @@ def evaluated_until(telemetry: pd.DataFrame) -> dict[str, datetime]:
 class NotificationDecision:
     alert: Alert
     notify: bool
-    reason: Literal["new", "escalated", "cooldown"]
+    reason: Literal["new", "escalated", "cooldown", "backfill"]
 
 
 def plan_notifications(alerts: Iterable[Alert], last_fired: Mapping[tuple[str, str, str], datetime],

@@ -3,7 +3,8 @@ recording logic of the alerts asset: dedupe, cooldown decision, auto-resolve, de
 
 Alert status: ``open`` -> ``acknowledged`` (operator, :func:`acknowledge_alert`) -> ``resolved``
 (automatic, when the (device, protocol, rule) has not fired for ``resolve_after_hours`` evaluated hours).
-``notify_status``: ``pending`` (to send), ``cooldown`` (recorded, not sent), then after delivery ``sent``,
+``notify_status``: ``pending`` (to send), ``cooldown`` (recorded, not sent), ``backfill`` (history recorded on
+the first run, not sent), then after delivery ``sent``,
 ``failed`` (every attempt failed) or ``no_channel`` (no configured channel takes that severity; logged only).
 """
 
@@ -127,9 +128,14 @@ class RecordResult:
 
 
 def record_alerts(conn: duckdb.DuckDBPyConnection, candidates: Sequence[Alert], evaluated: Mapping[str, datetime],
-                  settings: AlertSettings, now: datetime | None = None) -> RecordResult:
+                  settings: AlertSettings, now: datetime | None = None,
+                  notify_since: datetime | None = None) -> RecordResult:
     """Insert the candidates not recorded yet (dedupe on ``dedupe_key``), decide their notification
-    (cooldown), and auto-resolve keys that have been quiet for ``resolve_after_hours``."""
+    (cooldown), and auto-resolve keys that have been quiet for ``resolve_after_hours``.
+
+    Alerts older than ``notify_since`` (history recorded on a first run) are stored with
+    ``notify_status = backfill`` and never sent: nobody wants last month's alerts in their pager.
+    """
     ensure_alert_tables(conn)
     now = now or _now()
     result = RecordResult()
@@ -156,17 +162,21 @@ def record_alerts(conn: duckdb.DuckDBPyConnection, candidates: Sequence[Alert], 
         for d, p, r, s in conn.execute(
             """
             SELECT device, protocol, rule, arg_max(severity, hour)
-            FROM alerts WHERE notify_status <> 'cooldown' AND status IN ('open', 'acknowledged')
+            FROM alerts WHERE notify_status NOT IN ('cooldown', 'backfill') AND status IN ('open', 'acknowledged')
             GROUP BY ALL
             """
         ).fetchall()
     }
     result.decisions = plan_notifications(new, last_fired, settings.cooldown_minutes, last_sent)
+    if notify_since is not None:
+        result.decisions = [
+            NotificationDecision(d.alert, False, "backfill") if d.alert.hour < notify_since else d for d in result.decisions
+        ]
     rows = [
         (
             d.alert.id, d.alert.dedupe_key, d.alert.device, d.alert.protocol, d.alert.rule, d.alert.severity,
             d.alert.hour, d.alert.message, json.dumps(d.alert.evidence, sort_keys=True, default=str), "open",
-            "pending" if d.notify else "cooldown", d.reason, now, now,
+            "pending" if d.notify else d.reason, d.reason, now, now,
         )
         for d in result.decisions
     ]

@@ -12,7 +12,6 @@ import contextlib
 import io
 from collections.abc import Iterator
 from collections import Counter
-from datetime import timedelta
 
 import dagster as dg
 import numpy as np
@@ -31,6 +30,8 @@ from earnopt_assets.warehouse import DUCKDB_POOL, TELEMETRY_COLUMNS, table_exist
 GROUP = "anomalies"
 # History the rules and features need before the first evaluated hour: 7 days + a day + slack.
 HISTORY_HOURS = 168 + 24 + 8
+# How far back the first alerts run records history (not notified).
+BACKFILL_HOURS = 24 * 400
 _TELEMETRY_SELECT = ", ".join(TELEMETRY_COLUMNS)
 
 
@@ -242,7 +243,10 @@ def alerts(context: dg.AssetExecutionContext, earnopt: EarnoptResource, duckdb: 
     settings = catalog.alerts
     try:
         with _warehouse(duckdb) as conn:
-            telemetry, newest = _recent_telemetry(conn, settings.evaluation_hours)
+            # First run: evaluate the whole history so the table (and the detector's exclusions) start
+            # complete; only the last evaluation_hours may be sent.
+            first_run = not table_exists(conn, "alerts") or conn.execute("SELECT count(*) FROM alerts").fetchone()[0] == 0
+            telemetry, newest = _recent_telemetry(conn, BACKFILL_HOURS if first_run else settings.evaluation_hours)
             scores = (
                 conn.execute("SELECT * FROM anomalies WHERE ts > ?", [(newest - pd.Timedelta(hours=settings.evaluation_hours)).to_pydatetime()]).df()
                 if newest is not None and table_exists(conn, "anomalies") else None
@@ -252,15 +256,16 @@ def alerts(context: dg.AssetExecutionContext, earnopt: EarnoptResource, duckdb: 
     telemetry = _known(telemetry, catalog)
     if scores is not None:
         scores = scores.drop(columns=["model_version", "scored_at"])
-    start = newest - pd.Timedelta(hours=settings.evaluation_hours - 1) if newest is not None else None
-    candidates = evaluate_rules(telemetry, catalog, settings, scores=scores, start=start)
+    notify_since = newest - pd.Timedelta(hours=settings.evaluation_hours - 1) if newest is not None else None
+    candidates = evaluate_rules(telemetry, catalog, settings, scores=scores, start=None if first_run else notify_since)
     evaluated = evaluated_until(telemetry)
     device = catalog.host.device
     devices = sorted(set(telemetry["device"].astype(str))) or [device]
     with _warehouse(duckdb) as conn:
         conn.execute("BEGIN TRANSACTION")
         try:
-            result = record_alerts(conn, candidates, evaluated, settings)
+            result = record_alerts(conn, candidates, evaluated, settings,
+                                   notify_since=notify_since.to_pydatetime() if notify_since is not None else None)
             changes = [c for d in devices for c in update_protocol_state(conn, d, catalog.names)]
             conn.execute("COMMIT")
         except Exception:
@@ -269,6 +274,8 @@ def alerts(context: dg.AssetExecutionContext, earnopt: EarnoptResource, duckdb: 
 
     for decision in result.decisions:
         alert = decision.alert
+        if decision.reason == "backfill":
+            continue  # history of a first run: counted in the metadata, not logged one by one
         note = "notify" if decision.notify else "recorded only (cooldown)"
         log = context.log.warning if alert.severity == "critical" else context.log.info
         log(f"alert {alert.id} [{alert.severity}] {alert.protocol}/{alert.rule} at {alert.hour:%Y-%m-%d %H:00}: {alert.message} -> {note}")
@@ -288,6 +295,7 @@ def alerts(context: dg.AssetExecutionContext, earnopt: EarnoptResource, duckdb: 
             {"hour": f"{d.alert.hour:%Y-%m-%d %H:00}", "protocol": d.alert.protocol, "rule": d.alert.rule,
              "severity": d.alert.severity, "notify": d.reason if d.notify else "cooldown", "message": d.alert.message}
             for d in result.decisions
+            if d.reason != "backfill"
         ]
     )
     by_rule = Counter((a.rule, a.severity) for a in result.new)
@@ -296,7 +304,9 @@ def alerts(context: dg.AssetExecutionContext, earnopt: EarnoptResource, duckdb: 
             "candidates": len(candidates),
             "new_alerts": len(result.new),
             "duplicates_skipped": result.duplicates,
-            "suppressed_by_cooldown": sum(1 for d in result.decisions if not d.notify),
+            "first_run_backfill": first_run,
+            "backfilled_history": sum(1 for d in result.decisions if d.reason == "backfill"),
+            "suppressed_by_cooldown": sum(1 for d in result.decisions if d.reason == "cooldown"),
             "notified": len(to_notify),
             "resolved_keys": len(result.resolved),
             "resolved_rows": result.resolved_rows,
