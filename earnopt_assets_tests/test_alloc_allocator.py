@@ -61,6 +61,10 @@ def test_dataclasses_validate_their_fields() -> None:
         requirements(restart_minutes=float("inf"))
     with pytest.raises(ValueError, match=r"allocations\['a'\]"):
         AllocationResult({"a": 1.2}, 0.0, {}, True, "optimal", 0.01)
+    with pytest.raises(ValueError, match="is_optimal requires allocations"):
+        AllocationResult({}, 0.0, {}, True, "optimal", 0.01)
+    with pytest.raises(ValueError, match="solve_seconds"):
+        AllocationResult({}, 0.0, {}, False, "infeasible", -1.0)
     with pytest.raises(ValueError, match="unknown resources"):
         AllocationResult({}, 0.0, {"gpu": 1.0}, False, "infeasible", 0.01)
     with pytest.raises(ValueError, match="beta"):

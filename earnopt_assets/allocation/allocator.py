@@ -137,7 +137,7 @@ class AllocationResult:
                 raise ValueError(f"AllocationResult.allocations[{name!r}] must be in [0, 1], got {share!r}")
         if self.solve_seconds < 0:
             raise ValueError(f"AllocationResult.solve_seconds must be >= 0, got {self.solve_seconds!r}")
-        if self.is_optimal and not self.allocations and self.expected_earnings_by_protocol:
+        if self.is_optimal and not self.allocations:
             raise ValueError("AllocationResult.is_optimal requires allocations")
         unknown = set(self.resource_utilization) - set(RESOURCES)
         if unknown:
