@@ -312,6 +312,18 @@ def test_history_before_notify_since_is_recorded_but_never_sent(tmp_path):
     result = record_alerts(conn, _alerts([0, 1, 10]), {"local": START + timedelta(hours=10)}, AlertSettings(),
                            notify_since=START + timedelta(hours=10))
     assert [(d.notify, d.reason) for d in result.decisions] == [(False, "backfill"), (False, "backfill"), (True, "new")]
-    # The key fires again at hour 10, so its older rows stay open with it (a key resolves as a whole).
-    assert conn.execute("SELECT notify_status, status FROM alerts ORDER BY hour").fetchall() == [
-        ("backfill", "open"), ("backfill", "open"), ("pending", "open")]
+    # Hours 0-1 were one incident that resolved at hour 4; hour 10 is a new, open one.
+    assert conn.execute("SELECT notify_status, status, resolved_at FROM alerts ORDER BY hour").fetchall() == [
+        ("backfill", "resolved", START + timedelta(hours=4)), ("backfill", "resolved", START + timedelta(hours=4)),
+        ("pending", "open", None)]
+
+
+def test_split_incidents():
+    from earnopt_assets.anomaly.rules import split_incidents
+
+    h = [START + timedelta(hours=k) for k in (0, 1, 4, 8, 9)]
+    parts = split_incidents(h, START + timedelta(hours=11), 3)
+    # 1 -> 4 is a 3 h gap (hours 2, 3 quiet: not enough); 4 -> 8 is 4 h: a new incident.
+    assert [(len(hours), at) for hours, at in parts] == [(3, START + timedelta(hours=7)), (2, None)]
+    assert split_incidents(h, START + timedelta(hours=12), 3)[-1][1] == START + timedelta(hours=12)
+    assert split_incidents([], START, 3) == []

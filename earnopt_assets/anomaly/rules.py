@@ -386,3 +386,27 @@ def resolve_due(last_fired: Mapping[tuple[str, str, str], datetime], evaluated: 
         if until is not None and until - fired >= after:
             due[key] = fired + after
     return due
+
+
+def split_incidents(hours: Iterable[datetime], evaluated: datetime | None, resolve_after_hours: int) -> list[tuple[list[datetime], datetime | None]]:
+    """Split the firing hours of one key into incidents and give each its resolve hour (None = still open).
+
+    A new incident starts when the next firing comes more than ``resolve_after_hours`` after the previous
+    one (the rule was quiet for that many evaluated hours in between). An incident resolves at its last
+    firing + ``resolve_after_hours`` once that hour has been evaluated.
+    """
+    after = timedelta(hours=resolve_after_hours)
+    ordered = sorted(set(hours))
+    incidents: list[list[datetime]] = []
+    for hour in ordered:
+        if incidents and hour - incidents[-1][-1] <= after:
+            incidents[-1].append(hour)
+        else:
+            incidents.append([hour])
+    out: list[tuple[list[datetime], datetime | None]] = []
+    for index, incident in enumerate(incidents):
+        resolve_at = incident[-1] + after
+        is_last = index == len(incidents) - 1
+        done = (not is_last) or (evaluated is not None and evaluated >= resolve_at)
+        out.append((incident, resolve_at if done else None))
+    return out

@@ -21,7 +21,7 @@ import pandas as pd
 from earnopt_assets.catalog import AlertSettings
 from earnopt_assets.anomaly.detector import DETECTION_FEATURES
 from earnopt_assets.anomaly.notify import DeliveryAttempt
-from earnopt_assets.anomaly.rules import Alert, NotificationDecision, plan_notifications, resolve_due
+from earnopt_assets.anomaly.rules import Alert, NotificationDecision, plan_notifications, split_incidents
 
 ANOMALIES_DDL = f"""
 CREATE TABLE IF NOT EXISTS anomalies (
@@ -190,29 +190,37 @@ def record_alerts(conn: duckdb.DuckDBPyConnection, candidates: Sequence[Alert], 
             rows,
         )
 
-    active_last = {
-        (d, p, r): h
-        for d, p, r, h in conn.execute(
-            """
-            SELECT a.device, a.protocol, a.rule, max(a.hour)
-            FROM alerts a
-            WHERE EXISTS (SELECT 1 FROM alerts o WHERE o.device = a.device AND o.protocol = a.protocol
-                          AND o.rule = a.rule AND o.status IN ('open', 'acknowledged'))
-            GROUP BY ALL
-            """
-        ).fetchall()
-    }
-    result.resolved = resolve_due(active_last, evaluated, settings.resolve_after_hours)
-    for (device, protocol, rule), resolved_at in result.resolved.items():
-        reason = f"rule {rule} has not fired for {settings.resolve_after_hours} h"
-        count = conn.execute(
-            """
-            UPDATE alerts SET status = 'resolved', resolved_at = ?, resolved_reason = ?, updated_at = ?
-            WHERE device = ? AND protocol = ? AND rule = ? AND status IN ('open', 'acknowledged')
-            """,
-            [resolved_at, reason, now, device, protocol, rule],
-        ).fetchall()
-        result.resolved_rows += int(count[0][0]) if count else 0
+    # Auto-resolve, incident by incident: a key that fired, went quiet for resolve_after_hours and fired
+    # again has two incidents; the first resolves even though the key is firing now.
+    active = conn.execute(
+        """
+        SELECT a.device, a.protocol, a.rule, a.hour, a.status IN ('open', 'acknowledged') AS active
+        FROM alerts a
+        WHERE EXISTS (SELECT 1 FROM alerts o WHERE o.device = a.device AND o.protocol = a.protocol
+                      AND o.rule = a.rule AND o.status IN ('open', 'acknowledged'))
+        ORDER BY 1, 2, 3, 4
+        """
+    ).fetchall()
+    hours_by_key: dict[tuple[str, str, str], list[datetime]] = {}
+    for device, protocol, rule, hour, _ in active:
+        hours_by_key.setdefault((device, protocol, rule), []).append(hour)
+    reason = f"rule has not fired for {settings.resolve_after_hours} h"
+    for key, hours in hours_by_key.items():
+        for incident, resolved_at in split_incidents(hours, evaluated.get(key[0]), settings.resolve_after_hours):
+            if resolved_at is None:
+                continue
+            count = conn.execute(
+                """
+                UPDATE alerts SET status = 'resolved', resolved_at = ?, resolved_reason = ?, updated_at = ?
+                WHERE device = ? AND protocol = ? AND rule = ? AND hour BETWEEN ? AND ?
+                  AND status IN ('open', 'acknowledged')
+                """,
+                [resolved_at, f"{key[2]}: {reason}", now, *key, incident[0], incident[-1]],
+            ).fetchall()
+            changed = int(count[0][0]) if count else 0
+            if changed:
+                result.resolved[key] = max(resolved_at, result.resolved.get(key, resolved_at))
+                result.resolved_rows += changed
     return result
 
 
