@@ -181,3 +181,13 @@ def test_anomaly_job_and_automation_are_wired():
     assert anomaly_job.name == "anomaly_job"
     graph = defs.resolve_asset_graph()
     assert dg.AssetKey("earnings_features") in graph.get(dg.AssetKey("anomaly_model")).parent_keys
+
+
+def test_misconfigured_channel_env_is_reported_not_fatal(small_resources, small_catalog, data_dir, telemetry, monkeypatch):
+    monkeypatch.setenv("EARNOPT_NTFY_URL", "not-a-url")
+    write_warehouse(data_dir, small_catalog, telemetry)
+    result = materialize(small_resources)
+    meta = metadata(result, "alerts")
+    assert "EARNOPT_NTFY_URL" in meta["channel_config_error"]
+    assert meta["deliveries_no_channel"] == meta["notified"] >= 1
+    assert query(data_dir, "SELECT count(*) FROM alerts WHERE protocol = 'storj'")[0][0] >= 3

@@ -284,7 +284,15 @@ def alerts(context: dg.AssetExecutionContext, earnopt: EarnoptResource, duckdb: 
 
     # Delivery happens with the warehouse closed; it is bounded and never raises.
     to_notify = result.to_notify
-    with Notifier.from_settings(settings, log=context.log.info) as notifier:
+    config_error = ""
+    try:
+        notifier = Notifier.from_settings(settings, log=context.log.info)
+    except ValueError as exc:
+        # A broken channel variable must not lose the alerts: they are recorded; say so loudly.
+        config_error = str(exc)
+        context.log.error(f"alert channels misconfigured, nothing sent this run: {exc}")
+        notifier = Notifier([])
+    with notifier:
         attempts = notifier.deliver_all(to_notify)
         channel_names = [c.target for c in notifier.channels]
     with _warehouse(duckdb) as conn:
@@ -315,6 +323,7 @@ def alerts(context: dg.AssetExecutionContext, earnopt: EarnoptResource, duckdb: 
             "deliveries_no_channel": delivery_counts["no_channel"],
             "delivery_attempts": len(attempts),
             "channels": ", ".join(channel_names) or "none",
+            "channel_config_error": config_error or "none",
             "state_changes": dg.MetadataValue.md(
                 _markdown_table(pd.DataFrame([c.__dict__ for c in changes])) if changes else "_no change_"
             ),
