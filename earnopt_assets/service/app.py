@@ -71,7 +71,28 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.add_middleware(RequestLogMiddleware, metrics=middleware_metrics)
     for router in (predict.router, allocation.router, anomalies.router, models.router, training.router, ops.router):
         app.include_router(router)
+    _document_raw_bodies(app)
     return app
+
+
+def _document_raw_bodies(app: FastAPI) -> None:
+    """``/predict/earnings`` reads its body itself (so cache hits skip parsing); put its request model
+    into the OpenAPI components so ``/docs`` still shows and validates it."""
+    from pydantic.json_schema import models_json_schema
+
+    from earnopt_assets.service.schemas import PredictionRequest
+
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            spec = build()
+            _, extra = models_json_schema([(PredictionRequest, "validation")], ref_template="#/components/schemas/{model}")
+            spec.setdefault("components", {}).setdefault("schemas", {}).update(extra.get("$defs", {}))
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 class _MetricsProxy:

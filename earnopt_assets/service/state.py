@@ -140,7 +140,7 @@ class DetectorHolder:
 
 
 class PredictionCache:
-    """LRU of prediction responses by key, plus single-flight: concurrent misses on one key await the
+    """LRU of encoded prediction responses by key, plus single-flight: concurrent misses on one key await the
     same computation. Only successful answers are stored (errors are recomputed, they are cheap)."""
 
     def __init__(self, size: int) -> None:
@@ -167,7 +167,7 @@ class PredictionCache:
         while len(self._items) > self.size:
             self._items.popitem(last=False)
 
-    async def compute_once(self, key: str, compute: Callable[[], Awaitable[Any]]) -> Any:
+    async def compute_once(self, key: str, compute: Callable[[], Awaitable[Any]], encode: Callable[[Any], Any] = lambda v: v) -> Any:
         self.misses += 1
         pending = self._inflight.get(key)
         if pending is not None:
@@ -186,7 +186,7 @@ class PredictionCache:
         finally:
             self._inflight.pop(key, None)
         future.set_result(value)
-        self.put(key, value)
+        self.put(key, encode(value))
         return value
 
     def clear(self) -> None:

@@ -8,7 +8,9 @@ from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from fastapi.concurrency import run_in_threadpool
 
 from earnopt_assets.service.errors import ModelUnavailable, UnprocessableData
@@ -40,34 +42,53 @@ def _baseline(frame: pd.DataFrame) -> tuple[pd.DatetimeIndex, np.ndarray]:
     return fallback_forecast(frame["ts"], frame["earnings_usd"].to_numpy(dtype=float))
 
 
-@router.post("/predict/earnings/{protocol}", response_model=PredictionResponse, responses=PROBLEM_RESPONSES)
-async def predict_earnings(protocol: ProtocolPath, request: PredictionRequest, state: ServiceState = Depends(get_state)) -> PredictionResponse:
-    """Forecast the protocol's next 24 hourly earnings from recent telemetry.
+PREDICTION_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictionRequest"}}},
+    }
+}
+
+
+@router.post(
+    "/predict/earnings/{protocol}",
+    response_model=PredictionResponse,
+    responses=PROBLEM_RESPONSES,
+    openapi_extra=PREDICTION_BODY,
+)
+async def predict_earnings(protocol: ProtocolPath, http_request: Request, state: ServiceState = Depends(get_state)) -> Any:
+    """Forecast the protocol's next 24 hourly earnings from recent telemetry (body: ``PredictionRequest``).
 
     The LSTM needs ``required_history_hours`` contiguous hours (window + 168 h of lag history; see
     ``GET /models``). ``source`` says whether the model or the seasonal-naive baseline answered.
 
-    A forecast is a pure function of (model version, rows, fallback), so answers are kept in an LRU cache
-    (``EARNOPT_PREDICTION_CACHE_SIZE``); ``cached`` says whether this one came from it. Concurrent
-    identical requests share one computation. The model work itself runs in the threadpool.
+    A forecast is a pure function of (model version, request body), so answers are kept in an LRU cache
+    keyed by the body's SHA-256 (``EARNOPT_PREDICTION_CACHE_SIZE``); a hit skips parsing and the model and
+    says ``cached: true``. Concurrent identical requests share one computation, which runs in the
+    threadpool, off the event loop.
     """
     state.protocol(protocol)
+    body = await http_request.body()
     entry = state.models.peek(protocol)
     if entry is None:  # a freshness check is due: it may reload a model, which is slow
         entry = await run_in_threadpool(state.models.get, protocol)
-    key = prediction_key(protocol, entry.version if entry.loaded else None, request)
+    key = f"{protocol}|{entry.version if entry.loaded else None}|{hashlib.sha256(body).hexdigest()}"
     cached = state.predictions.get(key)
     if cached is not None:
-        state.metrics.predictions.labels(protocol, cached.source).inc()
-        return cached.model_copy(update={"cached": True})
-    response = await state.predictions.compute_once(key, lambda: run_in_threadpool(_predict, protocol, request, entry, state))
+        source, payload = cached
+        state.metrics.predictions.labels(protocol, source).inc()
+        return Response(payload, media_type="application/json")
+    try:
+        request = PredictionRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise RequestValidationError([{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]) from None
+    response = await state.predictions.compute_once(
+        key,
+        lambda: run_in_threadpool(_predict, protocol, request, entry, state),
+        encode=lambda r: (r.source, r.model_copy(update={"cached": True}).model_dump_json().encode()),
+    )
     state.metrics.predictions.labels(protocol, response.source).inc()
     return response
-
-
-def prediction_key(protocol: str, version: str | None, request: PredictionRequest) -> str:
-    digest = hashlib.sha256(request.model_dump_json().encode())
-    return f"{protocol}|{version}|{digest.hexdigest()}"
 
 
 def _predict(protocol: str, request: PredictionRequest, entry: Any, state: ServiceState) -> PredictionResponse:

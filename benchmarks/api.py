@@ -1,0 +1,194 @@
+"""Load benchmark of ``POST /predict/earnings/{protocol}`` on a real ``earnopt serve`` (uvicorn) process.
+
+    .venv/bin/python benchmarks/api.py [--duration 30] [--clients 50] [--uncached-duration 10]
+
+Uses the real data dir's models when ``data/models/<protocol>/CURRENT`` exists, else trains a
+default-architecture model (LSTM 128/64, window 24, 2 epochs) into a tmp data dir. Loopback only.
+
+Phase 1 (``--duration`` s, target p99 <= 50 ms, 0 errors): ``--clients`` concurrent httpx clients post
+one of ``--windows`` distinct telemetry windows (10 days each, ending on consecutive hours) — the
+orchestrator's pattern of re-asking for recent windows; repeated windows are answered by the prediction
+cache. Phase 2 (``--uncached-duration`` s): the same load on a server started with the cache disabled,
+so every request runs the LSTM (24 recursive steps): the model's own throughput on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+PROTOCOL = "honeygain"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def prepare_data_dir(work: Path) -> tuple[Path, Path, str]:
+    """(data_dir, catalog, how): the real data dir if it has a model, else a tmp one with a fresh model."""
+    from earnopt_assets.settings import default_catalog_path, default_data_dir
+
+    real = default_data_dir()
+    if (real / "models" / PROTOCOL / "CURRENT").exists():
+        return real, default_catalog_path(), f"real data dir {real}"
+    from earnopt_assets.catalog import load_catalog
+    from earnopt_assets.features import build_feature_table
+    from earnopt_assets.forecasting.training import TrainingSettings, train_protocol
+    from earnopt_assets.simulator import simulate
+
+    data_dir = work / "data"
+    data_dir.mkdir(parents=True)
+    catalog_path = data_dir / "catalog.yaml"
+    shutil.copy(REPO / "data" / "catalog.yaml", catalog_path)
+    catalog = load_catalog(catalog_path)
+    telemetry = simulate(catalog, days=30, seed=3, end="2026-11-20T23:00:00", protocols=[PROTOCOL], inject_anomalies=False).telemetry
+    features, _ = build_feature_table(telemetry, catalog.host.totals(), catalog.host.timezone)
+    started = time.perf_counter()
+    train_protocol(features, PROTOCOL, data_dir / "models", TrainingSettings(epochs=2, min_holdout_days=3),
+                   timezone=catalog.host.timezone, host_totals=catalog.host.totals())
+    return data_dir, catalog_path, f"tmp data dir, LSTM 128/64 trained in {time.perf_counter() - started:.0f}s"
+
+
+def payloads(catalog_path: Path, windows: int) -> list[bytes]:
+    from earnopt_assets.catalog import load_catalog
+    from earnopt_assets.simulator import simulate
+
+    catalog = load_catalog(catalog_path)
+    hours = 10 * 24
+    telemetry = simulate(catalog, days=12, seed=9, end="2026-11-25T10:00:00", protocols=[PROTOCOL], inject_anomalies=False).telemetry
+    telemetry["ts"] = telemetry["ts"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    rows = json.loads(telemetry.drop(columns=["device", "protocol"]).to_json(orient="records"))
+    return [json.dumps({"rows": rows[len(rows) - hours - k : len(rows) - k]}).encode() for k in range(windows)]
+
+
+class Server:
+    def __init__(self, data_dir: Path, catalog: Path, cache_size: int) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "EARNOPT_DATA_DIR": str(data_dir), "EARNOPT_CATALOG": str(catalog),
+               "EARNOPT_PREDICTION_CACHE_SIZE": str(cache_size), "EARNOPT_LOG_LEVEL": "warning", "TF_CPP_MIN_LOG_LEVEL": "2"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "earnopt_assets.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            env=env, cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+
+    def wait_ready(self, timeout_s: float = 180.0) -> float:
+        started = time.monotonic()
+        while time.monotonic() - started < timeout_s:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.process.stderr.read() if self.process.stderr else ''}")
+            try:
+                models = httpx.get(self.url + "/models", timeout=2).json()
+                if any(m["protocol"] == PROTOCOL and m["loaded"] for m in models["models"]):
+                    return time.monotonic() - started
+                raise RuntimeError(f"{PROTOCOL} model not loaded: {models}")
+            except httpx.TransportError:
+                time.sleep(0.3)
+        raise TimeoutError("server did not start")
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+async def drive(url: str, bodies: list[bytes], clients: int, duration_s: float) -> dict:
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    cached = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits, headers={"content-type": "application/json"}) as http:
+        # one warm-up request per distinct window is NOT done: cold misses are part of the measurement
+        deadline = time.perf_counter() + duration_s
+
+        async def client(index: int) -> None:
+            nonlocal cached
+            i = index
+            while time.perf_counter() < deadline:
+                body = bodies[i % len(bodies)]
+                i += clients
+                started = time.perf_counter()
+                try:
+                    response = await http.post(f"/predict/earnings/{PROTOCOL}", content=body)
+                    elapsed = time.perf_counter() - started
+                    if response.status_code == 200:
+                        latencies.append(elapsed)
+                        cached += bool(response.json().get("cached"))
+                    else:
+                        errors[str(response.status_code)] = errors.get(str(response.status_code), 0) + 1
+                except httpx.HTTPError as exc:
+                    errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client(i) for i in range(clients)))
+        wall = time.perf_counter() - started
+    return {"latencies": latencies, "errors": errors, "cached": cached, "wall": wall}
+
+
+def report(title: str, result: dict, clients: int, target_ms: float | None) -> None:
+    lat = sorted(result["latencies"])
+    total = len(lat) + sum(result["errors"].values())
+    print(f"\n== {title}")
+    if not lat:
+        print(f"no successful requests; errors {result['errors']}")
+        return
+    q = statistics.quantiles(lat, n=100, method="inclusive")
+    p50, p95, p99 = q[49] * 1000, q[94] * 1000, q[98] * 1000
+    print(f"clients {clients}, duration {result['wall']:.1f}s, requests {total}, ok {len(lat)}, errors {sum(result['errors'].values())} {result['errors'] or ''}")
+    print(f"throughput {len(lat) / result['wall']:.1f} req/s, cache hits {100 * result['cached'] / len(lat):.1f}%")
+    print(f"latency ms: p50 {p50:.1f}  p95 {p95:.1f}  p99 {p99:.1f}  max {lat[-1] * 1000:.1f}  mean {statistics.fmean(lat) * 1000:.1f}")
+    if target_ms is not None:
+        verdict = "MET" if p99 <= target_ms and not result["errors"] else "NOT MET"
+        print(f"target p99 <= {target_ms:g} ms with 0 errors: {verdict}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=30.0)
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--windows", type=int, default=24, help="distinct telemetry windows the clients rotate through")
+    parser.add_argument("--uncached-duration", type=float, default=10.0, help="0 skips phase 2")
+    args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with tempfile.TemporaryDirectory(prefix="earnopt-api-bench-") as tmp:
+        data_dir, catalog, how = prepare_data_dir(Path(tmp))
+        bodies = payloads(catalog, args.windows)
+        print(f"model: {how}; payload {len(bodies[0]) / 1024:.0f} KiB ({10 * 24} hourly rows), {len(bodies)} distinct windows; "
+              f"cpu cores {os.cpu_count()}; load generator on the same machine")
+        phases = [("phase 1: predict/earnings, prediction cache on (2048)", 2048, args.duration, 50.0)]
+        if args.uncached_duration > 0:
+            phases.append(("phase 2: predict/earnings, cache off (every request runs the LSTM)", 0, args.uncached_duration, 500.0))
+        for title, cache_size, duration, target in phases:
+            server = Server(data_dir, catalog, cache_size)
+            try:
+                ready = server.wait_ready()
+                print(f"\nserver ready in {ready:.1f}s at {server.url}")
+                result = asyncio.run(drive(server.url, bodies, args.clients, duration))
+            finally:
+                server.stop()
+            report(title, result, args.clients, target)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
