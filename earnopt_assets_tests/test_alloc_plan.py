@@ -295,3 +295,14 @@ def test_json_is_strict_and_complete(warehouse: Path, small_catalog) -> None:
     assert {"cycle_id", "status", "allocations", "actions", "expected_gain_usd_per_hour", "decision_analysis", "checks", "solver"} <= set(document)
     assert document["inputs"]["akash"]["response_curve"]["method"] in ("fit", "prior")
     assert os.path.basename(str(warehouse)) == "earnopt.duckdb"
+
+
+def test_odd_neighbour_tables_degrade_gracefully(warehouse: Path, small_catalog) -> None:
+    insert_forecasts(warehouse, "akash", END, [-0.01] * 24)  # a forecast below zero is not an earning
+    with connect(warehouse) as conn:
+        conn.execute("CREATE TABLE protocol_state (device VARCHAR, protocol VARCHAR, health VARCHAR)")  # wrong schema
+        inputs = read_cycle_inputs(conn, small_catalog, NOW)
+    assert inputs.protocols["akash"].forecast_usd_per_hour == 0.0
+    assert any("akash: forecast" in note for note in inputs.notes)
+    assert any("protocol_state unreadable" in note for note in inputs.notes)
+    assert not any(p.degraded for p in inputs.protocols.values())
