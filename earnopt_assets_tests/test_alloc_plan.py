@@ -306,3 +306,28 @@ def test_odd_neighbour_tables_degrade_gracefully(warehouse: Path, small_catalog)
     assert any("akash: forecast" in note for note in inputs.notes)
     assert any("protocol_state unreadable" in note for note in inputs.notes)
     assert not any(p.degraded for p in inputs.protocols.values())
+
+
+class Inaccurate(ResourceAllocator):
+    """Reports its (feasible) answer as optimal_inaccurate, as ECOS and CLARABEL both might on a hard instance."""
+
+    def optimize_allocation(self, *args, **kwargs) -> AllocationResult:
+        result = super().optimize_allocation(*args, **kwargs)
+        return AllocationResult(**{**result.__dict__, "is_optimal": False, "solver_status": "optimal_inaccurate"})
+
+
+def test_inaccurate_solve_warns_and_is_not_applied(warehouse: Path, tight_catalog) -> None:
+    import dagster as dg
+
+    from earnopt_assets.defs.allocation import _check_results
+
+    catalog = with_settings(tight_catalog, **LOOSE)
+    with connect(warehouse) as conn:
+        inputs = read_cycle_inputs(conn, catalog, NOW)
+    plan = compute_plan(inputs, catalog, Inaccurate(ResourceConstraints.from_totals(catalog.host.totals())))
+    assert plan.decision.reallocate and plan.checks["constraints_satisfied"].passed
+    assert plan.status == "rejected" and not plan.applied
+    results = {r.check_name: r for r in _check_results(plan)}
+    assert not results["solver_status_optimal"].passed
+    assert results["solver_status_optimal"].severity == dg.AssetCheckSeverity.WARN
+    assert results["constraints_satisfied"].passed
