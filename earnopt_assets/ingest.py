@@ -38,7 +38,7 @@ Row numbers are 1-based data records: the CSV header is not counted; for JSON Li
 number. Invariant per file and in total: ``accepted + quarantined == read``.
 
 Concurrency: the caller holds a write connection (one process at a time holds the DuckDB file); an
-``flock`` on ``landing/.ingest.lock`` also serialises threads of one process, so no file is ever read by
+``flock`` on ``<data_dir>/.landing.ingest.lock`` (beside landing, so landing only ever holds data) also serialises threads of one process, so no file is ever read by
 two ingestions.
 """
 
@@ -238,9 +238,11 @@ def unique_destination(directory: Path, name: str) -> Path:
 
 @contextlib.contextmanager
 def landing_lock(landing: Path, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
-    """Exclusive ``flock`` on ``landing/.ingest.lock`` (blocks threads and processes alike)."""
+    """Exclusive ``flock`` on ``<landing parent>/.<landing name>.ingest.lock`` (blocks threads and
+    processes alike). The lock file lives beside landing so that landing only ever holds data files."""
     landing.mkdir(parents=True, exist_ok=True)
-    handle = open(landing / ".ingest.lock", "a+")
+    lock_path = landing.parent / f".{landing.name}.ingest.lock"
+    handle = open(lock_path, "a+")
     deadline = time.monotonic() + timeout_s
     try:
         while True:
@@ -249,7 +251,7 @@ def landing_lock(landing: Path, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[N
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"another ingestion holds {landing / '.ingest.lock'} for > {timeout_s}s") from None
+                    raise TimeoutError(f"another ingestion holds {lock_path} for > {timeout_s}s") from None
                 time.sleep(0.05)
         yield
     finally:

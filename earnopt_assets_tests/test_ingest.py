@@ -276,7 +276,7 @@ def test_unreadable_files_are_rejected_and_the_others_still_load(paths, ingest):
     for name in ("corrupt.parquet", "notes.txt", "empty.csv", "latin1.csv"):
         assert (paths.rejected / name).exists()
     assert (paths.archive / "good.csv").exists()
-    assert sorted(p.name for p in paths.landing.iterdir() if p.is_file()) == [".ingest.lock", ".partial.csv.tmp"]
+    assert sorted(p.name for p in paths.landing.iterdir() if p.is_file()) == [".partial.csv.tmp"]
     logged = dict(query(paths, "SELECT source_file, status || ':' || coalesce(reason, '') FROM ingested_files"))
     assert logged["notes.txt"].startswith("rejected:unsupported") and logged["good.csv"] == "ingested:"
     assert query(paths, "SELECT count(*) FROM raw_earnings") == [(1,)]
@@ -322,3 +322,30 @@ def test_csv_with_bom_and_crlf_from_spreadsheets(paths, ingest):
     (paths.landing / "excel.csv").write_bytes(text.encode("utf-8"))
     report = ingest()
     assert report.rows_accepted == 1 and report.rows_quarantined == 0
+
+
+def test_landing_lock_excludes_a_second_holder(tmp_path):
+    import threading
+
+    from earnopt_assets.ingest import landing_lock
+
+    landing = tmp_path / "landing"
+    entered = threading.Event()
+    release = threading.Event()
+
+    def hold():
+        with landing_lock(landing):
+            entered.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert entered.wait(10)
+    with pytest.raises(TimeoutError, match="another ingestion holds"):
+        with landing_lock(landing, timeout_s=0.2):
+            pass
+    release.set()
+    thread.join(10)
+    with landing_lock(landing, timeout_s=5):
+        pass
+    assert list(landing.iterdir()) == []  # the lock file is not in landing
