@@ -136,7 +136,7 @@ def test_prepare_sequences_scales_features_and_target(storj_data):
     X2, y2 = predictor.prepare_sequences(features)
     np.testing.assert_allclose(X2, X)
     np.testing.assert_allclose(y2, y)
-    assert len(predictor.config.season_profile) == 168 and len(predictor.config.base_weights) == 3
+    assert len(predictor.config.season_profile) == 168 and len(predictor.config.base_weights) == 4
 
 
 def test_prepare_sequences_needs_fitted_scalers(storj_data):
@@ -236,35 +236,47 @@ def test_forecast_from_raw_telemetry_matches_forecast_from_features(trained, sto
 
 def test_predictions_are_fed_back_through_the_feature_functions(trained, monkeypatch):
     """With a network that always answers residual 0, the forecast must equal the seasonal base computed
-    from a history that includes the earlier predictions (ma_24h and lags see them)."""
+    from a history that includes the earlier predictions (ma_24h, the 6 h level and the lags see them)."""
     predictor, train, _ = trained
     zero = -predictor.target_scaler.mean_[0] / predictor.target_scaler.scale_[0]
     monkeypatch.setattr(predictor, "_compiled", lambda x: np.array([[zero]], dtype=np.float32))
-    tails: list[np.ndarray] = []
-    real = predictor_module.earnings_features
+    monkeypatch.setattr(predictor.config, "residual_gain", 1.0)
+    rows: list[tuple[int, float]] = []
+    real = predictor_module.next_earnings_row
 
-    def spy(values):
-        tails.append(np.array(values))
-        return real(values)
+    def spy(history, cursor, previous_ema):
+        rows.append((cursor, float(history[cursor])))
+        return real(history, cursor, previous_ema)
 
-    monkeypatch.setattr(predictor_module, "earnings_features", spy)
+    monkeypatch.setattr(predictor_module, "next_earnings_row", spy)
     values = predictor.predict_next_24h(train)
 
-    w24, w168, wseason = predictor.config.base_weights
+    w24, w168, wseason, wrecent = predictor.config.base_weights
     history = list(train["earnings_usd"].to_numpy())
     ts = pd.DatetimeIndex(train["ts"])
+    season = lambda stamp: predictor._season(pd.DatetimeIndex([stamp]))[0]  # noqa: E731
     expected = []
     for h in range(1, 25):
         target = ts[-1] + pd.Timedelta(hours=h)
         level = max(np.mean(history[-24:]), predictor.config.level_floor)
-        season = predictor._season(pd.DatetimeIndex([target]))[0]
-        value = max(w24 * history[-24] + w168 * history[-168] + wseason * level * season, 0.0)
+        recent = np.mean([history[-k] / max(season(target - pd.Timedelta(hours=k)), 0.05) for k in range(1, 7)])
+        value = max(w24 * history[-24] + w168 * history[-168] + (wseason * level + wrecent * recent) * season(target), 0.0)
         expected.append(value)
         history.append(value)
     np.testing.assert_allclose(values, expected, rtol=1e-9)
-    assert len(tails) == 24
-    for h, tail in enumerate(tails):
-        assert tail[-1] == values[h]  # each new row's features come from the prediction just made
+    assert [v for _, v in rows] == list(values)  # every new feature row is built from the prediction just made
+
+
+def test_recomputed_rows_equal_the_feature_table_functions(storj_data):
+    from earnopt_assets.features import EARNINGS_FEATURES, earnings_features
+
+    _, telemetry, _ = storj_data
+    e = telemetry["earnings_usd"].to_numpy(dtype=float)[:400]
+    full = earnings_features(e)
+    for cursor in (200, 311, 399):
+        row = predictor_module.next_earnings_row(e, cursor, full["ema_12"][cursor - 1])
+        for name in EARNINGS_FEATURES:
+            assert row[name] == pytest.approx(full[name][cursor], rel=1e-9, abs=1e-15), name
 
 
 def test_forecast_needs_window_plus_lag_history(trained):
