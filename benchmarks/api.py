@@ -184,9 +184,12 @@ def main() -> int:
                 ready = server.wait_ready()
                 print(f"\nserver ready in {ready:.1f}s at {server.url}")
                 result = asyncio.run(drive(server.url, bodies, args.clients, duration))
+                single = asyncio.run(drive(server.url, bodies, 1, 3.0)) if cache_size else None
             finally:
                 server.stop()
             report(title, result, args.clients, target)
+            if single is not None:
+                report("  same server, 1 client for 3 s (latency without queueing)", single, 1, None)
     return 0
 
 

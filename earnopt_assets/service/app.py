@@ -111,4 +111,8 @@ def run_server(host: str = "127.0.0.1", port: int = 8000) -> None:
 
     settings = ServiceSettings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower(), access_log=False)
+    # A keep-alive longer than clients' idle gaps avoids the close-while-reusing race under load.
+    uvicorn.run(
+        create_app(settings), host=host, port=port, log_level=settings.log_level.lower(), access_log=False,
+        timeout_keep_alive=settings.keep_alive_seconds,
+    )

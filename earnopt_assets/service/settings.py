@@ -62,6 +62,7 @@ class ServiceSettings(BaseSettings):
     workspace_module: str = Field("earnopt_assets.definitions", description="Module holding the Definitions.")
     model_reload_seconds: float = Field(5.0, ge=0, description="Min seconds between model freshness checks.")
     prediction_cache_size: int = Field(2048, ge=0, description="Forecasts kept in the LRU cache (0 disables it).")
+    keep_alive_seconds: int = Field(75, ge=1, le=3600, description="Idle keep-alive of client connections (uvicorn).")
     log_level: str = Field("info", description="Log level of the service's request log.")
 
     @field_validator("cors_origins")
