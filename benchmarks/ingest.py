@@ -22,6 +22,7 @@ import resource
 import shutil
 import statistics
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 import time
 from pathlib import Path
 
@@ -66,9 +67,11 @@ def run_once(landing_src: Path, workdir: Path) -> tuple[float, float, float, flo
     table, _stats = build_feature_table(raw, catalog.host.totals(), catalog.host.timezone)
     validate_features(table)
     arrow = to_arrow(table)
-    with duckdb.connect(str(paths.warehouse)) as conn:
-        replace_feature_table(conn, arrow)
-    write_feature_snapshots(arrow, paths.features_dir, catalog)
+    with ThreadPoolExecutor(max_workers=1) as pool:  # as the earnings_features asset does
+        snapshots = pool.submit(write_feature_snapshots, arrow, paths.features_dir, catalog)
+        with duckdb.connect(str(paths.warehouse)) as conn:
+            replace_feature_table(conn, arrow)
+        snapshots.result()
     t2, c2 = time.perf_counter(), time.process_time()
     assert report.rows_accepted + report.rows_quarantined == report.rows_read
     return t1 - t0, t2 - t1, c1 - c0, c2 - c1, report.rows_accepted, len(table)

@@ -9,6 +9,7 @@ limit of 1 (``deploy/dagster.yaml``) steps queue instead of failing on DuckDB's 
 import base64
 import hashlib
 import io
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
@@ -130,9 +131,12 @@ def earnings_features(context: dg.AssetExecutionContext, earnopt: EarnoptResourc
     table, stats = build_feature_table(raw, catalog.host.totals(), catalog.host.timezone)
     validate_features(table)
     arrow = to_arrow(table)
-    with duckdb.get_connection() as conn:
-        replace_feature_table(conn, arrow)
-    written = write_feature_snapshots(arrow, paths.features_dir, catalog)
+    # Parquet snapshots and the DuckDB table are written at the same time (both release the GIL).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        snapshots = pool.submit(write_feature_snapshots, arrow, paths.features_dir, catalog)
+        with duckdb.get_connection() as conn:
+            replace_feature_table(conn, arrow)
+        written = snapshots.result()
     per_protocol = (
         table.groupby("protocol").agg(rows=("ts", "size"), first=("ts", "min"), last=("ts", "max"), mean_earnings=("earnings_usd", "mean")).reset_index()
         if len(table)
