@@ -34,14 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
-
-from earnopt_assets.catalog import load_catalog, parse_catalog  # noqa: E402
+from earnopt_assets.catalog import load_catalog  # noqa: E402
 from earnopt_assets.features import build_feature_table  # noqa: E402
-from earnopt_assets.forecasting.training import TrainingSettings, split_holdout, train_protocol  # noqa: E402
+from earnopt_assets.forecasting.training import TrainingSettings, train_protocol  # noqa: E402
 from earnopt_assets.settings import default_catalog_path  # noqa: E402
-
-REAL_SERIES = {"seattle_temps": "seattle_temps", "sf_temps": "sf_temps"}
 
 
 def simulated_features(protocols: list[str] | None, days: int, seed: int):
@@ -56,40 +52,17 @@ def simulated_features(protocols: list[str] | None, days: int, seed: int):
 
 def real_features(days: int, workdir: Path):
     """Real NOAA hourly temperatures through landing -> ingest -> raw_earnings -> features."""
-    from vega_datasets import local_data
-
     from earnopt_assets.feature_store import load_raw_for_features
+    from earnopt_assets.forecasting.real_data import REAL_SERIES, load_series, real_series_catalog, write_landing_file
     from earnopt_assets.ingest import ingest_landing
     from earnopt_assets.settings import EarnoptPaths
     from earnopt_assets.warehouse import connect
 
-    raw = yaml.safe_load(Path(default_catalog_path()).read_text())
-    raw["host"]["timezone"] = "UTC"  # the series' naive stamps are local clock time: keep them as they are
-    raw["protocols"] = [
-        {"name": name, "kind": "bandwidth", "cpu_cores": 0.1, "memory_gb": 0.1, "bandwidth_mbps": 1, "storage_gb": 0.1}
-        for name in REAL_SERIES
-    ]
-    catalog = parse_catalog(raw, workdir / "catalog.yaml")
+    catalog = real_series_catalog(default_catalog_path(), workdir / "catalog.yaml")
     paths = EarnoptPaths(workdir / "data").ensure()
-    for name, loader in REAL_SERIES.items():
-        series = getattr(local_data, loader)()
-        series = series.sort_values("date")
-        series = series[series["date"] > series["date"].max() - pd.Timedelta(days=days)]
-        landing = pd.DataFrame(
-            {
-                "device": catalog.host.device,
-                "protocol": name,
-                "ts": series["date"].dt.strftime("%Y-%m-%dT%H:%M:%S"),
-                "earnings_usd": series["temp"].to_numpy(),
-                "cpu_cores": 0.1,
-                "memory_gb": 0.1,
-                "bandwidth_mbps": 1.0,
-                "storage_gb": 0.1,
-                "allocation": 1.0,
-                "connection_failures": 0,
-            }
-        )
-        landing.to_csv(paths.landing / f"{name}.csv", index=False)
+    for name in REAL_SERIES:
+        last = load_series(name)["ts"].max()
+        write_landing_file(name, paths.landing, catalog.host.device, start=str(last - pd.Timedelta(days=days)))
     with connect(paths.warehouse) as conn:
         report = ingest_landing(conn, paths, catalog)
         telemetry = load_raw_for_features(conn)
