@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import duckdb
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
@@ -25,12 +29,31 @@ class EarnoptResource(dg.ConfigurableResource):
         return load_catalog(self.catalog_path)
 
 
+class WarehouseResource(DuckDBResource):
+    """dagster-duckdb's resource, but the connection is closed even when the block raises.
+
+    Upstream's ``get_connection`` only closes after a clean exit, so an exception leaves the file locked
+    until garbage collection and the next writer process fails on the lock.
+    """
+
+    @contextmanager
+    def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        upstream = super().get_connection()
+        conn = upstream.__enter__()
+        try:
+            yield conn
+        except BaseException:
+            conn.close()
+            raise
+        upstream.__exit__(None, None, None)
+
+
 def default_resources() -> dict[str, object]:
     """Resources on embedded defaults, resolved from the environment when definitions load."""
     paths = EarnoptPaths(default_data_dir())
     return {
         "earnopt": EarnoptResource(data_dir=str(paths.data_dir), catalog_path=str(default_catalog_path())),
-        "duckdb": DuckDBResource(database=str(paths.warehouse)),
+        "duckdb": WarehouseResource(database=str(paths.warehouse)),
     }
 
 
@@ -39,5 +62,5 @@ def resources_for(data_dir, catalog_path) -> dict[str, object]:
     paths = EarnoptPaths(Path(data_dir))
     return {
         "earnopt": EarnoptResource(data_dir=str(paths.data_dir), catalog_path=str(catalog_path)),
-        "duckdb": DuckDBResource(database=str(paths.warehouse)),
+        "duckdb": WarehouseResource(database=str(paths.warehouse)),
     }
