@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import dagster as dg
@@ -59,6 +59,15 @@ def test_schedule_targets_only_the_allocation_step_every_15_minutes() -> None:
         dg.AssetKey("alerts"),
     }
     assert resource_allocation.op.pool == "duckdb_warehouse"
+
+    # A tick of the schedule asks for one run of allocation_job, and the cron fires on the quarter hours.
+    context = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 11, 25, 17, 45))
+    data = allocation_schedule.evaluate_tick(context)
+    assert len(data.run_requests) == 1 and data.run_requests[0].job_name in (None, "allocation_job")
+    from dagster._utils.schedules import cron_string_iterator
+
+    ticks = cron_string_iterator(datetime(2026, 11, 25, 17, 1, tzinfo=timezone.utc).timestamp(), "*/15 * * * *", "UTC")
+    assert [next(ticks).strftime("%H:%M") for _ in range(4)] == ["17:15", "17:30", "17:45", "18:00"]
 
 
 def test_scheduled_job_runs_end_to_end_on_fallback_forecasts(data_dir: Path, small_catalog_path: Path, small_catalog, small_resources) -> None:
