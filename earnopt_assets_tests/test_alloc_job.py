@@ -6,12 +6,11 @@ import json
 import subprocess
 import sys
 import textwrap
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 import dagster as dg
 import pandas as pd
-import pytest
 import yaml
 
 from earnopt_assets.defs.allocation import allocation_job, allocation_schedule, resource_allocation
@@ -43,7 +42,7 @@ def rewrite_catalog(path: Path, **changes) -> None:
 
 def test_schedule_targets_only_the_allocation_step_every_15_minutes() -> None:
     assert allocation_schedule.cron_schedule == "*/15 * * * *"
-    assert allocation_schedule.job_name == "allocation_job"
+    assert allocation_schedule.job_name == allocation_job.name == "allocation_job"
     assert allocation_schedule.execution_timezone == "UTC"
     defs = build_definitions()
     assert defs.resolve_schedule_def("allocation_schedule").job_name == "allocation_job"
