@@ -423,6 +423,19 @@ class AsyncMLClient(_Core):
     async def run_status(self, run_id: str) -> RunStatusResponse:
         return self._parse(RunStatusResponse, await self._request("GET", f"/runs/{run_id}"))
 
+    async def wait_for_run(self, run_id: str, *, timeout: float = 600.0, poll_seconds: float = 2.0) -> RunStatusResponse:
+        deadline = time.monotonic() + timeout
+        while True:
+            status = await self.run_status(run_id)
+            if status.finished:
+                return status
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"run {run_id} still {status.status} after {timeout:.0f}s")
+            await asyncio.sleep(poll_seconds)
+
+    async def model_metrics(self, protocol: str) -> ModelMetricsResponse:
+        return self._parse(ModelMetricsResponse, await self._request("GET", f"/models/{protocol}/metrics"))
+
     async def health(self) -> HealthResponse:
         return self._parse(HealthResponse, await self._request("GET", "/health", ok_statuses=frozenset({503})))
 

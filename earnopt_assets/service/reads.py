@@ -61,13 +61,6 @@ def _utc(value: Any) -> datetime | None:
     return None
 
 
-def table_columns(conn: duckdb.DuckDBPyConnection, table: str) -> list[str]:
-    rows = conn.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position", [table]
-    ).fetchall()
-    return [r[0] for r in rows]
-
-
 def ping(db_path: Path) -> str:
     with read_connection(db_path) as conn:
         conn.execute("SELECT 1").fetchone()
@@ -90,30 +83,6 @@ def latest_forecasts(db_path: Path) -> dict[str, tuple[float, str | None]]:
             """
         ).fetchall()
         return {protocol: (float(value), source) for protocol, value, source in rows}
-
-    return with_tables(db_path, ("forecasts",), query, {})
-
-
-def latest_forecast_series(db_path: Path, protocols: list[str]) -> dict[str, list[float]]:
-    """Per protocol, the 24 hourly values of its newest forecast (fewer if the row set is short)."""
-
-    def query(conn: duckdb.DuckDBPyConnection) -> dict[str, list[float]]:
-        rows = conn.execute(
-            """
-            WITH newest AS (
-                SELECT protocol, max(forecast_time) AS forecast_time FROM forecasts
-                WHERE list_contains(?, protocol) GROUP BY protocol
-            )
-            SELECT f.protocol, f.value
-            FROM forecasts f JOIN newest n USING (protocol, forecast_time)
-            ORDER BY f.protocol, f.target_ts
-            """,
-            [protocols],
-        ).fetchall()
-        out: dict[str, list[float]] = {}
-        for protocol, value in rows:
-            out.setdefault(protocol, []).append(float(value))
-        return {p: values[:24] for p, values in out.items()}
 
     return with_tables(db_path, ("forecasts",), query, {})
 
