@@ -235,36 +235,51 @@ def test_forecast_from_raw_telemetry_matches_forecast_from_features(trained, sto
 
 
 def test_predictions_are_fed_back_through_the_feature_functions(trained, monkeypatch):
-    """With a network that always answers residual 0, the forecast must equal the seasonal base computed
-    from a history that includes the earlier predictions (ma_24h, the 6 h level and the lags see them)."""
+    """With a network that always answers residual 0 the forecast is the origin's seasonal base, and every
+    window the network sees after step 1 ends with the hour just predicted (earnings and ma_24h recomputed
+    from a history that includes the predictions)."""
     predictor, train, _ = trained
     zero = -predictor.target_scaler.mean_[0] / predictor.target_scaler.scale_[0]
-    monkeypatch.setattr(predictor, "_compiled", lambda x: np.array([[zero]], dtype=np.float32))
+    seen: list[np.ndarray] = []
+
+    def fake_network(x):
+        seen.append(np.array(x[0], dtype=float))
+        return np.array([[zero]], dtype=np.float32)
+
+    monkeypatch.setattr(predictor, "_compiled", fake_network)
     monkeypatch.setattr(predictor.config, "residual_gain", 1.0)
-    rows: list[tuple[int, float]] = []
+    rows: list[float] = []
     real = predictor_module.next_earnings_row
 
     def spy(history, cursor, previous_ema):
-        rows.append((cursor, float(history[cursor])))
+        rows.append(float(history[cursor]))
         return real(history, cursor, previous_ema)
 
     monkeypatch.setattr(predictor_module, "next_earnings_row", spy)
     values = predictor.predict_next_24h(train)
 
     w24, w168, wseason, wrecent = predictor.config.base_weights
+    floor = predictor.config.level_floor
     history = list(train["earnings_usd"].to_numpy())
     ts = pd.DatetimeIndex(train["ts"])
     season = lambda stamp: predictor._season(pd.DatetimeIndex([stamp]))[0]  # noqa: E731
-    expected = []
-    for h in range(1, 25):
-        target = ts[-1] + pd.Timedelta(hours=h)
-        level = max(np.mean(history[-24:]), predictor.config.level_floor)
-        recent = np.mean([history[-k] / max(season(target - pd.Timedelta(hours=k)), 0.05) for k in range(1, 7)])
-        value = max(w24 * history[-24] + w168 * history[-168] + (wseason * level + wrecent * recent) * season(target), 0.0)
-        expected.append(value)
-        history.append(value)
+    origin_level = max(np.mean(history[-24:]), floor)
+    origin_recent = np.median([history[-k] / max(season(ts[-k]), 0.05) for k in range(1, 7)])
+    expected = [
+        max(w24 * history[-24 + h - 1] + w168 * history[-168 + h - 1] + (wseason * origin_level + wrecent * origin_recent) * season(ts[-1] + pd.Timedelta(hours=h)), 0.0)
+        for h in range(1, 25)
+    ]
     np.testing.assert_allclose(values, expected, rtol=1e-9)
-    assert [v for _, v in rows] == list(values)  # every new feature row is built from the prediction just made
+    assert rows == list(values)  # every new feature row is built from the prediction just made
+
+    scaler = predictor.feature_scaler
+    e_col, ma_col = predictor._index["earnings_usd"], predictor._index["ma_24h"]
+    for h in range(1, 24):
+        history.append(values[h - 1])
+        level = max(np.mean(history[-24:]), floor)
+        last = seen[h][-1] * scaler.scale_ + scaler.mean_  # undo standardisation of the window's last row
+        assert last[e_col] * level == pytest.approx(values[h - 1], rel=1e-5)
+        assert last[ma_col] * level == pytest.approx(np.mean(history[-24:]), rel=1e-5)
 
 
 def test_recomputed_rows_equal_the_feature_table_functions(storj_data):
