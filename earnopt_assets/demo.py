@@ -23,7 +23,9 @@ DOWNSTREAM_STAGE = ("earnings_forecast", "anomaly_model", "anomalies", "alerts",
 
 
 def _landing_has_files(paths: EarnoptPaths) -> bool:
-    return any(p.is_file() for p in paths.landing.iterdir()) if paths.landing.exists() else False
+    if not paths.landing.exists():
+        return False
+    return any(p.is_file() and not p.name.startswith(".") for p in paths.landing.iterdir())
 
 
 def _has_history(paths: EarnoptPaths) -> bool:
