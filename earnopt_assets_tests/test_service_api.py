@@ -458,3 +458,12 @@ def test_concurrent_identical_requests_compute_once():
     for key in "abcde":
         cache.put(key, key)
     assert cache.get("k") is None and cache.get("e") == "e"  # LRU evicted the oldest
+
+
+def test_health_counts_a_model_trained_after_startup(data_dir, small_catalog_path, trained_store):
+    settings = ServiceSettings(data_dir=data_dir, catalog=small_catalog_path, model_reload_seconds=0)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/health").json()["models_loaded"] == 0
+        copy_models(trained_store, data_dir)  # what a finished training run leaves behind
+        assert client.get("/health").json()["models_loaded"] == 1
+        assert 'earnopt_model_loaded{protocol="honeygain"} 1.0' in client.get("/metrics").text

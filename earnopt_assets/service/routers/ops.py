@@ -44,7 +44,9 @@ def health(response: Response, state: ServiceState = Depends(get_state)) -> Heal
     """
     now = datetime.now(timezone.utc)
     expected = state.catalog.enabled_names
-    loaded = {e.protocol for e in state.models.loaded()}
+    # get() re-checks each model's files (a stat while unchanged), so a model trained since the last
+    # request counts at once.
+    loaded = {name for name in expected if state.models.get(name).loaded}
     missing = [name for name in expected if name not in loaded]
     telemetry_ts = allocation_ts = None
     problems: list[str] = []
@@ -107,7 +109,11 @@ def metrics(state: ServiceState = Depends(get_state)) -> Response:
 def metrics_snapshot(state: ServiceState) -> dict[str, Any]:
     """Scrape-time values for :class:`StateCollector`; warehouse parts are skipped while it is busy."""
     snap: dict[str, Any] = {
-        "models": {e.protocol: (e.trained_at.timestamp() if e.trained_at else None) for e in state.models.loaded()}
+        "models": {
+            name: (entry.trained_at.timestamp() if entry.trained_at else None)
+            for name in state.catalog.enabled_names
+            if (entry := state.models.get(name)).loaded
+        }
     }
     try:
         snap["forecasts"] = reads.latest_forecasts(state.db_path)
