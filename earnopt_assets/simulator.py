@@ -61,6 +61,32 @@ _BANDWIDTH_HOURS = np.array(
 )
 _BANDWIDTH_DOW = np.array([0.97, 0.96, 0.97, 0.98, 1.02, 1.08, 1.08])  # Monday = 0
 _STORAGE_DOW = np.array([1.05, 1.06, 1.05, 1.04, 1.00, 0.90, 0.90])
+# Compute: relative rate of NEW tenant leases by local hour / weekday (deployments happen in working hours).
+_LEASE_HOURS = np.array(
+    [0.45, 0.40, 0.35, 0.35, 0.35, 0.40, 0.55, 0.80, 1.20, 1.55, 1.70, 1.70,
+     1.60, 1.65, 1.70, 1.65, 1.50, 1.30, 1.05, 0.90, 0.80, 0.70, 0.60, 0.50]
+)
+_LEASE_DOW = np.array([1.10, 1.12, 1.12, 1.10, 1.00, 0.78, 0.78])
+
+# Compute lease market (per protocol of kind compute). At allocation a the node offers
+# round(SLOTS * a) lease slots and receives Poisson(ARRIVALS * a^0.6 * profile) new leases per hour.
+LEASE_SLOTS_AT_FULL_ALLOCATION = 64
+LEASE_ARRIVALS_PER_HOUR = 0.8
+LEASE_SHORT_MEDIAN_HOURS = 4.0  # batch jobs, CI runners, short GPU/CPU tasks
+LEASE_SHORT_SIGMA = 0.9
+LEASE_LONG_MEDIAN_HOURS = 240.0  # long-running deployments: days to weeks
+LEASE_LONG_SIGMA = 1.0
+LEASE_LONG_SHARE = 0.15
+LEASE_WARMUP_HOURS = 60 * 24
+
+# Sealed-storage networks (Filecoin): paid per epoch for the storage deals they hold, so the FIL income
+# is flat over the day; the USD value moves with the token price. Block rewards are rare for a small
+# provider: 25 % is paid at once (a one-hour bump), 75 % vests linearly over 180 days.
+SEALED_STORAGE_NETWORKS: frozenset[str] = frozenset({"filecoin"})
+DEAL_NOISE_SIGMA = 0.015
+BLOCK_WINS_PER_60_DAYS = 1.0  # at allocation 1; proportional to the committed storage
+BLOCK_REWARD_HOURS = 16.0  # a win is worth this many hours of deal income at the time
+BLOCK_REWARD_VESTING_HOURS = 180 * 24
 
 
 def _normalised(profile: np.ndarray) -> np.ndarray:
@@ -109,28 +135,83 @@ def _resolve_end(end: datetime | str | None) -> pd.Timestamp:
 
 
 def _demand(kind: ProtocolKind, local_hour: np.ndarray, local_dow: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Bandwidth/storage demand (mean ~1). Compute demand comes from :func:`_lease_occupancy` instead."""
     if kind is ProtocolKind.bandwidth:
         return _normalised(_BANDWIDTH_HOURS)[local_hour] * _normalised(_BANDWIDTH_DOW)[local_dow]
-    if kind is ProtocolKind.storage:
-        hourly = 1.0 + 0.07 * np.sin(2 * np.pi * (local_hour - 14) / 24.0)
-        return hourly * _normalised(_STORAGE_DOW)[local_dow]
-    return _lease_blocks(local_hour, local_dow, rng)
+    hourly = 1.0 + 0.07 * np.sin(2 * np.pi * (local_hour - 14) / 24.0)
+    return hourly * _normalised(_STORAGE_DOW)[local_dow]
 
 
-def _lease_blocks(local_hour: np.ndarray, local_dow: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Compute demand: 1 during a lease (multi-hour block), 0.08 while idle; renormalised to mean ~1."""
-    n = len(local_hour)
-    active = np.zeros(n, dtype=bool)
-    t = int(rng.integers(0, 6))
-    while t < n:
-        working = 8 <= local_hour[t] <= 18 and local_dow[t] < 5
-        if rng.random() < (0.75 if working else 0.45):
-            length = int(rng.integers(4, 31))
-            active[t : t + length] = True
-            t += length
-        t += int(rng.integers(2, 21))  # idle gap before the next lease can start
-    level = np.where(active, 1.0, 0.08)
-    return level / max(level.mean(), 1e-9)
+def _lease_arrival_profile(local_hour: np.ndarray, local_dow: np.ndarray) -> np.ndarray:
+    """Relative rate of new compute leases (mean ~1): tenants deploy in local working hours on weekdays."""
+    return (_normalised(_LEASE_HOURS)[local_hour] * _normalised(_LEASE_DOW)[local_dow]) / np.mean(
+        np.outer(_normalised(_LEASE_DOW), _normalised(_LEASE_HOURS))
+    )
+
+
+def _lease_durations(count: int, rng: np.random.Generator) -> np.ndarray:
+    """Whole hours (>= 1): a mixture of short jobs (median 4 h) and long-running deployments (median 5 days)."""
+    long_running = rng.random(count) < LEASE_LONG_SHARE
+    medians = np.where(long_running, LEASE_LONG_MEDIAN_HOURS, LEASE_SHORT_MEDIAN_HOURS)
+    sigmas = np.where(long_running, LEASE_LONG_SIGMA, LEASE_SHORT_SIGMA)
+    return np.maximum(1, np.ceil(medians * np.exp(sigmas * rng.standard_normal(count)))).astype(np.int64)
+
+
+def _expected_leases_at_full_allocation() -> float:
+    """Mean active leases at allocation 1 without the capacity limit: arrivals/h x mean duration (h)."""
+    short_mean = LEASE_SHORT_MEDIAN_HOURS * np.exp(LEASE_SHORT_SIGMA**2 / 2) + 0.5  # + 0.5: ceil to whole hours
+    long_mean = LEASE_LONG_MEDIAN_HOURS * np.exp(LEASE_LONG_SIGMA**2 / 2) + 0.5
+    return LEASE_ARRIVALS_PER_HOUR * ((1 - LEASE_LONG_SHARE) * short_mean + LEASE_LONG_SHARE * long_mean)
+
+
+def _lease_occupancy(
+    allocation: np.ndarray, local_hour: np.ndarray, local_dow: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Active tenant leases per hour and the slot capacity, from a capacity-limited birth-death process.
+
+    Simulated from ``LEASE_WARMUP_HOURS`` before the first row (at the first allocation and the same
+    calendar rhythm) so the first row is already in steady state, not an empty node.
+    """
+    n = len(allocation)
+    warm = LEASE_WARMUP_HOURS
+    # Warm-up calendar: the hours before the first row (hour-of-day and weekday counted back from it).
+    back = np.arange(-warm, 0) + int(local_hour[0])
+    hours = np.r_[back % 24, local_hour]
+    dows = np.r_[(int(local_dow[0]) + back // 24) % 7, local_dow]
+    alloc = np.r_[np.full(warm, allocation[0]), allocation]
+    capacity = np.maximum(1, np.round(LEASE_SLOTS_AT_FULL_ALLOCATION * alloc)).astype(np.int64)
+    rate = LEASE_ARRIVALS_PER_HOUR * alloc**ALLOCATION_EXPONENT * _lease_arrival_profile(hours, dows)
+    arrivals = rng.poisson(rate)
+    durations = _lease_durations(int(arrivals.sum()), rng)
+    active_ends: list[int] = []  # end hour (exclusive) of every running lease, oldest first
+    occupancy = np.zeros(len(alloc), dtype=np.int64)
+    used = 0
+    for t in range(len(alloc)):
+        if active_ends:
+            active_ends = [end for end in active_ends if end > t]
+        if len(active_ends) > capacity[t]:  # allocation cut: the newest tenants are evicted and redeploy
+            del active_ends[capacity[t]:]
+        free = capacity[t] - len(active_ends)
+        new = int(arrivals[t])
+        accepted = min(new, max(free, 0))  # the rest of the bids go to other providers
+        active_ends.extend((t + durations[used : used + accepted]).tolist())
+        used += new
+        occupancy[t] = len(active_ends)
+    return occupancy[warm:].astype(float), capacity[warm:].astype(float)
+
+
+def _block_rewards(deal_income: np.ndarray, allocation: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Block rewards of a small sealed-storage provider: Poisson wins (rate proportional to allocation),
+    each worth BLOCK_REWARD_HOURS of the deal income at that hour; 25 % paid in the win hour, 75 %
+    released linearly over the next 180 days."""
+    n = len(deal_income)
+    wins = rng.random(n) < BLOCK_WINS_PER_60_DAYS / (60 * 24) * allocation
+    reward = np.where(wins, BLOCK_REWARD_HOURS * deal_income, 0.0)
+    vest_rate = 0.75 * reward / BLOCK_REWARD_VESTING_HOURS  # released every hour from the next one on
+    released = np.r_[0.0, np.cumsum(vest_rate)]  # released[t] = sum of vest_rate[:t]
+    done = np.r_[np.zeros(BLOCK_REWARD_VESTING_HOURS), released][: n + 1]  # rewards fully vested by t
+    vested = (released - done)[:n]
+    return 0.25 * reward + vested
 
 
 def _allocation_path(spec: ProtocolSpec, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -172,7 +253,17 @@ def _simulate_protocol(
     inject_anomalies: bool,
 ) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
     n = len(ts)
-    demand = _demand(spec.kind, local_hour, local_dow, rng)
+    allocation = _allocation_path(spec, n, rng)
+    if spec.kind is ProtocolKind.compute:
+        # The tenant market fills slots of a fixed size; the allocation sets how large (and how well paid)
+        # each slot is, with diminishing returns (alloc^0.6), so an allocation change acts at once.
+        occupancy, capacity = _lease_occupancy(np.ones(n), local_hour, local_dow, rng)
+        demand = occupancy / _expected_leases_at_full_allocation()
+        activity = 0.1 + 0.9 * occupancy / capacity
+    elif spec.name in SEALED_STORAGE_NETWORKS:
+        demand = np.ones(n)
+    else:
+        demand = _demand(spec.kind, local_hour, local_dow, rng)
 
     z = np.empty(n)
     shocks = rng.normal(0.0, spec.simulation.price_volatility, n)
@@ -182,15 +273,19 @@ def _simulate_protocol(
         z[i] = level
     price = np.exp(z)
 
-    allocation = _allocation_path(spec, n, rng)
-    noise = np.exp(rng.normal(0.0, NOISE_SIGMA, n) - NOISE_SIGMA**2 / 2)
+    sigma = DEAL_NOISE_SIGMA if spec.name in SEALED_STORAGE_NETWORKS else NOISE_SIGMA
+    noise = np.exp(rng.normal(0.0, sigma, n) - sigma**2 / 2)
     earnings = spec.simulation.base_hourly_usd * allocation**ALLOCATION_EXPONENT * demand * price * noise
+    if spec.name in SEALED_STORAGE_NETWORKS:
+        earnings += _block_rewards(earnings, allocation, rng)
 
     if spec.kind is ProtocolKind.storage:
         activity = np.full(n, 1.0)
         fill = np.linspace(0.55, 0.75, n)  # the node fills up slowly
-    else:
+    elif spec.kind is ProtocolKind.bandwidth:
         activity = 0.35 + 0.65 * np.clip(demand / demand.max(), 0, 1)
+        fill = np.full(n, 0.9)
+    else:
         fill = np.full(n, 0.9)
 
     def usage(per_unit: float, shape: np.ndarray, sigma: float = 0.05) -> np.ndarray:
