@@ -35,7 +35,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from earnopt_assets.demo import run_demo
 
-    return run_demo(Path(args.data_dir) if args.data_dir else None, days=args.days, seed=args.seed)
+    return run_demo(Path(args.data_dir) if args.data_dir else None, days=args.days, seed=args.seed, full_training=args.full_training)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data-dir", default=None)
     demo.add_argument("--days", type=int, default=90)
     demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--full-training", action="store_true", help="train with the full profile (100 max epochs) instead of the demo's")
     demo.set_defaults(func=_cmd_demo)
     return parser
 

@@ -48,7 +48,13 @@ def _selected(defs: dg.Definitions, keys: tuple[str, ...]) -> list[str]:
     return [key for key in keys if key in known]
 
 
-def materialize_stage(defs: dg.Definitions, instance: dg.DagsterInstance, keys: list[str], partition_key: str | None = None) -> dg.ExecuteInProcessResult:
+def materialize_stage(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    keys: list[str],
+    partition_key: str | None = None,
+    run_config: dict | None = None,
+) -> dg.ExecuteInProcessResult:
     """Materialize ``keys`` (and their checks) in one in-process run recorded on ``instance``."""
     assets_defs = list(defs.assets or []) + list(defs.asset_checks or [])
     selection = dg.AssetSelection.assets(*keys)
@@ -58,12 +64,25 @@ def materialize_stage(defs: dg.Definitions, instance: dg.DagsterInstance, keys: 
         instance=instance,
         resources=defs.resources,
         partition_key=partition_key,
+        run_config=run_config,
         raise_on_error=False,
         tags={"earnopt/source": "demo"},
     )
 
 
-def run_demo(data_dir: Path | None = None, *, days: int = 90, seed: int = 7) -> int:
+def run_demo(
+    data_dir: Path | None = None,
+    *,
+    days: int = 90,
+    seed: int = 7,
+    full_training: bool = False,
+    model_config: dict | None = None,
+) -> int:
+    """Simulate if needed, then materialize everything. Returns 0 when every step and check passed.
+
+    Training uses ``earnings_model``'s modest demo defaults; ``full_training`` uses the full profile
+    (100 max epochs), and ``model_config`` overrides individual fields (tests use tiny models).
+    """
     if data_dir is not None:
         os.environ["EARNOPT_DATA_DIR"] = str(data_dir)
     paths = EarnoptPaths.from_env().ensure()
@@ -85,12 +104,18 @@ def run_demo(data_dir: Path | None = None, *, days: int = 90, seed: int = 7) -> 
     failures: list[str] = []
     started = time.monotonic()
 
-    def run(keys: list[str], partition_key: str | None = None) -> None:
+    from earnopt_assets.defs.forecasting import FULL_TRAINING_RUN_CONFIG
+
+    model_fields = dict(FULL_TRAINING_RUN_CONFIG["ops"]["earnings_model"]["config"]) if full_training else {}
+    model_fields.update(model_config or {})
+    model_run_config = {"ops": {"earnings_model": {"config": model_fields}}} if model_fields else None
+
+    def run(keys: list[str], partition_key: str | None = None, run_config: dict | None = None) -> None:
         if not keys:
             return
         label = ", ".join(keys) + (f" [{partition_key}]" if partition_key else "")
         t0 = time.monotonic()
-        result = materialize_stage(defs, instance, keys, partition_key)
+        result = materialize_stage(defs, instance, keys, partition_key, run_config)
         failed_checks = [
             f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}"
             for evaluation in result.get_asset_check_evaluations()
@@ -104,7 +129,7 @@ def run_demo(data_dir: Path | None = None, *, days: int = 90, seed: int = 7) -> 
     run(_selected(defs, INGEST_STAGE))
     for key in _selected(defs, MODEL_STAGE):
         for protocol in catalog.enabled_names:
-            run([key], partition_key=protocol)
+            run([key], partition_key=protocol, run_config=model_run_config)
     run(_selected(defs, DOWNSTREAM_STAGE))
 
     _echo(f"pipeline finished in {time.monotonic() - started:.0f} s; data in {paths.data_dir}")
