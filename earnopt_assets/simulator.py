@@ -11,11 +11,18 @@ trivial yet is learnable. For protocol ``p`` in hour ``t`` (all arrays vectorise
 * Demand is computed in the host's LOCAL timezone (``catalog.host.timezone``):
   - bandwidth apps follow internet traffic: peak ~21-22 h, trough ~6 h, weekends ~8 % busier;
   - storage nodes are flat over the day (+-7 %) with a weekly rhythm (weekdays busier, egress-driven);
-  - compute networks earn in multi-hour lease blocks (a two-state Markov chain: leases of 4-30 h,
-    idle gaps of 2-20 h, leases more likely to start in local working hours); idle hours earn 8 %.
+  - sealed-storage networks (``SEALED_STORAGE_NETWORKS``: filecoin) are paid per epoch for the deals
+    they hold: demand_t = 1, hourly noise 1.5 %, plus rare block rewards (about one win per 60 days at
+    allocation 1, worth 16 h of deal income: 25 % paid in the win hour, 75 % vested over 180 days);
+  - compute networks earn from many concurrent tenant leases: a capacity-limited birth-death process
+    (64 slots; Poisson arrivals, 0.8/h on average, busier in local working hours on weekdays;
+    durations 85 % short jobs ~ lognormal(median 4 h), 15 % deployments ~ lognormal(median 10 days);
+    arrivals beyond the free slots go elsewhere), demand_t = active_t / E[active]. The allocation sets
+    the size and pay of a slot (alloc^0.6), so it acts at once. 60 warm-up days reach steady state.
 * ``alloc^0.6`` gives diminishing returns, so an allocation->earnings curve can be fitted.
 * Resource usage is ``alloc * per-unit figure * activity * lognormal(5 %)`` where activity follows
-  demand for bandwidth/compute and is steady for storage (disk use grows slowly as the node fills).
+  demand for bandwidth, slot occupancy (0.1 + 0.9 * active/capacity) for compute and is steady for
+  storage (disk use grows slowly as the node fills).
 * ``connection_failures ~ Poisson(0.15)``; ``latency_ms`` is lognormal around 45-110 ms for bandwidth
   apps, ~30 ms for storage and NaN for compute (not reported).
 * Outages (about one per protocol per 30 days, 1-6 h): earnings 0, resources near idle, failures
@@ -253,6 +260,16 @@ def _simulate_protocol(
     inject_anomalies: bool,
 ) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
     n = len(ts)
+    # Random draws keep their original order (price, allocation, noise, ...) so that bandwidth and
+    # storage series are the same as before the compute/sealed-storage models were added.
+    z = np.empty(n)
+    shocks = rng.normal(0.0, spec.simulation.price_volatility, n)
+    level = 0.0
+    for i in range(n):  # 2k-step AR(1) per protocol: cheap, and clearer than a filter call
+        level = PRICE_MEAN_REVERSION * level + shocks[i]
+        z[i] = level
+    price = np.exp(z)
+
     allocation = _allocation_path(spec, n, rng)
     if spec.kind is ProtocolKind.compute:
         # The tenant market fills slots of a fixed size; the allocation sets how large (and how well paid)
@@ -264,15 +281,6 @@ def _simulate_protocol(
         demand = np.ones(n)
     else:
         demand = _demand(spec.kind, local_hour, local_dow, rng)
-
-    z = np.empty(n)
-    shocks = rng.normal(0.0, spec.simulation.price_volatility, n)
-    level = 0.0
-    for i in range(n):  # 2k-step AR(1) per protocol: cheap, and clearer than a filter call
-        level = PRICE_MEAN_REVERSION * level + shocks[i]
-        z[i] = level
-    price = np.exp(z)
-
     sigma = DEAL_NOISE_SIGMA if spec.name in SEALED_STORAGE_NETWORKS else NOISE_SIGMA
     noise = np.exp(rng.normal(0.0, sigma, n) - sigma**2 / 2)
     earnings = spec.simulation.base_hourly_usd * allocation**ALLOCATION_EXPONENT * demand * price * noise

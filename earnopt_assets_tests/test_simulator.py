@@ -208,3 +208,32 @@ def test_cli_simulate(tmp_path, small_catalog_path, capsys):
     assert len(list(out.glob("*.csv"))) == 3
     assert (tmp_path / "labels" / "labels.parquet").exists()
     assert "simulated 144 hourly rows" in capsys.readouterr().out
+
+
+def test_block_rewards_pay_a_quarter_at_once_and_vest_the_rest_over_180_days():
+    from earnopt_assets.simulator import BLOCK_REWARD_HOURS, BLOCK_REWARD_VESTING_HOURS, _block_rewards
+
+    n = BLOCK_REWARD_VESTING_HOURS + 500
+    income = np.full(n, 0.01)
+    rewards = _block_rewards(income, np.full(n, 1.0), np.random.default_rng(5))
+    paid_at_once = rewards > 0.25 * BLOCK_REWARD_HOURS * 0.01 * 0.99
+    wins = int(paid_at_once.sum())
+    assert 1 <= wins <= 10  # about one per 60 days at allocation 1 over ~200 days
+    first = int(np.flatnonzero(paid_at_once)[0])
+    per_hour = 0.75 * BLOCK_REWARD_HOURS * 0.01 / BLOCK_REWARD_VESTING_HOURS
+    assert rewards[first] == pytest.approx(0.25 * BLOCK_REWARD_HOURS * 0.01)
+    assert rewards[first + 1] == pytest.approx(per_hour)  # vesting starts the hour after the win
+    # after 180 days the first win is fully paid: nothing more from it
+    window = rewards[first + 1 : first + 1 + BLOCK_REWARD_VESTING_HOURS]
+    assert window[~paid_at_once[first + 1 : first + 1 + BLOCK_REWARD_VESTING_HOURS]].min() >= per_hour - 1e-12
+    assert rewards.sum() <= wins * BLOCK_REWARD_HOURS * 0.01 + 1e-9
+    # one certain win (the win probability is proportional to the allocation): paid in full, then nothing
+    forced = np.zeros(n)
+    forced[10] = 2000.0
+    single = _block_rewards(income, forced, np.random.default_rng(5))
+    assert single[10] == pytest.approx(0.25 * BLOCK_REWARD_HOURS * 0.01)
+    assert np.allclose(single[11 : 11 + BLOCK_REWARD_VESTING_HOURS], per_hour)
+    assert not single[11 + BLOCK_REWARD_VESTING_HOURS :].any() and not single[:10].any()
+    assert single.sum() == pytest.approx(BLOCK_REWARD_HOURS * 0.01)
+    no_wins = _block_rewards(income, np.zeros(n), np.random.default_rng(5))
+    assert not no_wins.any()  # no committed storage, no block rewards
