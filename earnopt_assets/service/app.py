@@ -40,14 +40,22 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from fastapi.concurrency import run_in_threadpool
 
+        from earnopt_assets.service.batcher import PredictionBatcher
+
         state = ServiceState(settings)
         await run_in_threadpool(state.startup)
+        state.batcher = PredictionBatcher(
+            max_batch=settings.predict_batch_max,
+            max_wait_s=settings.predict_batch_wait_ms / 1000.0,
+            timeout_s=settings.predict_timeout_seconds,
+        )
         state.metrics.add_state_collector(StateCollector(lambda: ops.metrics_snapshot(state)))
         app.state.earnopt = state
         middleware_metrics.target = state.metrics
         try:
             yield
         finally:
+            await state.batcher.close()
             state.shutdown()
             log.info("earnopt service stopped; models released")
 

@@ -50,6 +50,16 @@ def warm_up(predictor: Any) -> None:
     call(np.zeros((1, predictor.sequence_length, predictor.n_channels), dtype=np.float32))
 
 
+def batched_forecaster(predictor: Any) -> Any:
+    """The micro-batching front of a loaded predictor, every batch size compiled now (at load, not per
+    request)."""
+    from earnopt_assets.forecasting.batch import BatchedForecaster
+
+    forecaster = BatchedForecaster(predictor)
+    forecaster.warm_up()
+    return forecaster
+
+
 def _parse_time(value: Any) -> datetime | None:
     if not isinstance(value, str) or not value:
         return None

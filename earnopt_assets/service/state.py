@@ -33,6 +33,7 @@ class LoadedModel:
     metadata: dict[str, Any]
     fingerprint: tuple | None
     error: str | None = None
+    forecaster: Any | None = None  # BatchedForecaster of ``predictor``
 
     @property
     def loaded(self) -> bool:
@@ -59,17 +60,19 @@ class ModelRegistry:
             return LoadedModel(protocol, None, None, None, {}, None, error="no trained model")
         try:
             predictor = forecast_adapter.load_predictor(directory)
+            forecaster = forecast_adapter.batched_forecaster(predictor)
         except Exception as exc:  # corrupt files must not take the service down
             log.warning("cannot load model for %s from %s: %s", protocol, directory, exc)
             if previous is not None and previous.loaded:
                 return LoadedModel(
                     protocol, previous.predictor, previous.version, previous.trained_at, previous.metadata,
                     fingerprint, error=f"newer files failed to load, serving the previous version: {exc}",
+                    forecaster=previous.forecaster,
                 )
             return LoadedModel(protocol, None, None, None, {}, fingerprint, error=f"model files failed to load: {exc}")
         info = forecast_adapter.describe(predictor)
         log.info("loaded model %s version %s", protocol, info["version"])
-        return LoadedModel(protocol, predictor, info["version"], info["trained_at"], info["metadata"], fingerprint)
+        return LoadedModel(protocol, predictor, info["version"], info["trained_at"], info["metadata"], fingerprint, forecaster=forecaster)
 
     def load_all(self) -> None:
         for protocol in self.protocols:
@@ -213,6 +216,7 @@ class ServiceState:
                 data_dir=self.paths.data_dir,
                 catalog_path=Path(settings.catalog),
             )
+        self.batcher: Any = None  # PredictionBatcher, created in the running event loop by the app's lifespan
         self._allocator: Any = None
         self._allocator_lock = threading.Lock()
         self.started_at = datetime.now(timezone.utc)

@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from fastapi.concurrency import run_in_threadpool
 
-from earnopt_assets.service.errors import ModelUnavailable, UnprocessableData
+from earnopt_assets.service.errors import ModelUnavailable, ServiceUnavailable, UnprocessableData
 from earnopt_assets.service.routers.deps import get_state
 from earnopt_assets.service.schemas import (
     EvaluationRequest,
@@ -64,8 +64,9 @@ async def predict_earnings(protocol: ProtocolPath, http_request: Request, state:
 
     A forecast is a pure function of (model version, request body), so answers are kept in an LRU cache
     keyed by the body's SHA-256 (``EARNOPT_PREDICTION_CACHE_SIZE``); a hit skips parsing and the model and
-    says ``cached: true``. Concurrent identical requests share one computation, which runs in the
-    threadpool, off the event loop.
+    says ``cached: true``. Concurrent identical requests share one computation. Input preparation runs in
+    the threadpool; the forecast itself is micro-batched with the other requests in flight (one batched
+    recursive LSTM forecast per model, in the batcher's worker thread), both off the event loop.
     """
     state.protocol(protocol)
     body = await http_request.body()
@@ -84,14 +85,32 @@ async def predict_earnings(protocol: ProtocolPath, http_request: Request, state:
         raise RequestValidationError([{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]) from None
     response = await state.predictions.compute_once(
         key,
-        lambda: run_in_threadpool(_predict, protocol, request, entry, state),
+        lambda: _predict(protocol, request, entry, state),
         encode=lambda r: (r.source, r.model_copy(update={"cached": True}).model_dump_json().encode()),
     )
     state.metrics.predictions.labels(protocol, response.source).inc()
     return response
 
 
-def _predict(protocol: str, request: PredictionRequest, entry: Any, state: ServiceState) -> PredictionResponse:
+async def _predict(protocol: str, request: PredictionRequest, entry: Any, state: ServiceState) -> PredictionResponse:
+    """Prepare in the threadpool; if the model can answer, wait for its row of a shared batch."""
+    from earnopt_assets.service.batcher import BatcherClosed, BatchTimeout
+
+    prepared = await run_in_threadpool(_prepare, protocol, request, entry, state)
+    if isinstance(prepared, PredictionResponse):
+        return prepared
+    device, origin = prepared
+    try:
+        values = await state.batcher.submit(entry.forecaster, origin)
+    except (BatchTimeout, BatcherClosed) as exc:
+        raise ServiceUnavailable(str(exc), problem="prediction-unavailable") from None
+    targets = pd.date_range(origin.origin_ts + pd.Timedelta(hours=1), periods=len(values), freq="h")
+    return _response(protocol, device, entry.version, "model", None, targets, values)
+
+
+def _prepare(protocol: str, request: PredictionRequest, entry: Any, state: ServiceState) -> PredictionResponse | tuple[str, Any]:
+    """(device, model origin) for the batcher, or the finished baseline answer; 422/503 on bad input."""
+    from earnopt_assets.forecasting.batch import prepare_origin
     from earnopt_assets.forecasting.predictor import InsufficientHistoryError, SequenceValidationError
 
     frame = rows_to_frame(request.rows, protocol=protocol, default_device=state.catalog.host.device)
@@ -99,16 +118,13 @@ def _predict(protocol: str, request: PredictionRequest, entry: Any, state: Servi
     reason: str | None = None
     if entry.loaded:
         try:
-            forecast = entry.predictor.forecast_frame(frame)
+            return device, prepare_origin(entry.predictor, frame)
         except InsufficientHistoryError as exc:
             if not request.fallback:
                 raise UnprocessableData(str(exc), field="rows", required_history_hours=entry.predictor.required_history_hours) from None
             reason = f"model needs more history: {exc}"
         except SequenceValidationError as exc:
             raise UnprocessableData(str(exc), field="rows") from None
-        else:
-            values = forecast["value"].to_numpy(dtype=float)
-            return _response(protocol, device, entry.version, "model", None, pd.DatetimeIndex(forecast["target_ts"]), values)
     else:
         reason = f"no usable model for {protocol}: {entry.error or 'not loaded'}"
         if not request.fallback:
