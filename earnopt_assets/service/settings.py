@@ -66,7 +66,7 @@ class ServiceSettings(BaseSettings):
     model_reload_seconds: float = Field(5.0, ge=0, description="Min seconds between model freshness checks.")
     prediction_cache_size: int = Field(2048, ge=0, description="Forecasts kept in the LRU cache (0 disables it).")
     predict_batch_max: int = Field(64, ge=1, le=64, description="Most forecast requests computed as one batch.")
-    predict_batch_wait_ms: float = Field(2.0, ge=0, le=100, description="Max wait of an idle batcher for more requests.")
+    predict_batch_wait_ms: float = Field(2.0, ge=0, le=1000, description="Max wait of an idle batcher for more requests.")
     predict_timeout_seconds: float = Field(30.0, gt=0, description="Longest wait for a batched forecast (503 after).")
     keep_alive_seconds: int = Field(75, ge=1, le=3600, description="Idle keep-alive of client connections (uvicorn).")
     log_level: str = Field("info", description="Log level of the service's request log.")
