@@ -15,10 +15,11 @@ trivial yet is learnable. For protocol ``p`` in hour ``t`` (all arrays vectorise
     they hold: demand_t = 1, hourly noise 1.5 %, plus rare block rewards (about one win per 60 days at
     allocation 1, worth 16 h of deal income: 25 % paid in the win hour, 75 % vested over 180 days);
   - compute networks earn from many concurrent tenant leases: a capacity-limited birth-death process
-    (64 slots; Poisson arrivals, 0.8/h on average, busier in local working hours on weekdays;
+    (128 slots; Poisson arrivals, 1.6/h on average, busier in local working hours on weekdays;
     durations 85 % short jobs ~ lognormal(median 4 h), 15 % deployments ~ lognormal(median 10 days);
     arrivals beyond the free slots go elsewhere), demand_t = active_t / E[active]. The allocation sets
     the size and pay of a slot (alloc^0.6), so it acts at once. 60 warm-up days reach steady state.
+    Leases pay a fixed price per block, so the hourly noise is 1.5 % (as for deal payments).
 * ``alloc^0.6`` gives diminishing returns, so an allocation->earnings curve can be fitted.
 * Resource usage is ``alloc * per-unit figure * activity * lognormal(5 %)`` where activity follows
   demand for bandwidth, slot occupancy (0.1 + 0.9 * active/capacity) for compute and is steady for
@@ -77,8 +78,8 @@ _LEASE_DOW = np.array([1.10, 1.12, 1.12, 1.10, 1.00, 0.78, 0.78])
 
 # Compute lease market (per protocol of kind compute). At allocation a the node offers
 # round(SLOTS * a) lease slots and receives Poisson(ARRIVALS * a^0.6 * profile) new leases per hour.
-LEASE_SLOTS_AT_FULL_ALLOCATION = 64
-LEASE_ARRIVALS_PER_HOUR = 0.8
+LEASE_SLOTS_AT_FULL_ALLOCATION = 128
+LEASE_ARRIVALS_PER_HOUR = 1.6
 LEASE_SHORT_MEDIAN_HOURS = 4.0  # batch jobs, CI runners, short GPU/CPU tasks
 LEASE_SHORT_SIGMA = 0.9
 LEASE_LONG_MEDIAN_HOURS = 240.0  # long-running deployments: days to weeks
@@ -281,7 +282,8 @@ def _simulate_protocol(
         demand = np.ones(n)
     else:
         demand = _demand(spec.kind, local_hour, local_dow, rng)
-    sigma = DEAL_NOISE_SIGMA if spec.name in SEALED_STORAGE_NETWORKS else NOISE_SIGMA
+    # per-block lease and per-epoch deal payments are fixed prices: only little hourly noise
+    sigma = DEAL_NOISE_SIGMA if spec.name in SEALED_STORAGE_NETWORKS or spec.kind is ProtocolKind.compute else NOISE_SIGMA
     noise = np.exp(rng.normal(0.0, sigma, n) - sigma**2 / 2)
     earnings = spec.simulation.base_hourly_usd * allocation**ALLOCATION_EXPONENT * demand * price * noise
     if spec.name in SEALED_STORAGE_NETWORKS:

@@ -117,13 +117,14 @@ def test_compute_earns_from_many_concurrent_leases(sim90):
 
 
 def test_lease_occupancy_respects_capacity_and_evicts_on_cuts():
-    from earnopt_assets.simulator import _lease_occupancy
+    from earnopt_assets.simulator import LEASE_SLOTS_AT_FULL_ALLOCATION, _lease_occupancy
 
     ts = pd.date_range(end=END, periods=24 * 30, freq="h")
     allocation = np.r_[np.full(24 * 15, 1.0), np.full(24 * 15, 0.25)]
     occupancy, capacity = _lease_occupancy(allocation, ts.hour.to_numpy(), ts.dayofweek.to_numpy(), np.random.default_rng(3))
     assert (occupancy <= capacity).all() and occupancy[: 24 * 15].mean() > 20
-    assert capacity[-1] == 16 and occupancy[24 * 15] <= 16  # cut to a quarter: the newest tenants leave at once
+    quarter = round(LEASE_SLOTS_AT_FULL_ALLOCATION / 4)
+    assert capacity[-1] == quarter and occupancy[24 * 15] <= quarter  # cut to a quarter: the newest tenants leave at once
 
 
 def test_filecoin_earns_smooth_deal_income_with_rare_block_rewards(sim90):
