@@ -125,3 +125,41 @@ def test_bad_buckets_and_untrained_predictors_are_refused(predictors):
         BatchedForecaster(predictors["honeygain"], buckets=(0, 4))
     with pytest.raises(ModelNotTrainedError):
         BatchedForecaster(EarningsPredictor("honeygain"))
+
+
+def _columns(frame: pd.DataFrame) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    ts = pd.DatetimeIndex(frame["ts"]).as_unit("ns").asi8
+    return ts, {c: frame[c].to_numpy(dtype=float) for c in frame.columns if c not in ("ts", "device", "protocol")}
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_column_fast_path_gives_the_same_origin_as_the_frame_path(predictors, recent, protocol):
+    from earnopt_assets.forecasting.batch import prepare_origin_from_columns
+
+    predictor = predictors[protocol]
+    for frame in _windows(recent, protocol, 3):
+        shuffled = frame.sample(frac=1.0, random_state=1)  # any posted order
+        ts, columns = _columns(shuffled)
+        fast = prepare_origin_from_columns(predictor, ts, columns)
+        slow = prepare_origin(predictor, frame)
+        assert fast is not None and fast.origin_ts == slow.origin_ts
+        assert np.array_equal(fast.tail, slow.tail)
+        assert np.allclose(fast.window, slow.window, rtol=1e-12, atol=0)
+
+
+def test_column_fast_path_declines_gaps_and_keeps_the_predictors_errors(predictors, recent):
+    from earnopt_assets.forecasting.batch import prepare_origin_from_columns
+
+    predictor = predictors["honeygain"]
+    frame = _windows(recent, "honeygain", 1)[0]
+    gappy = frame.drop(frame.index[50])
+    assert prepare_origin_from_columns(predictor, *_columns(gappy)) is None  # the gridding path handles gaps
+    assert prepare_origin_from_columns(predictor, np.empty(0, dtype=np.int64), {}) is None
+    with pytest.raises(InsufficientHistoryError):
+        prepare_origin_from_columns(predictor, *_columns(frame.tail(100)))
+    broken = frame.copy()
+    broken.loc[broken.index[-3], "cpu_cores"] = np.nan
+    from earnopt_assets.forecasting.predictor import NonFiniteValuesError
+
+    with pytest.raises(NonFiniteValuesError):
+        prepare_origin_from_columns(predictor, *_columns(broken))

@@ -22,19 +22,32 @@ float32 part, and a GEMM over the batch instead of n GEMVs changes the summation
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from earnopt_assets.features import EARNINGS_FEATURES, EMA_SPAN, ROC_EPS, calendar_features
+from earnopt_assets.features import (
+    EARNINGS_FEATURES,
+    EMA_SPAN,
+    RESOURCE_TOTAL_KEYS,
+    ROC_EPS,
+    calendar_features,
+    earnings_features,
+    health_features,
+    resource_features,
+)
 from earnopt_assets.forecasting.predictor import (
     HORIZON_HOURS,
     RECENT_LEVEL_HOURS,
     SEASON_FLOOR,
+    TELEMETRY_INPUT_COLUMNS,
     EarningsPredictor,
+    HistoryArrays,
 )
+
+HOUR_NS = 3_600_000_000_000
 
 BATCH_BUCKETS: tuple[int, ...] = (1, 4, 8, 16, 32, 64)
 
@@ -54,6 +67,45 @@ def prepare_origin(predictor: EarningsPredictor, recent_data: pd.DataFrame) -> F
     arrays = predictor.history_arrays(recent_data)
     window, tail = predictor._origin_inputs(arrays, len(arrays.ts) - 1)
     return ForecastOrigin(window, tail, pd.Timestamp(arrays.ts[-1]))
+
+
+def prepare_origin_from_columns(
+    predictor: EarningsPredictor, ts_ns: np.ndarray, columns: Mapping[str, np.ndarray]
+) -> ForecastOrigin | None:
+    """:func:`prepare_origin` for raw telemetry given as arrays (``ts_ns``: UTC epoch nanoseconds), without
+    building a DataFrame — the per-request cost a service pays. None when the fast path does not apply
+    (hours not contiguous, or no host totals): the caller then takes :func:`prepare_origin`, which lays
+    the rows on the hourly grid and reports gaps precisely.
+
+    On a contiguous series the hourly grid is the series itself, so :func:`series_features` reduces to
+    the same feature-family functions called here (earnings, resource and health families on the whole
+    series; the calendar family, a per-hour function, only on the window's hours). Validation is the
+    predictor's own (:meth:`EarningsPredictor._origin_inputs`), with the same errors.
+    """
+    predictor._require_fitted()
+    if not predictor.config.host_totals or len(ts_ns) == 0:
+        return None
+    order = np.argsort(ts_ns, kind="stable")
+    ts_ns = np.asarray(ts_ns, dtype=np.int64)[order]
+    if len(ts_ns) > 1 and not (np.diff(ts_ns) == HOUR_NS).all():
+        return None
+    data = {name: np.asarray(columns[name], dtype=float)[order] for name in TELEMETRY_INPUT_COLUMNS if name != "ts"}
+    L = predictor.sequence_length
+    n = len(ts_ns)
+    ts = pd.DatetimeIndex(ts_ns.view("datetime64[ns]"))
+    families: dict[str, np.ndarray] = {}
+    families.update(earnings_features(data["earnings_usd"]))
+    usage = {key: data[key] for key, _ in RESOURCE_TOTAL_KEYS.values()}
+    families.update(resource_features(usage, data["allocation"], predictor.config.host_totals))
+    families.update(health_features(data["connection_failures"]))
+    start = max(n - L, 0)
+    calendar = calendar_features(ts[start:], predictor.config.timezone)
+    features = np.full((n, len(predictor.feature_columns)), np.nan)
+    for j, name in enumerate(predictor.feature_columns):
+        features[start:, j] = calendar[name] if name in calendar else families[name][start:]
+    arrays = HistoryArrays(ts, features, data["earnings_usd"])
+    window, tail = predictor._origin_inputs(arrays, n - 1)
+    return ForecastOrigin(window, tail, pd.Timestamp(ts[-1]))
 
 
 def next_earnings_rows(history: np.ndarray, cursor: int, previous_ema: np.ndarray) -> dict[str, np.ndarray]:

@@ -6,6 +6,7 @@ import json
 from collections.abc import Sequence
 from datetime import datetime, timezone
 
+import numpy as np
 import pandas as pd
 
 from earnopt_assets.service.errors import UnprocessableData
@@ -43,6 +44,30 @@ def rows_to_frame(rows: Sequence[TelemetryRow], *, protocol: str | None, default
     frame["latency_ms"] = frame["latency_ms"].astype("float64")
     frame["connection_failures"] = frame["connection_failures"].astype("int64")
     return frame.sort_values(["device", "protocol", "ts"]).reset_index(drop=True)
+
+
+COLUMN_FIELDS = ("earnings_usd", "cpu_cores", "memory_gb", "bandwidth_mbps", "storage_gb", "allocation", "connection_failures")
+
+
+def rows_to_columns(rows: Sequence[TelemetryRow], *, protocol: str, default_device: str) -> tuple[str, np.ndarray, dict[str, np.ndarray]]:
+    """(device, ts as UTC epoch ns, telemetry columns) of one device's posted rows: the forecast fast path.
+
+    Same checks as :func:`rows_to_frame` (a row for another protocol or a second device is a 422 naming
+    it) without building a DataFrame. Rows keep their posted order; the consumer sorts by ``ts``.
+    """
+    devices = set()
+    for index, row in enumerate(rows):
+        if row.protocol is not None and row.protocol != protocol:
+            raise UnprocessableData(
+                f"row {index} is for protocol {row.protocol!r} but the path says {protocol!r}", field=f"rows.{index}.protocol"
+            )
+        devices.add(row.device or default_device)
+    if len(devices) > 1:
+        raise UnprocessableData(f"rows mix devices {sorted(devices)}; post one device's series per request", field="rows")
+    # ts is validated UTC-aware on whole hours: integer seconds are exact
+    ts_ns = np.fromiter((int(row.ts.timestamp()) for row in rows), dtype=np.int64, count=len(rows)) * 1_000_000_000
+    columns = {name: np.fromiter((getattr(row, name) for row in rows), dtype=float, count=len(rows)) for name in COLUMN_FIELDS}
+    return (devices.pop() if devices else default_device), ts_ns, columns
 
 
 def rows_to_jsonl(rows: Sequence[TelemetryRow], *, protocol: str, default_device: str) -> str:

@@ -23,7 +23,7 @@ from earnopt_assets.service.schemas import (
     PredictionResponse,
 )
 from earnopt_assets.service.state import ServiceState
-from earnopt_assets.service.telemetry import rows_to_frame, utc_now
+from earnopt_assets.service.telemetry import rows_to_columns, rows_to_frame, utc_now
 
 router = APIRouter(tags=["predictions"])
 
@@ -110,15 +110,18 @@ async def _predict(protocol: str, request: PredictionRequest, entry: Any, state:
 
 def _prepare(protocol: str, request: PredictionRequest, entry: Any, state: ServiceState) -> PredictionResponse | tuple[str, Any]:
     """(device, model origin) for the batcher, or the finished baseline answer; 422/503 on bad input."""
-    from earnopt_assets.forecasting.batch import prepare_origin
+    from earnopt_assets.forecasting.batch import prepare_origin, prepare_origin_from_columns
     from earnopt_assets.forecasting.predictor import InsufficientHistoryError, SequenceValidationError
 
-    frame = rows_to_frame(request.rows, protocol=protocol, default_device=state.catalog.host.device)
-    device = str(frame["device"].iloc[0])
     reason: str | None = None
     if entry.loaded:
         try:
-            return device, prepare_origin(entry.predictor, frame)
+            # fast path (no DataFrame) for the usual contiguous series; gaps take the gridding path
+            device, ts_ns, columns = rows_to_columns(request.rows, protocol=protocol, default_device=state.catalog.host.device)
+            origin = prepare_origin_from_columns(entry.predictor, ts_ns, columns)
+            if origin is None:
+                origin = prepare_origin(entry.predictor, rows_to_frame(request.rows, protocol=protocol, default_device=device))
+            return device, origin
         except InsufficientHistoryError as exc:
             if not request.fallback:
                 raise UnprocessableData(str(exc), field="rows", required_history_hours=entry.predictor.required_history_hours) from None
@@ -132,6 +135,8 @@ def _prepare(protocol: str, request: PredictionRequest, entry: Any, state: Servi
                 f"{reason}; train one with POST /train/{protocol}, or send \"fallback\": true for the seasonal-naive baseline",
                 protocol=protocol,
             )
+    frame = rows_to_frame(request.rows, protocol=protocol, default_device=state.catalog.host.device)
+    device = str(frame["device"].iloc[0])
     targets, values = _baseline(frame)
     return _response(protocol, device, None, "baseline", reason, targets, values)
 
