@@ -20,20 +20,10 @@ import pyarrow.parquet as pq
 from earnopt_assets.atomic import atomic_write_bytes
 from earnopt_assets.catalog import Catalog
 from earnopt_assets.features import FEATURE_COLUMNS, KEY_COLUMNS
-from earnopt_assets.warehouse import table_exists
+from earnopt_assets.warehouse import TELEMETRY_COLUMNS, table_exists
 
-RAW_FEATURE_INPUT_COLUMNS: tuple[str, ...] = (
-    "device",
-    "protocol",
-    "ts",
-    "earnings_usd",
-    "cpu_cores",
-    "memory_gb",
-    "bandwidth_mbps",
-    "storage_gb",
-    "allocation",
-    "connection_failures",
-)
+# The telemetry contract minus the optional latency, which no feature uses.
+RAW_FEATURE_INPUT_COLUMNS: tuple[str, ...] = tuple(c for c in TELEMETRY_COLUMNS if c != "latency_ms")
 
 
 def load_raw_for_features(conn: duckdb.DuckDBPyConnection) -> pd.DataFrame:
