@@ -1,6 +1,6 @@
 """Load benchmark of ``POST /predict/earnings/{protocol}`` on a real ``earnopt serve`` (uvicorn) process.
 
-    .venv/bin/python benchmarks/api.py [--duration 30] [--clients 50] [--uncached-duration 10]
+    .venv/bin/python benchmarks/api.py [--duration 30] [--clients 50] [--uncached-duration 10] [--load wrk|httpx|auto]
 
 Uses the real data dir's models when ``data/models/<protocol>/CURRENT`` exists, else trains a
 default-architecture model (LSTM 128/64, window 24, 2 epochs) into a tmp data dir. Loopback only.
@@ -9,7 +9,13 @@ Phase 1 (``--duration`` s, target p99 <= 50 ms, 0 errors): ``--clients`` concurr
 one of ``--windows`` distinct telemetry windows (10 days each, ending on consecutive hours) — the
 orchestrator's pattern of re-asking for recent windows; repeated windows are answered by the prediction
 cache. Phase 2 (``--uncached-duration`` s): the same load on a server started with the cache disabled,
-so every request runs the LSTM (24 recursive steps): the model's own throughput on this machine.
+so every request runs the LSTM (24 recursive steps, micro-batched with the requests in flight): the
+model's own throughput on this machine.
+
+Load generator: ``--load wrk`` (C, keeps the client's CPU small on a 2-core box; Debian package ``wrk``)
+drives ``--clients`` connections from 2 threads with a Lua script rotating the same bodies and printing
+the same figures; ``--load httpx`` is the pure-Python generator; ``auto`` (default) uses wrk when it is
+installed, else httpx.
 """
 
 from __future__ import annotations
@@ -145,6 +151,83 @@ async def drive(url: str, bodies: list[bytes], clients: int, duration_s: float) 
     return {"latencies": latencies, "errors": errors, "cached": cached, "wall": wall}
 
 
+WRK_SCRIPT = r"""
+local bodies = {}
+local n = 0
+for line in io.lines(os.getenv("EARNOPT_BENCH_BODIES")) do
+  n = n + 1
+  bodies[n] = line
+end
+counter = 0  -- globals: done() reads each thread's through thread:get
+cached = 0
+local responses = {}
+
+setup = function(thread)
+  table.insert(responses, thread)
+  thread:set("id", #responses)
+end
+
+init = function(args)
+  counter = (id or 0) * 7
+  cached = 0
+end
+
+request = function()
+  counter = counter + 1
+  return wrk.format("POST", os.getenv("EARNOPT_BENCH_PATH"), {["Content-Type"] = "application/json"}, bodies[(counter % n) + 1])
+end
+
+response = function(status, headers, body)
+  if status == 200 and string.find(body, '"cached":true', 1, true) then
+    cached = cached + 1
+  end
+end
+
+done = function(summary, latency, requests)
+  local total_cached = 0
+  for _, thread in ipairs(responses) do
+    total_cached = total_cached + (thread:get("cached") or 0)
+  end
+  local e = summary.errors
+  io.write(string.format("WRK requests=%d duration_us=%d p50_us=%d p95_us=%d p99_us=%d max_us=%d mean_us=%.1f connect=%d read=%d write=%d status=%d timeout=%d cached=%d\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(95), latency:percentile(99),
+    latency.max, latency.mean, e.connect, e.read, e.write, e.status, e.timeout, total_cached))
+end
+"""
+
+
+def drive_wrk(url: str, bodies: list[bytes], clients: int, duration_s: float, work: Path) -> dict:
+    """The same load through wrk; the result has the summary figures instead of every latency."""
+    body_file = work / "bodies.jsonl"
+    body_file.write_bytes(b"\n".join(bodies) + b"\n")
+    script = work / "bench.lua"
+    script.write_text(WRK_SCRIPT)
+    env = {**os.environ, "EARNOPT_BENCH_BODIES": str(body_file), "EARNOPT_BENCH_PATH": f"/predict/earnings/{PROTOCOL}"}
+    threads = max(1, min(2, clients))
+    command = ["wrk", "-t", str(threads), "-c", str(clients), "-d", f"{max(1, round(duration_s))}s", "--timeout", "30s", "-s", str(script), url]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=duration_s + 120)
+    line = next((l for l in done.stdout.splitlines() if l.startswith("WRK ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no summary: {done.stdout} {done.stderr}")
+    fields = {k: float(v) for k, v in (item.split("=") for item in line.split()[1:])}
+    errors = {name: int(fields[name]) for name in ("connect", "read", "write", "status", "timeout") if fields[name]}
+    return {"wrk": fields, "errors": errors, "wall": fields["duration_us"] / 1e6, "cached": int(fields["cached"])}
+
+
+def report_wrk(title: str, result: dict, clients: int, target_ms: float | None) -> None:
+    f = result["wrk"]
+    errors = sum(result["errors"].values())
+    ok = int(f["requests"]) - result["errors"].get("status", 0)
+    print(f"\n== {title} [wrk]")
+    print(f"clients {clients}, duration {result['wall']:.1f}s, requests {int(f['requests'])}, ok {ok}, errors {errors} {result['errors'] or ''}")
+    print(f"throughput {ok / result['wall']:.1f} req/s, cache hits {100 * result['cached'] / max(ok, 1):.1f}%")
+    p99 = f["p99_us"] / 1000
+    print(f"latency ms: p50 {f['p50_us'] / 1000:.1f}  p95 {f['p95_us'] / 1000:.1f}  p99 {p99:.1f}  max {f['max_us'] / 1000:.1f}  mean {f['mean_us'] / 1000:.1f}")
+    if target_ms is not None:
+        verdict = "MET" if p99 <= target_ms and not errors else "NOT MET"
+        print(f"target p99 <= {target_ms:g} ms with 0 errors: {verdict}")
+
+
 def report(title: str, result: dict, clients: int, target_ms: float | None) -> None:
     lat = sorted(result["latencies"])
     total = len(lat) + sum(result["errors"].values())
@@ -168,13 +251,18 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--windows", type=int, default=24, help="distinct telemetry windows the clients rotate through")
     parser.add_argument("--uncached-duration", type=float, default=10.0, help="0 skips phase 2")
+    parser.add_argument("--load", choices=("auto", "wrk", "httpx"), default="auto", help="load generator (auto: wrk if installed)")
     args = parser.parse_args()
+    use_wrk = args.load == "wrk" or (args.load == "auto" and shutil.which("wrk") is not None)
+    if args.load == "wrk" and shutil.which("wrk") is None:
+        parser.error("--load wrk: wrk is not installed (apt-get install wrk)")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with tempfile.TemporaryDirectory(prefix="earnopt-api-bench-") as tmp:
         data_dir, catalog, how = prepare_data_dir(Path(tmp))
         bodies = payloads(catalog, args.windows)
         print(f"model: {how}; payload {len(bodies[0]) / 1024:.0f} KiB ({10 * 24} hourly rows), {len(bodies)} distinct windows; "
-              f"cpu cores {os.cpu_count()}; load generator on the same machine")
+              f"cpu cores {os.cpu_count()}; load generator {'wrk' if use_wrk else 'httpx'} on the same machine; "
+              f"load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
         phases = [("phase 1: predict/earnings, prediction cache on (2048)", 2048, args.duration, 50.0)]
         if args.uncached_duration > 0:
             phases.append(("phase 2: predict/earnings, cache off (every request runs the LSTM)", 0, args.uncached_duration, 500.0))
@@ -183,13 +271,17 @@ def main() -> int:
             try:
                 ready = server.wait_ready()
                 print(f"\nserver ready in {ready:.1f}s at {server.url}")
-                result = asyncio.run(drive(server.url, bodies, args.clients, duration))
-                single = asyncio.run(drive(server.url, bodies, 1, 3.0)) if cache_size else None
+                if use_wrk:
+                    result = drive_wrk(server.url, bodies, args.clients, duration, Path(tmp))
+                    single = drive_wrk(server.url, bodies, 1, 3.0, Path(tmp))
+                else:
+                    result = asyncio.run(drive(server.url, bodies, args.clients, duration))
+                    single = asyncio.run(drive(server.url, bodies, 1, 3.0))
             finally:
                 server.stop()
-            report(title, result, args.clients, target)
-            if single is not None:
-                report("  same server, 1 client for 3 s (latency without queueing)", single, 1, None)
+            show = report_wrk if use_wrk else report
+            show(title, result, args.clients, target)
+            show("  same server, 1 client for 3 s (latency without queueing)", single, 1, None)
     return 0
 
 
