@@ -91,16 +91,20 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "EARNOPT_DATA_DIR": str(data_dir), "EARNOPT_CATALOG": str(catalog),
                "EARNOPT_PREDICTION_CACHE_SIZE": str(cache_size), "EARNOPT_LOG_LEVEL": "warning", "TF_CPP_MIN_LOG_LEVEL": "2"}
+        # stderr to a file, not a pipe: an undrained pipe fills up (client-disconnect tracebacks when the
+        # load stops) and blocks the server.
+        self.log = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "earnopt_assets.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-            env=env, cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env=env, cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=self.log, text=True,
         )
 
     def wait_ready(self, timeout_s: float = 180.0) -> float:
         started = time.monotonic()
         while time.monotonic() - started < timeout_s:
             if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {self.process.stderr.read() if self.process.stderr else ''}")
+                self.log.seek(0)
+                raise RuntimeError(f"server exited: {self.log.read()[-4000:]}")
             try:
                 models = httpx.get(self.url + "/models", timeout=2).json()
                 if any(m["protocol"] == PROTOCOL and m["loaded"] for m in models["models"]):
@@ -116,6 +120,7 @@ class Server:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.process.kill()
+        self.log.close()
 
 
 async def drive(url: str, bodies: list[bytes], clients: int, duration_s: float) -> dict:
