@@ -144,6 +144,7 @@ def test_column_fast_path_gives_the_same_origin_as_the_frame_path(predictors, re
         slow = prepare_origin(predictor, frame)
         assert fast is not None and fast.origin_ts == slow.origin_ts
         assert np.array_equal(fast.tail, slow.tail)
+        assert np.array_equal(fast.allocation_tail, slow.allocation_tail)
         assert np.allclose(fast.window, slow.window, rtol=1e-12, atol=0)
 
 

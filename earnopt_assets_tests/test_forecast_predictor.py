@@ -265,8 +265,17 @@ def test_predictions_are_fed_back_through_the_feature_functions(trained, monkeyp
     season = lambda stamp: predictor._season(pd.DatetimeIndex([stamp]))[0]  # noqa: E731
     origin_level = max(np.mean(history[-24:]), floor)
     origin_recent = np.median([history[-k] / max(season(ts[-k]), 0.05) for k in range(1, 7)])
+    # default path: the origin's allocation held; each lag is moved from the allocation it was observed at
+    beta = predictor.config.allocation_beta
+    alloc = np.clip(train["allocation"].to_numpy(dtype=float), 0.02, 1.0)
+    scale = lambda h, lag: (alloc[-1] / alloc[-lag - 1 + h]) ** beta  # noqa: E731
     expected = [
-        max(w24 * history[-24 + h - 1] + w168 * history[-168 + h - 1] + (wseason * origin_level + wrecent * origin_recent) * season(ts[-1] + pd.Timedelta(hours=h)), 0.0)
+        max(
+            w24 * history[-24 + h - 1] * scale(h, 24)
+            + w168 * history[-168 + h - 1] * scale(h, 168)
+            + (wseason * origin_level + wrecent * origin_recent) * season(ts[-1] + pd.Timedelta(hours=h)),
+            0.0,
+        )
         for h in range(1, 25)
     ]
     np.testing.assert_allclose(values, expected, rtol=1e-9)

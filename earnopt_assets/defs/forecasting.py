@@ -28,7 +28,7 @@ from pydantic import Field
 from earnopt_assets.catalog import load_catalog
 from earnopt_assets.forecasting.registry import DEFAULT_MAPE_TARGET_PCT, judge_mape, read_model_summary, record_mape_check
 from earnopt_assets.forecasting.retrain import RetrainRequest, retrain_requests
-from earnopt_assets.forecasting.store import ensure_forecasts_table, forecast_rows, read_recent_telemetry, write_forecasts
+from earnopt_assets.forecasting.store import ensure_forecasts_table, forecast_rows, read_planned_allocations, read_recent_telemetry, write_forecasts
 from earnopt_assets.forecasting.training import TrainingSettings, forecast_protocol, holdout_plot_markdown, metrics_table, train_protocol
 from earnopt_assets.resources import EarnoptResource
 from earnopt_assets.warehouse import DUCKDB_POOL
@@ -227,14 +227,17 @@ def earnings_forecast(context: dg.AssetExecutionContext, earnopt: EarnoptResourc
 
     ``source = 'lstm'`` when the protocol's model exists, passed ``mape_within_target`` and the last
     ``24 + 168`` h of telemetry are complete; otherwise ``seasonal_naive_fallback`` (same hour on the most
-    recent earlier day) with the reason. Reads the last 240 h of ``raw_earnings`` in one short query; models
-    are loaded and run with the connection closed.
+    recent earlier day) with the reason. Reads the last 240 h of ``raw_earnings`` and the planned shares in
+    ``allocation_state`` (if that table exists) in one short connection; models are loaded and run with the
+    connection closed. LSTM forecasts are conditional on the allocation that will run: the protocol's
+    ``allocation_state`` share for all 24 hours, else its last observed allocation held.
     """
     catalog = earnopt.catalog()
     device = catalog.host.device
     protocols = [catalog.require(name).name for name in catalog.enabled_names]
     with duckdb.get_connection() as conn:
         telemetry = read_recent_telemetry(conn, device, protocols, FORECAST_HISTORY_HOURS)
+        planned = read_planned_allocations(conn, device, protocols)
     forecast_time = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
     parts, summary_rows, skipped = [], [], []
     for protocol in protocols:
@@ -242,7 +245,7 @@ def earnings_forecast(context: dg.AssetExecutionContext, earnopt: EarnoptResourc
         if series.empty:
             skipped.append(protocol)
             continue
-        result = forecast_protocol(series, protocol, earnopt.paths.models)
+        result = forecast_protocol(series, protocol, earnopt.paths.models, planned_allocation=planned.get(protocol))
         parts.append(
             forecast_rows(forecast_time, device, protocol, result.origin_ts, result.targets, result.values, result.source, result.model_version, result.reason)
         )
@@ -251,6 +254,7 @@ def earnings_forecast(context: dg.AssetExecutionContext, earnopt: EarnoptResourc
                 "protocol": protocol,
                 "source": result.source,
                 "next_24h_usd": round(float(result.values.sum()), 6),
+                "allocation": "" if protocol not in planned else f"{planned[protocol]:.3f} (allocation_state)",
                 "model_version": result.model_version or "",
                 "reason": (result.reason or "")[:120],
             }

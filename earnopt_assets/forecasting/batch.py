@@ -7,13 +7,15 @@ A service answering many concurrent requests for the same protocol can instead s
 * inputs per origin come from the predictor itself (:func:`prepare_origin` = ``history_arrays`` +
   ``_origin_inputs``: window ``W_i`` (L, C) and earnings tail of L + 168 hours);
 * base      b_{i,t+h} = w1 e_{i,t+h-24} + w2 e_{i,t+h-168} + (w3 ref_{i,t} + w4 lvl6_{i,t}) p(cell_{i,t+h}),
-  fixed at each origin's levels, exactly as in the predictor;
+  fixed at each origin's levels and moved to each origin's future allocation path a_{i,t+h} — the
+  predictor's own :meth:`EarningsPredictor.base_paths`, called once for the whole batch;
 * step h    x_i = ((W_i / d_i - mu) / sigma) with d_i = ref_{i,t+h-1} on the money channels,
   y^ = f([x_1..x_n]) (ONE call of the compiled network, batch padded to a bucket size),
   e^_{i,t+h} = max(0, b_{i,t+h} + ref_{i,t+h-1} (mu_y + sigma_y g y^_i));
 * feedback  the new row's earnings features by the formulas of :func:`next_earnings_row` (trailing
   means/std over the 25-hour tail, symmetric rate of change, EMA recurrence), vectorised over origins;
-  calendar and next-hour seasonal channels of the future hours computed once for the whole batch.
+  calendar and next-hour seasonal channels of the future hours computed once for the whole batch; the
+  new row's ``allocation`` channel is the origin's path value a_{i,t+h} (default: its last share held).
 
 Results equal ``predict_next_24h`` per origin to float tolerance (tested); the network call is the only
 float32 part, and a GEMM over the batch instead of n GEMVs changes the summation order, not the maths.
@@ -40,8 +42,6 @@ from earnopt_assets.features import (
 )
 from earnopt_assets.forecasting.predictor import (
     HORIZON_HOURS,
-    RECENT_LEVEL_HOURS,
-    SEASON_FLOOR,
     TELEMETRY_INPUT_COLUMNS,
     EarningsPredictor,
     HistoryArrays,
@@ -59,18 +59,27 @@ class ForecastOrigin:
     window: np.ndarray
     tail: np.ndarray
     origin_ts: pd.Timestamp
+    allocation_path: np.ndarray | None = None  # resolved future shares (24); None = hold the last share
+    allocation_tail: np.ndarray | None = None  # allocation of the tail's hours; None = the last share held
 
 
-def prepare_origin(predictor: EarningsPredictor, recent_data: pd.DataFrame) -> ForecastOrigin:
+def prepare_origin(
+    predictor: EarningsPredictor, recent_data: pd.DataFrame, allocation_path: Sequence[float] | float | np.ndarray | None = None
+) -> ForecastOrigin:
     """The predictor's own input path (same validation and errors as ``predict_next_24h``)."""
     predictor._require_fitted()
     arrays = predictor.history_arrays(recent_data)
     window, tail = predictor._origin_inputs(arrays, len(arrays.ts) - 1)
-    return ForecastOrigin(window, tail, pd.Timestamp(arrays.ts[-1]))
+    path = None if allocation_path is None else predictor.resolve_allocation_path(window, allocation_path)
+    atail = predictor._allocation_tail(arrays, len(arrays.ts) - 1)
+    return ForecastOrigin(window, tail, pd.Timestamp(arrays.ts[-1]), path, atail)
 
 
 def prepare_origin_from_columns(
-    predictor: EarningsPredictor, ts_ns: np.ndarray, columns: Mapping[str, np.ndarray]
+    predictor: EarningsPredictor,
+    ts_ns: np.ndarray,
+    columns: Mapping[str, np.ndarray],
+    allocation_path: Sequence[float] | float | np.ndarray | None = None,
 ) -> ForecastOrigin | None:
     """:func:`prepare_origin` for raw telemetry given as arrays (``ts_ns``: UTC epoch nanoseconds), without
     building a DataFrame — the per-request cost a service pays. None when the fast path does not apply
@@ -103,9 +112,13 @@ def prepare_origin_from_columns(
     features = np.full((n, len(predictor.feature_columns)), np.nan)
     for j, name in enumerate(predictor.feature_columns):
         features[start:, j] = calendar[name] if name in calendar else families[name][start:]
+    if "allocation" in predictor.feature_columns:  # the whole allocation history: the base's lags need it
+        features[:, predictor.feature_columns.index("allocation")] = families["allocation"]
     arrays = HistoryArrays(ts, features, data["earnings_usd"])
     window, tail = predictor._origin_inputs(arrays, n - 1)
-    return ForecastOrigin(window, tail, pd.Timestamp(ts[-1]))
+    path = None if allocation_path is None else predictor.resolve_allocation_path(window, allocation_path)
+    atail = predictor._allocation_tail(arrays, n - 1)
+    return ForecastOrigin(window, tail, pd.Timestamp(ts[-1]), path, atail)
 
 
 def next_earnings_rows(history: np.ndarray, cursor: int, previous_ema: np.ndarray) -> dict[str, np.ndarray]:
@@ -210,10 +223,9 @@ class BatchedForecaster:
         money = p._money_index()
         mean, inv_scale = p.feature_scaler.mean_, 1.0 / p.feature_scaler.scale_
         t_mean, t_scale = float(p.target_scaler.mean_[0]), float(p.target_scaler.scale_[0])
-        w24, w168, wseason, wrecent = (float(v) for v in p.config.base_weights)
         gain = float(p.config.residual_gain)
-        k_recent = min(RECENT_LEVEL_HOURS, p.sequence_length - 1)
-        e_col, season_col, ma_col = idx["earnings_usd"], idx["next_season"], idx["ma_24h"]
+        ma_col = idx["ma_24h"]
+        alloc_col = idx.get("allocation")
         floor = float(p.config.level_floor)
         earnings_cols = [(idx[c], c) for c in EARNINGS_FEATURES if c in idx]
         ema_col = idx.get("ema_12")
@@ -235,16 +247,16 @@ class BatchedForecaster:
         history[:, :tail_len] = np.stack([o.tail for o in origins])
         cursor = tail_len - 1
         out = np.empty((n, horizon))
-        origin_level = np.maximum(W[:, -1, ma_col], floor)
-        origin_recent = np.median(
-            W[:, -k_recent:, e_col] / np.maximum(W[:, -k_recent - 1 : -1, season_col], SEASON_FLOOR), axis=1
+        paths = np.stack(
+            [
+                o.allocation_path[:horizon] if o.allocation_path is not None else p.resolve_allocation_path(o.window, None, horizon)
+                for o in origins
+            ]
         )
-        first = tail_len
-        base_path = (
-            w24 * history[:, first - 24 : first - 24 + horizon]
-            + w168 * history[:, first - 168 : first - 168 + horizon]
-            + (wseason * origin_level + wrecent * origin_recent)[:, None] * season_target
+        atails = np.stack(
+            [o.allocation_tail if o.allocation_tail is not None else np.full(tail_len, o.window[-1, alloc_col] if alloc_col is not None else np.nan) for o in origins]
         )
+        base_path = p.base_paths(W, history[:, :tail_len], season_target, paths, atails)
         divisor = np.ones((n, 1, p.n_channels))
         for h in range(horizon):
             level = np.maximum(W[:, -1, ma_col], floor)
@@ -263,6 +275,8 @@ class BatchedForecaster:
                 row[:, col] = recomputed[name]
             for col, values in calendar_cols:
                 row[:, col] = values[:, h]
+            if alloc_col is not None:
+                row[:, alloc_col] = paths[:, h]
             row[:, idx["next_lag_24"]] = history[:, cursor + 1 - 24]
             row[:, idx["next_lag_168"]] = history[:, cursor + 1 - 168]
             row[:, idx["next_season"]] = season_after[:, h]
@@ -271,7 +285,14 @@ class BatchedForecaster:
         return out
 
 
-def predict_many(predictor: EarningsPredictor, frames: Sequence[pd.DataFrame]) -> np.ndarray:
-    """Convenience: ``predict_next_24h`` of each frame, computed as one batch (n, 24)."""
+def predict_many(
+    predictor: EarningsPredictor,
+    frames: Sequence[pd.DataFrame],
+    allocation_paths: Sequence[Sequence[float] | float | np.ndarray | None] | None = None,
+) -> np.ndarray:
+    """Convenience: ``predict_next_24h(frame, path)`` of each frame, computed as one batch (n, 24)."""
     forecaster = BatchedForecaster(predictor)
-    return forecaster.forecast([prepare_origin(predictor, frame) for frame in frames])
+    paths = list(allocation_paths) if allocation_paths is not None else [None] * len(frames)
+    if len(paths) != len(frames):
+        raise ValueError(f"{len(frames)} frames but {len(paths)} allocation paths")
+    return forecaster.forecast([prepare_origin(predictor, frame, path) for frame, path in zip(frames, paths)])

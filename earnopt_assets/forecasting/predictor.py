@@ -18,6 +18,13 @@ seasonal-naive base misses. For the hour ``t+1`` after a window ending at ``t``:
 * recent    lvl6_t  = median_{k<6} e_{t-k} / max(p(cell_{t-k}), 0.05)
 * base      b_{t+h} = w1 e_{t+h-24} + w2 e_{t+h-168} + (w3 ref_t + w4 lvl6_t) p(cell_{t+h}), w >= 0 fitted
   by non-negative least squares over every horizon h = 1..24 of every training origin
+* allocation conditioning (format 2): earnings respond to the protocol's allocation share a as
+  E ∝ a^beta, beta fitted on the TRAINING frame by :func:`earnopt_assets.allocation.response.fit_response_curve`
+  (saved in config.json and metadata.json). Each base component is moved to the target hour's allocation:
+  lags are expressed in allocation-normalised earnings at the allocation they were observed at,
+  e_{t+h-k} (a_{t+h} / a_{t+h-k})^beta (k = 24, 168), the levels at the origin's, (a_{t+h} / a_t)^beta;
+  shares are clipped to [ALLOCATION_FLOOR = 0.02, 1] inside the ratios so a → 0 stays finite. The
+  weights are fitted on these moved components, with the actual a_{t+h} of the training hours
 * target    y_t     = (e_{t+1} - b_{t+1}) / ref_t, then standardised (target StandardScaler)
 * forecast  e^_{t+h} = max(0, b_{t+h} + ref_{t+h-1} * (mu + sigma * g * y^_{t+h-1})); over the 24 steps the
   base keeps the ORIGIN's levels (as it was fitted) while the LSTM residual runs recursively; the residual
@@ -34,7 +41,10 @@ Each predicted hour is appended to the earnings history and its feature row is r
 primitives and formulas as the feature table (:func:`next_earnings_row`: the rolling mean/std and rate of
 change of :mod:`earnopt_assets.features` on a 25-hour tail, the EMA recurrence; tested equal to
 :func:`earnings_features` on the full series; :func:`calendar_features` for the 24 future hours, computed
-once); resource and health features are held at their last observed values. The network runs through one compiled ``tf.function`` with a fixed
+once); resource and health features are held at their last observed values, except ``allocation``,
+which follows the future allocation path (earnopt's own control input: default the last observed share
+held; the forecast asset passes the planned share from ``allocation_state``; :meth:`evaluate` the
+holdout's actual shares). The network runs through one compiled ``tf.function`` with a fixed
 input signature instead of ``model.predict`` per step.
 """
 
@@ -55,6 +65,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from earnopt_assets.allocation.response import fit_response_curve
 from earnopt_assets.atomic import atomic_write_json, atomic_write_text
 from earnopt_assets.catalog import PROTOCOL_NAME_PATTERN
 from earnopt_assets.features import (
@@ -86,6 +97,12 @@ RECENT_LEVEL_HOURS = 6
 SEASON_FLOOR = 0.05
 RESIDUAL_GAINS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
 LEVEL_FLOOR_FRACTION = 0.05
+# Allocation shares are clipped to [ALLOCATION_FLOOR, 1] before (a / a_ref)**beta: a protocol switched
+# (almost) off must not turn the ratio into 0/0 or a huge factor.
+ALLOCATION_FLOOR = 0.02
+# 2: allocation-conditional base (config.allocation_beta). Version-1 models load with beta None = no
+# conditioning, which is exactly how they were fitted.
+MODEL_FORMAT_VERSION = 2
 MODEL_FILE = "model.keras"
 PART_FILES: tuple[str, ...] = (MODEL_FILE, "config.json", "scaler.json", "history.json", "metrics.json", "metadata.json")
 KEEP_VERSIONS = 3
@@ -137,6 +154,12 @@ class FeatureMismatchError(SequenceValidationError):
     kind = "feature_mismatch"
 
 
+class AllocationPathError(SequenceValidationError):
+    """A future allocation path that is not 24 finite shares in [0, 1] (or the model cannot use one)."""
+
+    kind = "invalid_allocation_path"
+
+
 class ModelNotTrainedError(RuntimeError):
     """The predictor has no fitted network/scalers yet."""
 
@@ -169,6 +192,8 @@ class PredictorConfig:
     residual_gain: float = 1.0
     season_profile: list[float] | None = None
     level_floor: float | None = None
+    allocation_beta: float | None = None
+    allocation_response: dict[str, Any] | None = None
 
     @property
     def channels(self) -> tuple[str, ...]:
@@ -526,10 +551,19 @@ class EarningsPredictor:
         season = np.maximum(windows[:, -k - 1 : -1, self._index["next_season"]], SEASON_FLOOR)
         return np.median(earnings / season, axis=1)
 
-    def _base_components(self, windows: np.ndarray) -> np.ndarray:
+    def _base_components(
+        self, windows: np.ndarray, next_allocation: np.ndarray | None = None, lag_allocations: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The four base components of the hour after each window, at that hour's allocation.
+
+        ``next_allocation`` (n,) is a_{t+1} (default: held at the window's last allocation);
+        ``lag_allocations`` (n, 2) the allocations of hours t+1-24 and t+1-168 (default: the origin's).
+        With a fitted beta each lag is moved from the allocation it was observed at and the levels from
+        the origin's allocation: see :meth:`base_paths`.
+        """
         last = windows[:, -1, :]
         season = last[:, self._index["next_season"]]
-        return np.column_stack(
+        components = np.column_stack(
             [
                 last[:, self._index["next_lag_24"]],
                 last[:, self._index["next_lag_168"]],
@@ -537,13 +571,139 @@ class EarningsPredictor:
                 self._recent_levels(windows) * season,
             ]
         )
+        if self.is_allocation_conditional:
+            origin_alloc = windows[:, -1, self._index["allocation"]]
+            target = origin_alloc if next_allocation is None else np.asarray(next_allocation, dtype=float)
+            lags = np.column_stack([origin_alloc, origin_alloc]) if lag_allocations is None else np.asarray(lag_allocations, dtype=float)
+            components[:, 0] *= self.allocation_scale(target, lags[:, 0])
+            components[:, 1] *= self.allocation_scale(target, lags[:, 1])
+            components[:, 2:] *= self.allocation_scale(target, origin_alloc)[:, None]
+        return components
+
+    # ------------------------------------------------------------------ allocation conditioning
+
+    @property
+    def is_allocation_conditional(self) -> bool:
+        """True when the model has a fitted allocation response (format 2) and an ``allocation`` feature."""
+        return self.config.allocation_beta is not None and "allocation" in self._index
+
+    def allocation_scale(self, target: np.ndarray | float, reference: np.ndarray | float) -> np.ndarray:
+        """(clip(a_target) / clip(a_ref))**beta with shares clipped to [ALLOCATION_FLOOR, 1]; 1 without beta."""
+        target = np.asarray(target, dtype=float)
+        reference = np.asarray(reference, dtype=float)
+        if self.config.allocation_beta is None:
+            return np.ones(np.broadcast_shapes(target.shape, reference.shape))
+        ratio = np.clip(target, ALLOCATION_FLOOR, 1.0) / np.clip(reference, ALLOCATION_FLOOR, 1.0)
+        return np.power(ratio, float(self.config.allocation_beta))
+
+    @staticmethod
+    def _allocation_at_hours(hours: np.ndarray, allocation: np.ndarray, wanted: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+        """Allocation of the frame row at each ``wanted`` hour number; ``fallback`` where no row has it."""
+        position = np.clip(np.searchsorted(hours, wanted), 0, len(hours) - 1)
+        found = (hours[position] == wanted) & np.isfinite(allocation[position])
+        return np.where(found, allocation[position], fallback)
+
+    def _allocation_tail(self, arrays: HistoryArrays, origin: int) -> np.ndarray:
+        """Allocation of the L + 168 hours of the earnings tail ending at ``origin``. Hours without a known
+        allocation (a feature frame recovers earlier EARNINGS from its lags, not allocations) take the
+        next known one, i.e. the allocation is assumed to have been held before the data starts."""
+        need = self.required_history_hours
+        out = np.full(need, np.nan)
+        if "allocation" in self._index:
+            column = self.feature_columns.index("allocation")
+            out[:] = arrays.features[origin + 1 - need : origin + 1, column]
+        known = np.isfinite(out)
+        if not known[-1]:  # only without an allocation feature (the window's rows are validated finite)
+            return out
+        # backfill: each unknown hour takes the first known value after it
+        next_known = np.minimum.accumulate(np.where(known, np.arange(need), need - 1)[::-1])[::-1]
+        return out[next_known]
+
+    def _fit_allocation_response(self, frame: pd.DataFrame) -> None:
+        """beta of E = k a**beta on the training frame (log-log fit with fallbacks, see
+        :func:`earnopt_assets.allocation.response.fit_response_curve`); None without an allocation column."""
+        if "allocation" not in self.feature_columns:
+            self.config.allocation_beta, self.config.allocation_response = None, None
+            return
+        curve = fit_response_curve(frame["allocation"].to_numpy(dtype=float), frame["earnings_usd"].to_numpy(dtype=float))
+        self.config.allocation_beta = float(curve.beta)
+        self.config.allocation_response = _json_safe(curve.to_dict())
+
+    def resolve_allocation_path(self, window: np.ndarray, allocation_path: Sequence[float] | float | np.ndarray | None, horizon: int = HORIZON_HOURS) -> np.ndarray:
+        """The allocation share of each of the ``horizon`` future hours: ``allocation_path`` checked, or
+        (None) the window's last observed allocation held. A scalar is held over all hours."""
+        if "allocation" not in self._index:
+            if allocation_path is not None:
+                raise AllocationPathError(f"{self.protocol}: the model has no 'allocation' feature to condition on")
+            return np.full(horizon, np.nan)
+        origin = float(window[-1, self._index["allocation"]])
+        if allocation_path is None:
+            return np.full(horizon, origin)
+        try:
+            path = np.asarray(allocation_path, dtype=float)
+        except (TypeError, ValueError) as exc:
+            raise AllocationPathError(f"{self.protocol}: allocation path is not numeric: {exc}") from exc
+        if path.ndim == 0:
+            path = np.full(horizon, float(path))
+        if path.shape != (horizon,):
+            raise AllocationPathError(f"{self.protocol}: allocation path needs {horizon} hourly values, got shape {path.shape}")
+        bad = ~np.isfinite(path) | (path < 0.0) | (path > 1.0)
+        if bad.any():
+            first = int(np.argmax(bad))
+            raise AllocationPathError(
+                f"{self.protocol}: allocation path value {path[first]!r} at hour {first + 1} is not a share in [0, 1]"
+            )
+        return path
+
+    def base_paths(
+        self,
+        windows: np.ndarray,
+        tails: np.ndarray,
+        season_target: np.ndarray,
+        allocation_paths: np.ndarray,
+        allocation_tails: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Seasonal base of the next ``H`` hours of ``n`` origins (n, H), at their future allocations.
+
+        b_{t+h} = w1 e_{t+h-24} (a_{t+h}/a_{t+h-24})^beta + w2 e_{t+h-168} (a_{t+h}/a_{t+h-168})^beta
+                  + (w3 ref_t + w4 lvl6_t) p(cell_{t+h}) (a_{t+h}/a_t)^beta
+        i.e. each lag is expressed in allocation-normalised earnings e/a^beta at the allocation it was
+        observed at and re-multiplied by a_{t+h}^beta; the origin levels (ref_t: 24 h mean, lvl6_t: median
+        of the last 6 h) are referred to the origin's allocation a_t. Shares are clipped to
+        [ALLOCATION_FLOOR, 1] in the ratios. The levels stay at the origin's values over all H hours, as
+        the base was fitted. ``allocation_tails`` (n, T) are the allocations of the earnings tails' hours
+        (default: a_t everywhere).
+        """
+        L = self.sequence_length
+        idx = self._index
+        n, horizon = season_target.shape
+        first = tails.shape[1]
+        w24, w168, wseason, wrecent = (float(v) for v in self.config.base_weights)
+        k_recent = min(RECENT_LEVEL_HOURS, L - 1)
+        e_col, season_col = idx["earnings_usd"], idx["next_season"]
+        origin_level = np.maximum(windows[:, -1, idx["ma_24h"]], float(self.config.level_floor))
+        origin_recent = np.median(
+            windows[:, -k_recent:, e_col] / np.maximum(windows[:, -k_recent - 1 : -1, season_col], SEASON_FLOOR), axis=1
+        )
+        lag24 = tails[:, first - 24 : first - 24 + horizon]
+        lag168 = tails[:, first - 168 : first - 168 + horizon]
+        level_part = (wseason * origin_level + wrecent * origin_recent)[:, None] * season_target
+        if self.is_allocation_conditional:
+            origin_alloc = windows[:, -1:, idx["allocation"]]
+            atail = np.broadcast_to(origin_alloc, tails.shape) if allocation_tails is None else allocation_tails
+            lag24 = lag24 * self.allocation_scale(allocation_paths, atail[:, first - 24 : first - 24 + horizon])
+            lag168 = lag168 * self.allocation_scale(allocation_paths, atail[:, first - 168 : first - 168 + horizon])
+            level_part = level_part * self.allocation_scale(allocation_paths, origin_alloc)
+        return w24 * lag24 + w168 * lag168 + level_part
 
     def _fit_base(self, frame: pd.DataFrame) -> None:
         """Non-negative least-squares weights of the four base components, fitted over ALL horizons.
 
         For every origin ``t`` and ``h = 1..24`` inside a gap-free run: components
         ``[e_{t+h-24}, e_{t+h-168}, ref_t * p(t+h), level6_t * p(t+h)]`` (level6 = median of the last 6 deseasonalised hours) against ``e_{t+h}``, so the blend
-        is the one that is best across the 24 hours a forecast covers, not only the next hour.
+        is the one that is best across the 24 hours a forecast covers, not only the next hour. With a
+        fitted allocation beta each component is first moved to the target hour's ACTUAL allocation
+        a_{t+h} exactly as :meth:`base_paths` does at forecast time.
         """
         from scipy.optimize import nnls
 
@@ -562,12 +722,21 @@ class EarningsPredictor:
         level6 = np.full(n, np.nan)
         if n >= k:
             level6[origins] = np.median(np.lib.stride_tricks.sliding_window_view(ratio, k), axis=1)
+        conditional = self.is_allocation_conditional
+        alloc = frame["allocation"].to_numpy(dtype=float) if conditional else None
         for h in range(1, HORIZON_HOURS + 1):
             t = origins[origins + h < n]
             ok = hours[t + h] - hours[t - k + 1] == h + k - 1  # no gap between the level window and the target
             t = t[ok]
             j = t + h
-            rows.append(np.column_stack([lag24[j], lag168[j], ref[t] * season[j], level6[t] * season[j]]))
+            block = np.column_stack([lag24[j], lag168[j], ref[t] * season[j], level6[t] * season[j]])
+            if conditional:
+                # as at forecast time: each lag from the allocation of the hour it was observed at
+                for column, lag in ((0, 24), (1, 168)):
+                    lag_alloc = self._allocation_at_hours(hours, alloc, hours[j] - lag, alloc[t])
+                    block[:, column] *= self.allocation_scale(alloc[j], lag_alloc)
+                block[:, 2:] *= self.allocation_scale(alloc[j], alloc[t])[:, None]
+            rows.append(block)
             targets.append(earnings[j])
         components = np.concatenate(rows) if rows else np.empty((0, 4))
         target = np.concatenate(targets) if targets else np.empty(0)
@@ -592,8 +761,8 @@ class EarningsPredictor:
         out[:, :, self._money_index()] /= self._levels(windows)[:, None, None]
         return out
 
-    def _base(self, windows: np.ndarray) -> np.ndarray:
-        return self._base_components(windows) @ np.asarray(self.config.base_weights, dtype=float)
+    def _base(self, windows: np.ndarray, next_allocation: np.ndarray | None = None, lag_allocations: np.ndarray | None = None) -> np.ndarray:
+        return self._base_components(windows, next_allocation, lag_allocations) @ np.asarray(self.config.base_weights, dtype=float)
 
     def _scale_windows(self, windows: np.ndarray) -> np.ndarray:
         normalized = self._normalize(windows)
@@ -614,13 +783,22 @@ class EarningsPredictor:
         frame = self.validate_frame(df, min_rows=self.sequence_length + 1, allow_gaps=allow_gaps)
         if fit:
             self._fit_profile(frame)
-        windows, target, _ = self._windows(frame)
+            self._fit_allocation_response(frame)
+        windows, target, ends = self._windows(frame)
+        next_allocation = lag_allocations = None
+        if self.is_allocation_conditional:
+            hours = pd.DatetimeIndex(frame["ts"]).as_unit("ns").asi8 // pd.Timedelta(hours=1).value
+            alloc = frame["allocation"].to_numpy(dtype=float)
+            next_allocation = alloc[ends + 1]
+            lag_allocations = np.column_stack(
+                [self._allocation_at_hours(hours, alloc, hours[ends + 1] - lag, alloc[ends]) for lag in (24, 168)]
+            )
         if fit:
             from sklearn.preprocessing import StandardScaler as _Scaler
 
             self._fit_base(frame)
             self.feature_scaler = _Scaler().fit(self._normalize(windows).reshape(-1, self.n_channels))
-        residual = (target - self._base(windows)) / self._levels(windows)
+        residual = (target - self._base(windows, next_allocation, lag_allocations)) / self._levels(windows)
         if fit:
             self.target_scaler = StandardScaler().fit(residual.reshape(-1, 1))
         y = (residual - self.target_scaler.mean_[0]) / self.target_scaler.scale_[0]
@@ -873,7 +1051,15 @@ class EarningsPredictor:
         if not self.is_fitted:
             raise ModelNotTrainedError(f"{self.protocol}: no model; train or load first")
 
-    def _forecast_from(self, window: np.ndarray, tail: np.ndarray, origin_ts: pd.Timestamp, horizon: int = HORIZON_HOURS) -> np.ndarray:
+    def _forecast_from(
+        self,
+        window: np.ndarray,
+        tail: np.ndarray,
+        origin_ts: pd.Timestamp,
+        horizon: int = HORIZON_HOURS,
+        allocation_path: Sequence[float] | float | np.ndarray | None = None,
+        allocation_tail: np.ndarray | None = None,
+    ) -> np.ndarray:
         if not self.is_fitted:
             raise ModelNotTrainedError(f"{self.protocol}: no model; train or load first")
         call = self._compiled_call()
@@ -883,10 +1069,7 @@ class EarningsPredictor:
         mean, inv_scale = self.feature_scaler.mean_, 1.0 / self.feature_scaler.scale_
         divisor = np.ones(self.n_channels)
         t_mean, t_scale = float(self.target_scaler.mean_[0]), float(self.target_scaler.scale_[0])
-        w24, w168, wseason, wrecent = (float(v) for v in self.config.base_weights)
         gain = float(self.config.residual_gain)
-        k_recent = min(RECENT_LEVEL_HOURS, L - 1)
-        e_col, season_col = idx["earnings_usd"], idx["next_season"]
         floor = float(self.config.level_floor)
         earnings_cols = [idx[c] for c in EARNINGS_FEATURES if c in idx]
         earnings_names = [c for c in EARNINGS_FEATURES if c in idx]
@@ -899,17 +1082,14 @@ class EarningsPredictor:
         cursor = len(tail) - 1  # index of the latest known hour
         W = window.astype(float).copy()
         out = np.empty(horizon)
+        path = self.resolve_allocation_path(window, allocation_path, horizon)
+        alloc_col = idx.get("allocation")
         # The seasonal base is fixed at the origin, as it was fitted (levels of the origin window, observed
-        # lags): feeding predictions back into the base would let its level drift step by step.
-        origin_level = max(W[-1, idx["ma_24h"]], floor)
-        origin_recent = float(np.median(W[-k_recent:, e_col] / np.maximum(W[-k_recent - 1 : -1, season_col], SEASON_FLOOR)))
+        # lags): feeding predictions back into the base would let its level drift step by step. It is
+        # moved to each future hour's allocation (the control input) by base_paths.
         season_target = self._season(future[:horizon])
-        first_target = len(tail)  # history index of hour t+1
-        base_path = (
-            w24 * history[first_target - 24 : first_target - 24 + horizon]
-            + w168 * history[first_target - 168 : first_target - 168 + horizon]
-            + (wseason * origin_level + wrecent * origin_recent) * season_target
-        )
+        atail = None if allocation_tail is None else np.asarray(allocation_tail, dtype=float)[None]
+        base_path = self.base_paths(W[None], tail[None], season_target[None], path[None], atail)[0]
         for h in range(horizon):
             level = max(W[-1, idx["ma_24h"]], floor)
             divisor[money] = level
@@ -927,6 +1107,8 @@ class EarningsPredictor:
                 row[col] = recomputed[name]
             for col, values in calendar_cols:
                 row[col] = values[h]
+            if alloc_col is not None:
+                row[alloc_col] = path[h]  # the allocation hour t+h runs at (known control input)
             row[idx["next_lag_24"]] = history[cursor + 1 - 24]
             row[idx["next_lag_168"]] = history[cursor + 1 - 168]
             row[idx["next_season"]] = season_after[h]
@@ -934,41 +1116,67 @@ class EarningsPredictor:
             W[-1] = row
         return out
 
-    def predict_next_24h(self, recent_data: pd.DataFrame) -> np.ndarray:
+    def predict_next_24h(
+        self, recent_data: pd.DataFrame, allocation_path: Sequence[float] | float | np.ndarray | None = None
+    ) -> np.ndarray:
         """The 24 hours after the last row of ``recent_data`` (a feature frame or raw telemetry).
 
         Needs ``sequence_length`` complete hours plus 168 h of earnings behind them; values are never
         negative or NaN. Raises a :class:`SequenceValidationError` subclass when the input is unusable.
+
+        The forecast is CONDITIONAL on the allocation the protocol will run at: ``allocation_path`` gives
+        the share of each of the 24 future hours (or one share for all of them); default None holds the
+        last observed allocation. It feeds the recursion's ``allocation`` feature and moves the seasonal
+        base to each hour's allocation, b · (a_{t+h}/a_ref)^beta (see :meth:`base_paths`); shares are
+        clipped at :data:`ALLOCATION_FLOOR` inside the ratio. Models saved before format 2 (no beta)
+        ignore the scaling but still feed the path to the network.
         """
         self._require_fitted()
         arrays = self.history_arrays(recent_data)
         window, tail = self._origin_inputs(arrays, len(arrays.ts) - 1)
-        return self._forecast_from(window, tail, arrays.ts[-1])
+        atail = self._allocation_tail(arrays, len(arrays.ts) - 1)
+        return self._forecast_from(window, tail, arrays.ts[-1], allocation_path=allocation_path, allocation_tail=atail)
 
-    def forecast_frame(self, recent_data: pd.DataFrame) -> pd.DataFrame:
-        """:meth:`predict_next_24h` with its target hours: columns ``target_ts``, ``horizon_hours``, ``value``."""
+    def forecast_frame(
+        self, recent_data: pd.DataFrame, allocation_path: Sequence[float] | float | np.ndarray | None = None
+    ) -> pd.DataFrame:
+        """:meth:`predict_next_24h` with its target hours: columns ``target_ts``, ``horizon_hours``, ``value``,
+        ``allocation`` (the share each hour was forecast at)."""
         self._require_fitted()
         arrays = self.history_arrays(recent_data)
         origin = arrays.ts[-1]
         window, tail = self._origin_inputs(arrays, len(arrays.ts) - 1)
-        values = self._forecast_from(window, tail, origin)
+        path = self.resolve_allocation_path(window, allocation_path)
+        atail = self._allocation_tail(arrays, len(arrays.ts) - 1)
+        values = self._forecast_from(window, tail, origin, allocation_path=path, allocation_tail=atail)
         return pd.DataFrame(
             {
                 "target_ts": pd.date_range(origin + pd.Timedelta(hours=1), periods=HORIZON_HOURS, freq="h"),
                 "horizon_hours": np.arange(1, HORIZON_HOURS + 1),
                 "value": values,
+                "allocation": path,
             }
         )
 
     # ------------------------------------------------------------------ evaluation
 
-    def evaluate(self, test_df: pd.DataFrame, context: pd.DataFrame | None = None) -> dict[str, Any]:
+    def evaluate(
+        self, test_df: pd.DataFrame, context: pd.DataFrame | None = None, *, condition_on_allocation: bool = True
+    ) -> dict[str, Any]:
         """Rolling-origin evaluation over ``test_df``, exactly as the forecast asset forecasts.
 
         Origins sit at the hour before ``test_df`` starts and every 24 h after; each produces a recursive
         24-step forecast, compared with the actual hours that exist. ``context`` (the training frame) gives
         the history before the holdout. The seasonal-naive baselines (value 24 h and 168 h earlier) are
-        scored on the same hours. Returns ``{"model": m, "seasonal_naive_24": m, "seasonal_naive_168": m,
+        scored on the same hours.
+
+        Each forecast is conditioned on the holdout's ACTUAL allocation of its 24 target hours (the last
+        known share held past the end of the data). That is the information the forecast asset has: the
+        allocation is earnopt's own control variable, decided by the allocator and stored in
+        ``allocation_state`` before the hours run, not an unknown exogenous input; no earnings of the
+        target hours are used. The seasonal-naive baselines, by definition, use only past earnings and
+        not the allocation. ``condition_on_allocation=False`` holds the origin's allocation instead (the
+        unconditional forecast, for comparison). Returns ``{"model": m, "seasonal_naive_24": m, "seasonal_naive_168": m,
         "origins": n, "skipped_origins": k, "better_baseline": name}`` with ``m`` from
         :func:`forecast_metrics`; the per-hour table is kept in :attr:`last_evaluation`.
         """
@@ -994,7 +1202,9 @@ class EarningsPredictor:
                 skipped += 1
                 origin_ts += pd.Timedelta(hours=HORIZON_HOURS)
                 continue
-            predicted = self._forecast_from(window, tail, origin_ts)
+            path = self._actual_allocation_path(arrays, origin) if condition_on_allocation else None
+            atail = self._allocation_tail(arrays, origin)
+            predicted = self._forecast_from(window, tail, origin_ts, allocation_path=path, allocation_tail=atail)
             origins += 1
             for h in range(1, HORIZON_HOURS + 1):
                 target = origin_ts + pd.Timedelta(hours=h)
@@ -1028,6 +1238,22 @@ class EarningsPredictor:
         result["better_baseline"] = better_baseline(result)
         self.metrics = _json_safe(result)
         return result
+
+    def _actual_allocation_path(self, arrays: HistoryArrays, origin: int) -> np.ndarray | None:
+        """Allocation of grid hours origin+1 .. origin+24 (missing hours hold the previous share)."""
+        if "allocation" not in self._index:
+            return None
+        column = self.feature_columns.index("allocation")
+        values = arrays.features[origin + 1 : origin + 1 + HORIZON_HOURS, column]
+        path = np.full(HORIZON_HOURS, np.nan)
+        path[: len(values)] = values
+        last = float(arrays.features[origin, column])
+        for h in range(HORIZON_HOURS):
+            if np.isfinite(path[h]) and 0.0 <= path[h] <= 1.0:
+                last = float(path[h])
+            else:
+                path[h] = last
+        return path
 
     # ------------------------------------------------------------------ persistence
 
@@ -1083,6 +1309,9 @@ class EarningsPredictor:
             "parameter_count": self.parameter_count(),
             "channels": list(self.config.channels),
             "input_shape": [self.sequence_length, self.n_channels],
+            "format_version": MODEL_FORMAT_VERSION,
+            "allocation_beta": self.config.allocation_beta,
+            "allocation_response": self.config.allocation_response,
             "files": {name: _sha256(directory / name) for name in PART_FILES if name != "metadata.json"},
             **dict(extra_metadata),
         }
@@ -1123,6 +1352,18 @@ class EarningsPredictor:
                 raise ModelLoadError(f"{protocol} {version}: {name} does not match its checksum in metadata.json")
         if config.protocol != protocol or metadata.get("protocol") != protocol:
             raise ModelLoadError(f"{directory}: saved for protocol {config.protocol!r}, asked for {protocol!r}")
+        format_version = int(metadata.get("format_version", 1))
+        if format_version > MODEL_FORMAT_VERSION:
+            raise ModelLoadError(
+                f"{protocol} {version}: model format {format_version} is newer than this code reads ({MODEL_FORMAT_VERSION})"
+            )
+        if format_version >= 2 and metadata.get("allocation_beta") != config.allocation_beta:
+            raise ModelLoadError(
+                f"{protocol} {version}: allocation_beta in metadata.json ({metadata.get('allocation_beta')}) "
+                f"differs from config.json ({config.allocation_beta})"
+            )
+        if config.allocation_beta is not None and not (0.0 < float(config.allocation_beta) <= 1.0):
+            raise ModelLoadError(f"{protocol} {version}: allocation_beta {config.allocation_beta} is not in (0, 1]")
         predictor = cls(
             protocol,
             config.sequence_length,

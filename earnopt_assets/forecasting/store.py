@@ -117,6 +117,18 @@ def read_recent_telemetry(conn: duckdb.DuckDBPyConnection, device: str, protocol
     ).df()
 
 
+def read_planned_allocations(conn: duckdb.DuckDBPyConnection, device: str, protocols: list[str]) -> dict[str, float]:
+    """The allocation share each protocol will run at: its ``allocation_state`` row (written by the
+    allocation area's plan); empty when that table does not exist yet (no allocation cycle has run)."""
+    if not protocols or not table_exists(conn, "allocation_state"):
+        return {}
+    rows = conn.execute(
+        "SELECT protocol, allocation FROM allocation_state WHERE device = ? AND list_contains(?, protocol)",
+        [device, protocols],
+    ).fetchall()
+    return {str(protocol): float(share) for protocol, share in rows if share is not None and 0.0 <= float(share) <= 1.0}
+
+
 def realised_mape(
     conn: duckdb.DuckDBPyConnection,
     device: str,

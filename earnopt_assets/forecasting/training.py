@@ -205,10 +205,13 @@ def forecast_protocol(
     protocol: str,
     models_dir: str | Path,
     predictor_cache: dict[str, EarningsPredictor] | None = None,
+    planned_allocation: float | None = None,
 ) -> ProtocolForecast:
     """Next 24 h of one protocol from its recent raw telemetry: the LSTM if it may be used, else the fallback.
 
-    The fallback (:func:`fallback_forecast`) is used when there is no model, its MAPE check failed or has
+    ``planned_allocation`` is the share the protocol will run at (its ``allocation_state`` row, set by the
+    allocator); the LSTM forecast is conditioned on it for all 24 hours. None holds the last observed
+    allocation. The fallback (:func:`fallback_forecast`) is used when there is no model, its MAPE check failed or has
     not run, the data is too short or has gaps inside the window, or the model raises.
     """
     if telemetry.empty:
@@ -231,7 +234,7 @@ def forecast_protocol(
                 predictor = EarningsPredictor.load(models_dir, protocol, version)
                 if predictor_cache is not None:
                     predictor_cache[protocol] = predictor
-            frame = predictor.forecast_frame(telemetry)
+            frame = predictor.forecast_frame(telemetry, allocation_path=planned_allocation)
             return ProtocolForecast(protocol, origin, pd.DatetimeIndex(frame["target_ts"]), frame["value"].to_numpy(), LSTM_SOURCE, version, None)
         except SequenceValidationError as exc:
             reason = f"data_too_short: {exc}"
