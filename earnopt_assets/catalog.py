@@ -137,7 +137,7 @@ class AlertChannel(_Strict):
 
 
 class AlertSettings(_Strict):
-    """Alert rules, cooldown, detector and delivery settings (formulas in docs/sections/anomalies.md)."""
+    """Alert rules, cooldown, detector and delivery settings (formulas in docs/MODELS.md)."""
 
     channels: list[AlertChannel] = []
     cooldown_minutes: float = Field(

@@ -107,7 +107,7 @@ def earnings_model(context: dg.AssetExecutionContext, config: EarningsModelConfi
     24 h mean x hour-of-week profile), on 24 h windows of the shared features. Trains on the protocol's
     feature snapshot minus the most recent 20 % (>= 7 days), which is the holdout: rolling-origin 24 h
     recursive forecasts every 24 h, scored with MSE/MAE/RMSE/MAPE/R² against the seasonal-naive baselines.
-    Saved atomically under ``models/<protocol>/`` (``.keras`` + JSON). Details: docs/sections/forecasting.md.
+    Saved atomically under ``models/<protocol>/`` (``.keras`` + JSON). Details: docs/MODELS.md.
     """
     from earnopt_assets.feature_store import read_feature_snapshot
 

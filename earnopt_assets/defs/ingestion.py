@@ -115,7 +115,7 @@ def raw_earnings(context: dg.AssetExecutionContext, earnopt: EarnoptResource, du
 @dg.asset(group_name=GROUP, pool=DUCKDB_POOL, kinds={"duckdb", "parquet"}, deps=[raw_earnings])
 def earnings_features(context: dg.AssetExecutionContext, earnopt: EarnoptResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
     """Model features per (device, protocol, ts) built from ``raw_earnings`` by
-    :func:`earnopt_assets.features.build_feature_table` (formulas: docs/sections/ingestion.md):
+    :func:`earnopt_assets.features.build_feature_table` (formulas: docs/MODELS.md):
     lags 1/2/24/168, moving averages 1/6/24 h, EMA(12), rate of change, 24 h volatility, local
     calendar with sin/cos encodings, resource utilisation vs host totals, allocation, failure rate.
 
