@@ -84,6 +84,7 @@ from earnopt_assets.features import (
     to_hourly_grid,
 )
 from earnopt_assets.forecasting.metrics import forecast_metrics
+from earnopt_assets.warehouse import TELEMETRY_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -106,16 +107,8 @@ MODEL_FORMAT_VERSION = 2
 MODEL_FILE = "model.keras"
 PART_FILES: tuple[str, ...] = (MODEL_FILE, "config.json", "scaler.json", "history.json", "metrics.json", "metadata.json")
 KEEP_VERSIONS = 3
-TELEMETRY_INPUT_COLUMNS: tuple[str, ...] = (
-    "ts",
-    "earnings_usd",
-    "cpu_cores",
-    "memory_gb",
-    "bandwidth_mbps",
-    "storage_gb",
-    "allocation",
-    "connection_failures",
-)
+# One series' telemetry: the contract without its key columns and the optional latency (no feature uses it).
+TELEMETRY_INPUT_COLUMNS: tuple[str, ...] = tuple(c for c in TELEMETRY_COLUMNS if c not in ("device", "protocol", "latency_ms"))
 
 
 # ----------------------------------------------------------------------------- errors
