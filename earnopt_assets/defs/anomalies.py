@@ -7,9 +7,7 @@ connection around the SQL only, and the alerts asset delivers notifications afte
 """
 
 
-import base64
 import contextlib
-import io
 from collections.abc import Iterator
 from collections import Counter
 
@@ -19,6 +17,7 @@ import pandas as pd
 from dagster_duckdb import DuckDBResource
 from duckdb import DuckDBPyConnection
 
+from earnopt_assets.metadata_md import figure_markdown, markdown_table, pyplot
 from earnopt_assets.anomaly.detector import DETECTION_FEATURES, AnomalyDetector, detection_features
 from earnopt_assets.anomaly.notify import Notifier
 from earnopt_assets.anomaly.rules import evaluate_rules, evaluated_until
@@ -35,32 +34,16 @@ BACKFILL_HOURS = 24 * 400
 _TELEMETRY_SELECT = ", ".join(TELEMETRY_COLUMNS)
 
 
-def _markdown_table(frame: pd.DataFrame, max_rows: int = 20) -> str:
-    if frame.empty:
-        return "_none_"
-    shown = frame.head(max_rows)
-
-    def cell(value: object) -> str:
-        if isinstance(value, float):
-            return f"{value:.4g}"
-        return str(value).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(map(str, shown.columns)) + " |", "|" + "---|" * len(shown.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in shown.itertuples(index=False)]
-    if len(frame) > max_rows:
-        lines.append(f"\n_{len(frame) - max_rows} more rows_")
-    return "\n".join(lines)
+def _alert_table(frame: pd.DataFrame) -> str:
+    """Alert and score tables: 4 significant digits, at most 20 rows."""
+    return markdown_table(frame, float_format="{:.4g}", empty="_none_", max_rows=20)
 
 
 def _score_histogram(scores: np.ndarray) -> str | None:
     """A PNG histogram of decision scores, embedded as base64 markdown."""
     if len(scores) == 0:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 2.6), dpi=90)
     ax.hist(scores, bins=60, color="#4477aa")
     ax.axvline(0.0, color="#cc3311", linestyle="--", label="threshold (0)")
@@ -68,10 +51,7 @@ def _score_histogram(scores: np.ndarray) -> str | None:
     ax.set_ylabel("rows")
     ax.legend(loc="upper left")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return f"![score distribution](data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()})"
+    return figure_markdown(fig, "score distribution")
 
 
 @contextlib.contextmanager
@@ -178,7 +158,7 @@ def anomaly_model(context: dg.AssetExecutionContext, earnopt: EarnoptResource, d
             "features": ", ".join(DETECTION_FEATURES),
             "flagged_training_rows": flagged,
             "path": dg.MetadataValue.path(str(version_dir)),
-            "score_distribution": dg.MetadataValue.md(_markdown_table(quantiles) + ("\n\n" + histogram if histogram else "")),
+            "score_distribution": dg.MetadataValue.md(_alert_table(quantiles) + ("\n\n" + histogram if histogram else "")),
         }
     )
 
@@ -221,7 +201,7 @@ def anomalies(context: dg.AssetExecutionContext, earnopt: EarnoptResource, duckd
             "rows_flagged": len(flagged),
             "model_version": str(detector.version),
             "newest_hour": str(newest) if newest is not None else "none",
-            "flagged": dg.MetadataValue.md(_markdown_table(flagged[["protocol", "ts", "score", *DETECTION_FEATURES]])),
+            "flagged": dg.MetadataValue.md(_alert_table(flagged[["protocol", "ts", "score", *DETECTION_FEATURES]])),
         }
     )
 
@@ -325,10 +305,10 @@ def alerts(context: dg.AssetExecutionContext, earnopt: EarnoptResource, duckdb: 
             "channels": ", ".join(channel_names) or "none",
             "channel_config_error": config_error or "none",
             "state_changes": dg.MetadataValue.md(
-                _markdown_table(pd.DataFrame([c.__dict__ for c in changes])) if changes else "_no change_"
+                _alert_table(pd.DataFrame([c.__dict__ for c in changes])) if changes else "_no change_"
             ),
             "new_by_rule": dg.MetadataValue.json({f"{r}/{s}": n for (r, s), n in sorted(by_rule.items())}),
-            "new_alert_list": dg.MetadataValue.md(_markdown_table(new_table)),
+            "new_alert_list": dg.MetadataValue.md(_alert_table(new_table)),
         }
     )
 

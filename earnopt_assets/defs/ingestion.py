@@ -6,9 +6,7 @@ limit of 1 (``deploy/dagster.yaml``) steps queue instead of failing on DuckDB's 
 """
 
 
-import base64
 import hashlib
-import io
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +15,7 @@ import dagster as dg
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
+from earnopt_assets.metadata_md import figure_markdown, markdown_table, pyplot
 from earnopt_assets.feature_store import load_raw_for_features, replace_feature_table, to_arrow, write_feature_snapshots
 from earnopt_assets.features import FEATURE_COLUMNS, build_feature_table, validate_features
 from earnopt_assets.ingest import ensure_ingestion_tables, ingest_landing, landing_files
@@ -27,30 +26,11 @@ GROUP = "ingestion"
 FRESHNESS_MAX_LAG_HOURS = 2.0
 
 
-def _markdown_table(frame: pd.DataFrame, float_format: str = "{:.6g}") -> str:
-    """A small pandas frame as a markdown table (no ``tabulate`` dependency)."""
-    if frame.empty:
-        return "_(empty)_"
-
-    def cell(value: object) -> str:
-        if isinstance(value, float):
-            return float_format.format(value)
-        return str(value).replace("|", "\\|")
-
-    header = "| " + " | ".join(map(str, frame.columns)) + " |\n|" + "---|" * len(frame.columns) + "\n"
-    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return header + "\n".join(rows)
-
-
 def _earnings_plot(raw: pd.DataFrame, days: int = 14) -> str | None:
     """Daily earnings per protocol over the last ``days`` days as an embedded PNG (markdown)."""
     if raw.empty:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     recent = raw.loc[raw["ts"] >= raw["ts"].max() - pd.Timedelta(days=days)]
     daily = recent.assign(day=recent["ts"].dt.floor("D")).pivot_table(index="day", columns="protocol", values="earnings_usd", aggfunc="sum")
     fig, ax = plt.subplots(figsize=(8, 3.5), dpi=80)
@@ -60,10 +40,7 @@ def _earnings_plot(raw: pd.DataFrame, days: int = 14) -> str | None:
     ax.set_title(f"Daily earnings, last {days} days")
     ax.legend(fontsize=6, ncol=3)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return f"![daily earnings](data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()})"
+    return figure_markdown(fig, "daily earnings")
 
 
 @dg.asset(group_name=GROUP, pool=DUCKDB_POOL, kinds={"duckdb"})
@@ -102,7 +79,7 @@ def raw_earnings(context: dg.AssetExecutionContext, earnopt: EarnoptResource, du
             "rows_updated": report.rows_updated,
             "balance_baselines": report.balance_baselines,
             "per_file": dg.MetadataValue.md(report.markdown_table() if report.files else "_no new files in landing_"),
-            "quarantine_reasons": dg.MetadataValue.md(_markdown_table(reasons)),
+            "quarantine_reasons": dg.MetadataValue.md(markdown_table(reasons)),
             "table_rows": int(rows),
             "table_series": int(series),
             "quarantine_rows_total": int(quarantine_total),
@@ -151,8 +128,8 @@ def earnings_features(context: dg.AssetExecutionContext, earnopt: EarnoptResourc
         "missing_hours": stats.missing_hours,
         "feature_columns": len(FEATURE_COLUMNS),
         "snapshots": dg.MetadataValue.md("\n".join(f"- `{p}` -> `{path}`" for p, path in written.items()) or "_none_"),
-        "per_protocol": dg.MetadataValue.md(_markdown_table(per_protocol)),
-        "preview": dg.MetadataValue.md(_markdown_table(table[preview_columns].tail(8))),
+        "per_protocol": dg.MetadataValue.md(markdown_table(per_protocol)),
+        "preview": dg.MetadataValue.md(markdown_table(table[preview_columns].tail(8))),
         "dagster/row_count": stats.output_rows,
     }
     plot = _earnings_plot(raw)
@@ -165,37 +142,34 @@ def earnings_features(context: dg.AssetExecutionContext, earnopt: EarnoptResourc
 # ----------------------------------------------------------------------------- checks
 
 
-def _duplicate_keys(duckdb: DuckDBResource, table: str) -> tuple[int, pd.DataFrame]:
+def _no_duplicate_keys(duckdb: DuckDBResource, table: str) -> dg.AssetCheckResult:
+    """Pass when no (device, protocol, ts) appears twice in ``table``; show the worst offenders."""
     with duckdb.get_connection() as conn:
         if not table_exists(conn, table):
-            return -1, pd.DataFrame()
+            return dg.AssetCheckResult(passed=False, description=f"table {table} does not exist")
         # ``table`` is one of two literals below, never outside input.
         dupes = conn.execute(
             f"SELECT device, protocol, ts, count(*) AS copies FROM {table} GROUP BY device, protocol, ts "
             "HAVING count(*) > 1 ORDER BY copies DESC LIMIT 10"
         ).df()
-        total = conn.execute(
-            f"SELECT count(*) FROM (SELECT 1 FROM {table} GROUP BY device, protocol, ts HAVING count(*) > 1)"
-        ).fetchone()[0]
-    return int(total), dupes
+        total = int(
+            conn.execute(
+                f"SELECT count(*) FROM (SELECT 1 FROM {table} GROUP BY device, protocol, ts HAVING count(*) > 1)"
+            ).fetchone()[0]
+        )
+    return dg.AssetCheckResult(passed=total == 0, metadata={"duplicate_keys": total, "examples": dg.MetadataValue.md(markdown_table(dupes))})
 
 
 @dg.asset_check(asset=raw_earnings, pool=DUCKDB_POOL, blocking=True)
 def raw_earnings_no_duplicate_keys(duckdb: DuckDBResource) -> dg.AssetCheckResult:
     """No (device, protocol, ts) appears twice in ``raw_earnings``."""
-    total, dupes = _duplicate_keys(duckdb, "raw_earnings")
-    if total < 0:
-        return dg.AssetCheckResult(passed=False, description="table raw_earnings does not exist")
-    return dg.AssetCheckResult(passed=total == 0, metadata={"duplicate_keys": total, "examples": dg.MetadataValue.md(_markdown_table(dupes))})
+    return _no_duplicate_keys(duckdb, "raw_earnings")
 
 
 @dg.asset_check(asset=earnings_features, pool=DUCKDB_POOL, blocking=True)
 def earnings_features_no_duplicate_keys(duckdb: DuckDBResource) -> dg.AssetCheckResult:
     """No (device, protocol, ts) appears twice in ``earnings_features``."""
-    total, dupes = _duplicate_keys(duckdb, "earnings_features")
-    if total < 0:
-        return dg.AssetCheckResult(passed=False, description="table earnings_features does not exist")
-    return dg.AssetCheckResult(passed=total == 0, metadata={"duplicate_keys": total, "examples": dg.MetadataValue.md(_markdown_table(dupes))})
+    return _no_duplicate_keys(duckdb, "earnings_features")
 
 
 @dg.asset_check(asset=earnings_features, pool=DUCKDB_POOL, blocking=True)
@@ -214,7 +188,7 @@ def earnings_features_finite(duckdb: DuckDBResource) -> dg.AssetCheckResult:
     table = pd.DataFrame(sorted(bad.items()), columns=["feature", "non_finite_rows"])
     return dg.AssetCheckResult(
         passed=not bad,
-        metadata={"rows": int(row["rows"]), "non_finite_values": sum(bad.values()), "bad_columns": dg.MetadataValue.md(_markdown_table(table))},
+        metadata={"rows": int(row["rows"]), "non_finite_values": sum(bad.values()), "bad_columns": dg.MetadataValue.md(markdown_table(table))},
     )
 
 
@@ -242,7 +216,7 @@ def raw_earnings_freshness(duckdb: DuckDBResource) -> dg.AssetCheckResult:
         "latest_telemetry_ts": str(latest),
         "newest_landing_ts": str(newest),
         "max_lag_hours": FRESHNESS_MAX_LAG_HOURS,
-        "per_protocol_latest": dg.MetadataValue.md(_markdown_table(per_protocol)),
+        "per_protocol_latest": dg.MetadataValue.md(markdown_table(per_protocol)),
     }
     if lag is None:
         return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN, description="no telemetry ingested yet", metadata=metadata)

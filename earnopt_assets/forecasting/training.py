@@ -7,8 +7,6 @@ Holdout: the most recent ``max(20 %, 7 days)`` of a protocol's feature rows; the
 
 from __future__ import annotations
 
-import base64
-import io
 import logging
 import time
 from collections.abc import Mapping
@@ -19,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from earnopt_assets.metadata_md import figure_markdown, pyplot
 from earnopt_assets.forecasting.baselines import fallback_forecast
 from earnopt_assets.forecasting.metrics import METRIC_NAMES
 from earnopt_assets.forecasting.predictor import (
@@ -166,11 +165,7 @@ def holdout_plot_markdown(table: pd.DataFrame | None, protocol: str) -> str:
     """Forecast vs actual over the holdout as a PNG embedded in markdown (matplotlib, Agg backend)."""
     if table is None or table.empty:
         return "_no holdout forecasts to plot_"
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     ordered = table.sort_values("target_ts")
     fig, ax = plt.subplots(figsize=(9, 3.2), dpi=80)
     ax.plot(ordered["target_ts"], ordered["actual"], color="black", linewidth=1.0, label="actual")
@@ -183,10 +178,7 @@ def holdout_plot_markdown(table: pd.DataFrame | None, protocol: str) -> str:
     ax.legend(fontsize=7, loc="upper left")
     fig.autofmt_xdate()
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return f"![{protocol} holdout forecast vs actual](data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()})"
+    return figure_markdown(fig, f"{protocol} holdout forecast vs actual")
 
 
 @dataclass
