@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from earnopt_assets_tests.webserver_helpers import running_webserver
 
 LINEAGE_EDGES = [
     ("raw_earnings", "earnings_features"),
@@ -69,12 +64,6 @@ query CheckResults($assetKey: AssetKeyInput!) {
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _graphql(port: int, query: str, variables: dict | None = None) -> dict:
     response = httpx.post(
         f"http://127.0.0.1:{port}/graphql", json={"query": query, "variables": variables or {}}, timeout=60
@@ -92,44 +81,8 @@ def webserver(tmp_path: Path, data_dir: Path, small_catalog_path: Path):
     from earnopt_assets.simulator import simulate_to_dir
 
     simulate_to_dir(load_catalog(small_catalog_path), days=12, seed=3, out_dir=data_dir / "landing", labels_dir=data_dir / "labels")
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    instance_config = yaml.safe_load((REPO_ROOT / "deploy" / "dagster.yaml").read_text())
-    # No daemon in this test: runs go straight to the launcher instead of the queue.
-    instance_config["run_coordinator"] = {
-        "module": "dagster._core.run_coordinator",
-        "class": "DefaultRunCoordinator",
-    }
-    (home / "dagster.yaml").write_text(yaml.safe_dump(instance_config))
-    port = _free_port()
-    env = {**os.environ, "DAGSTER_HOME": str(home), "EARNOPT_DATA_DIR": str(data_dir), "EARNOPT_CATALOG": str(small_catalog_path)}
-    log = (tmp_path / "webserver.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dagster_webserver", "-w", str(REPO_ROOT / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/server_info", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("webserver did not start:\n" + (tmp_path / "webserver.log").read_text()[-4000:])
-            time.sleep(0.5)
-        yield port
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+    with running_webserver(tmp_path / "dagster_home", data_dir, small_catalog_path, tmp_path / "webserver.log") as url:
+        yield int(url.rsplit(":", 1)[1])
 
 
 def test_ui_graph_lineage_checks_schedule_and_launch(webserver: int) -> None:

@@ -2,56 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from earnopt_assets.service.app import create_app
 from earnopt_assets.service.settings import ServiceSettings
-from earnopt_assets_tests.service_helpers import free_port
-
-REPO = Path(__file__).resolve().parent.parent
-DAGSTER_YAML = "run_coordinator:\n  module: dagster._core.run_coordinator\n  class: DefaultRunCoordinator\ntelemetry:\n  enabled: false\n"
-
+from earnopt_assets_tests.webserver_helpers import running_webserver
 
 @pytest.fixture
-def webserver(data_dir: Path, small_catalog_path: Path):
-    home = data_dir / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text(DAGSTER_YAML)
-    port = free_port()
-    env = {**os.environ, "DAGSTER_HOME": str(home), "EARNOPT_DATA_DIR": str(data_dir), "EARNOPT_CATALOG": str(small_catalog_path)}
-    webserver_cli = Path(sys.executable).with_name("dagster-webserver")
-    process = subprocess.Popen(
-        [str(webserver_cli), "-m", "earnopt_assets.definitions", "-h", "127.0.0.1", "-p", str(port)],
-        env=env, cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            if httpx.get(url + "/server_info", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError(f"dagster-webserver did not start: {process.stderr.read() if process.stderr else ''}")
-        time.sleep(0.5)
-    try:
+def webserver(tmp_path: Path, data_dir: Path, small_catalog_path: Path):
+    with running_webserver(data_dir / "dagster_home", data_dir, small_catalog_path, tmp_path / "webserver.log") as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def test_train_through_the_webserver(webserver, data_dir, small_catalog_path):
