@@ -36,7 +36,7 @@ from earnopt_assets.allocation.allocator import (  # noqa: E402
     ResourceConstraints,
     check_constraints,
 )
-from earnopt_assets.allocation.response import ResponseCurve  # noqa: E402
+from earnopt_assets.numerics.response import ResponseCurve  # noqa: E402
 
 TARGET_SECONDS = {20: 0.050, 500: 1.0}
 

@@ -56,7 +56,7 @@ def prepare_data_dir(work: Path) -> tuple[Path, Path, str]:
     if (real / "models" / PROTOCOL / "CURRENT").exists():
         return real, default_catalog_path(), f"real data dir {real}"
     from earnopt_assets.catalog import load_catalog
-    from earnopt_assets.features import build_feature_table
+    from earnopt_assets.ingestion.features import build_feature_table
     from earnopt_assets.forecasting.training import TrainingSettings, train_protocol
     from earnopt_assets.simulator import simulate
 

@@ -9,7 +9,7 @@ The forecasts are conditional on the holdout's actual allocation path (earnopt's
 
 Real mode (``--real``): real hourly temperature series shipped inside the ``vega_datasets`` wheel
 (Seattle and San Francisco, 2010, NOAA) go through the NORMAL landing path: written as contract CSV
-landing files, ingested by :func:`earnopt_assets.ingest.ingest_landing` into a scratch DuckDB warehouse,
+landing files, ingested by :func:`earnopt_assets.ingestion.pipeline.ingest_landing` into a scratch DuckDB warehouse,
 featurised with :func:`build_feature_table`, then trained and scored exactly like the simulated ones.
 A year of data is long, so ``--real-days`` (default 120) keeps the most recent days of the series.
 
@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from earnopt_assets.catalog import load_catalog  # noqa: E402
-from earnopt_assets.features import build_feature_table  # noqa: E402
+from earnopt_assets.ingestion.features import build_feature_table  # noqa: E402
 from earnopt_assets.forecasting.training import TrainingSettings, train_protocol  # noqa: E402
 from earnopt_assets.settings import default_catalog_path  # noqa: E402
 
@@ -55,9 +55,9 @@ def simulated_features(protocols: list[str] | None, days: int, seed: int):
 
 def real_features(days: int, workdir: Path):
     """Real NOAA hourly temperatures through landing -> ingest -> raw_earnings -> features."""
-    from earnopt_assets.feature_store import load_raw_for_features
+    from earnopt_assets.ingestion.feature_store import load_raw_for_features
     from earnopt_assets.forecasting.real_data import REAL_SERIES, load_series, real_series_catalog, write_landing_file
-    from earnopt_assets.ingest import ingest_landing
+    from earnopt_assets.ingestion.pipeline import ingest_landing
     from earnopt_assets.settings import EarnoptPaths
     from earnopt_assets.warehouse import connect
 

@@ -1,8 +1,5 @@
 """earnopt: forecast, watch and allocate a host's resources across earning protocols.
 
-The Dagster code location loads ``defs`` from here (see workspace.yaml).
+Deliberately empty: importing a submodule (the client, features, the predictor) must not build the Dagster
+definitions. The code location loads ``earnopt_assets.definitions`` (see workspace.yaml).
 """
-
-from earnopt_assets.definitions import defs
-
-__all__ = ["defs"]

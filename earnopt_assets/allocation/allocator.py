@@ -10,7 +10,7 @@ Optimisation model, for protocols i = 1..n with allocation shares x_i::
                 u_i = l_i                             if protocol i is degraded
 
 p_i is the protocol's expected $/h at full allocation, r_i(x) = x**beta_i its fitted response curve
-(earnopt_assets.allocation.response) whose chords give (a_ik, b_ik), c_i the current allocation and
+(earnopt_assets.numerics.response) whose chords give (a_ik, b_ik), c_i the current allocation and
 lambda >= 0 the reallocation friction in $/h per unit of change. The problem is built once per protocol
 set with ``cp.Parameter`` for every number that changes between cycles (DPP), so a re-solve skips
 canonicalisation. Coefficients are divided by max_i p_i before solving so that cents-per-hour
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from earnopt_assets.allocation.response import BREAKPOINTS, ResponseCurve
+from earnopt_assets.numerics.response import BREAKPOINTS, ResponseCurve
 
 logger = logging.getLogger("earnopt.allocation")
 

@@ -50,7 +50,7 @@ from earnopt_assets.allocation.allocator import (
     should_reallocate,
     utilization_pct,
 )
-from earnopt_assets.allocation.response import ResponseCurve, fit_response_curve
+from earnopt_assets.numerics.response import ResponseCurve, fit_response_curve
 from earnopt_assets.atomic import atomic_write_json
 from earnopt_assets.catalog import Catalog
 from earnopt_assets.warehouse import table_exists
@@ -231,7 +231,7 @@ def _degraded(conn: duckdb.DuckDBPyConnection, device: str, notes: list[str]) ->
 
 def read_cycle_inputs(conn: duckdb.DuckDBPyConnection, catalog: Catalog, now: datetime | None = None) -> CycleInputs:
     """Phase 1: read everything the cycle needs from the warehouse (short, read-only queries)."""
-    from earnopt_assets.forecasting.baselines import fallback_forecast
+    from earnopt_assets.numerics.baselines import fallback_forecast
 
     now = now or utc_now()
     device = catalog.host.device

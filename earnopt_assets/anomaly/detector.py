@@ -40,7 +40,7 @@ import pandas as pd
 
 from earnopt_assets.atomic import atomic_write_bytes, atomic_write_json
 from earnopt_assets.catalog import ProtocolKind, ProtocolSpec
-from earnopt_assets.features import lag, rolling_mean
+from earnopt_assets.ingestion.features import lag, rolling_mean
 from earnopt_assets.anomaly.series import RESOURCES, SeriesContext, iter_series, trailing_stats
 
 DETECTION_FEATURES: tuple[str, ...] = ("earnings_dev_24h", "earnings_vs_last_week", "resource_zscore", "failure_rate")

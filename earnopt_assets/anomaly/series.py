@@ -1,7 +1,7 @@
 """Per-series signals shared by the detector and the rules.
 
 One series is one (device, protocol) on a contiguous hourly grid (missing hours are NaN), built with
-:func:`earnopt_assets.features.to_hourly_grid` and extended to the host's newest hour so a protocol that
+:func:`earnopt_assets.ingestion.features.to_hourly_grid` and extended to the host's newest hour so a protocol that
 stopped reporting shows up as trailing missing hours.
 
 Notation: ``e_t`` earnings, ``a_t`` allocation, ``g`` = ``allocation_elasticity`` (earnings scale roughly as
@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from earnopt_assets.catalog import ProtocolKind, ProtocolSpec
-from earnopt_assets.features import lag, rolling_mean, to_hourly_grid
+from earnopt_assets.ingestion.features import lag, rolling_mean, to_hourly_grid
 
 RESOURCES: tuple[str, ...] = ("cpu_cores", "memory_gb", "bandwidth_mbps", "storage_gb")
 MIN_ALLOCATION = 0.01

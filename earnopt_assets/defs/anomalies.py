@@ -17,7 +17,7 @@ import pandas as pd
 from dagster_duckdb import DuckDBResource
 from duckdb import DuckDBPyConnection
 
-from earnopt_assets.metadata_md import figure_markdown, markdown_table, pyplot
+from earnopt_assets.defs.render import figure_markdown, markdown_table, pyplot
 from earnopt_assets.anomaly.detector import DETECTION_FEATURES, AnomalyDetector, detection_features
 from earnopt_assets.anomaly.notify import Notifier
 from earnopt_assets.anomaly.rules import evaluate_rules, evaluated_until

@@ -109,7 +109,7 @@ def earnings_model(context: dg.AssetExecutionContext, config: EarningsModelConfi
     recursive forecasts every 24 h, scored with MSE/MAE/RMSE/MAPE/R² against the seasonal-naive baselines.
     Saved atomically under ``models/<protocol>/`` (``.keras`` + JSON). Details: docs/MODELS.md.
     """
-    from earnopt_assets.feature_store import read_feature_snapshot
+    from earnopt_assets.ingestion.feature_store import read_feature_snapshot
 
     catalog = earnopt.catalog()
     protocol = catalog.require(context.partition_key).name

@@ -1,5 +1,5 @@
-"""Asset group: ingestion. Thin Dagster wiring around :mod:`earnopt_assets.ingest`,
-:mod:`earnopt_assets.features` and :mod:`earnopt_assets.feature_store`.
+"""Asset group: ingestion. Thin Dagster wiring around :mod:`earnopt_assets.ingestion.pipeline`,
+:mod:`earnopt_assets.ingestion.features` and :mod:`earnopt_assets.ingestion.feature_store`.
 
 Every asset and check here opens the warehouse, so each declares ``pool=DUCKDB_POOL``: with the pool
 limit of 1 (``deploy/dagster.yaml``) steps queue instead of failing on DuckDB's file lock.
@@ -15,10 +15,10 @@ import dagster as dg
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
-from earnopt_assets.metadata_md import figure_markdown, markdown_table, pyplot
-from earnopt_assets.feature_store import load_raw_for_features, replace_feature_table, to_arrow, write_feature_snapshots
-from earnopt_assets.features import FEATURE_COLUMNS, build_feature_table, validate_features
-from earnopt_assets.ingest import ensure_ingestion_tables, ingest_landing, landing_files
+from earnopt_assets.defs.render import figure_markdown, markdown_table, pyplot
+from earnopt_assets.ingestion.feature_store import load_raw_for_features, replace_feature_table, to_arrow, write_feature_snapshots
+from earnopt_assets.ingestion.features import FEATURE_COLUMNS, build_feature_table, validate_features
+from earnopt_assets.ingestion.pipeline import ensure_ingestion_tables, ingest_landing, landing_files
 from earnopt_assets.resources import EarnoptResource
 from earnopt_assets.warehouse import DUCKDB_POOL, table_exists
 
@@ -92,7 +92,7 @@ def raw_earnings(context: dg.AssetExecutionContext, earnopt: EarnoptResource, du
 @dg.asset(group_name=GROUP, pool=DUCKDB_POOL, kinds={"duckdb", "parquet"}, deps=[raw_earnings])
 def earnings_features(context: dg.AssetExecutionContext, earnopt: EarnoptResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
     """Model features per (device, protocol, ts) built from ``raw_earnings`` by
-    :func:`earnopt_assets.features.build_feature_table` (formulas: docs/MODELS.md):
+    :func:`earnopt_assets.ingestion.features.build_feature_table` (formulas: docs/MODELS.md):
     lags 1/2/24/168, moving averages 1/6/24 h, EMA(12), rate of change, 24 h volatility, local
     calendar with sin/cos encodings, resource utilisation vs host totals, allocation, failure rate.
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from earnopt_assets.features import (
+from earnopt_assets.ingestion.features import (
     EARNINGS_FEATURES,
     EMA_SPAN,
     RESOURCE_TOTAL_KEYS,

@@ -19,7 +19,7 @@ seasonal-naive base misses. For the hour ``t+1`` after a window ending at ``t``:
 * base      b_{t+h} = w1 e_{t+h-24} + w2 e_{t+h-168} + (w3 ref_t + w4 lvl6_t) p(cell_{t+h}), w >= 0 fitted
   by non-negative least squares over every horizon h = 1..24 of every training origin
 * allocation conditioning (format 2): earnings respond to the protocol's allocation share a as
-  E ∝ a^beta, beta fitted on the TRAINING frame by :func:`earnopt_assets.allocation.response.fit_response_curve`
+  E ∝ a^beta, beta fitted on the TRAINING frame by :func:`earnopt_assets.numerics.response.fit_response_curve`
   (saved in config.json and metadata.json). Each base component is moved to the target hour's allocation:
   lags are expressed in allocation-normalised earnings at the allocation they were observed at,
   e_{t+h-k} (a_{t+h} / a_{t+h-k})^beta (k = 24, 168), the levels at the origin's, (a_{t+h} / a_t)^beta;
@@ -39,7 +39,7 @@ Recursive 24-hour forecast
 --------------------------
 Each predicted hour is appended to the earnings history and its feature row is recomputed with the SAME
 primitives and formulas as the feature table (:func:`next_earnings_row`: the rolling mean/std and rate of
-change of :mod:`earnopt_assets.features` on a 25-hour tail, the EMA recurrence; tested equal to
+change of :mod:`earnopt_assets.ingestion.features` on a 25-hour tail, the EMA recurrence; tested equal to
 :func:`earnings_features` on the full series; :func:`calendar_features` for the 24 future hours, computed
 once); resource and health features are held at their last observed values, except ``allocation``,
 which follows the future allocation path (earnopt's own control input: default the last observed share
@@ -65,10 +65,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from earnopt_assets.allocation.response import fit_response_curve
+from earnopt_assets.numerics.response import fit_response_curve
 from earnopt_assets.atomic import atomic_write_json, atomic_write_text
 from earnopt_assets.catalog import PROTOCOL_NAME_PATTERN
-from earnopt_assets.features import (
+from earnopt_assets.ingestion.features import (
     EARNINGS_FEATURES,
     FEATURE_COLUMNS,
     RESOURCE_TOTAL_KEYS,
@@ -83,7 +83,7 @@ from earnopt_assets.features import (
     series_features,
     to_hourly_grid,
 )
-from earnopt_assets.forecasting.metrics import forecast_metrics
+from earnopt_assets.numerics.metrics import forecast_metrics
 from earnopt_assets.warehouse import TELEMETRY_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -271,10 +271,10 @@ def current_version(model_dir: str | Path, protocol: str) -> str | None:
 def next_earnings_row(history: np.ndarray, cursor: int, previous_ema: float) -> dict[str, float]:
     """The earnings-family features of hour ``cursor`` of ``history`` (which holds >= 169 hours up to it).
 
-    Same primitives and formulas as :func:`earnopt_assets.features.earnings_features`, evaluated on a
+    Same primitives and formulas as :func:`earnopt_assets.ingestion.features.earnings_features`, evaluated on a
     25-hour tail (the longest window) instead of the whole series, and the EMA by its recurrence
     ``m_t = a * e_t + (1 - a) * m_{t-1}`` from the previous row's ``ema_12`` — the recurrence
-    :func:`earnopt_assets.features.ema` runs. Equal to ``earnings_features(history)[..][cursor]`` to
+    :func:`earnopt_assets.ingestion.features.ema` runs. Equal to ``earnings_features(history)[..][cursor]`` to
     float precision (tested); about 15x cheaper, which keeps a 24-step forecast under 20 ms.
     """
     tail = history[cursor - 24 : cursor + 1]
@@ -614,7 +614,7 @@ class EarningsPredictor:
 
     def _fit_allocation_response(self, frame: pd.DataFrame) -> None:
         """beta of E = k a**beta on the training frame (log-log fit with fallbacks, see
-        :func:`earnopt_assets.allocation.response.fit_response_curve`); None without an allocation column."""
+        :func:`earnopt_assets.numerics.response.fit_response_curve`); None without an allocation column."""
         if "allocation" not in self.feature_columns:
             self.config.allocation_beta, self.config.allocation_response = None, None
             return

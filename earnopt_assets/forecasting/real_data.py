@@ -3,7 +3,7 @@
 ``vega_datasets`` ships NOAA hourly temperatures for Seattle and San Francisco (2010, °F, 8759 rows
 each: one hour is missing at the spring DST change) inside its wheel, so no download is needed. They go
 through the NORMAL landing path: :func:`write_landing_file` writes a contract CSV (the temperature in the
-``earnings_usd`` column, constant resource columns) that :func:`earnopt_assets.ingest.ingest_landing`
+``earnings_usd`` column, constant resource columns) that :func:`earnopt_assets.ingestion.pipeline.ingest_landing`
 validates and loads into ``raw_earnings``. Temperatures are positive in °F, so MAPE is meaningful.
 """
 

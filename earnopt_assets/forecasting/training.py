@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from earnopt_assets.metadata_md import figure_markdown, pyplot
-from earnopt_assets.forecasting.baselines import fallback_forecast
-from earnopt_assets.forecasting.metrics import METRIC_NAMES
+from earnopt_assets.defs.render import figure_markdown, pyplot
+from earnopt_assets.numerics.baselines import fallback_forecast
+from earnopt_assets.numerics.metrics import METRIC_NAMES
 from earnopt_assets.forecasting.predictor import (
     HORIZON_HOURS,
     EarningsPredictor,

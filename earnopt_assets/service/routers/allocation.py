@@ -38,7 +38,7 @@ INF_STANDIN = 1e308
 
 def _empty_inputs(state: ServiceState) -> Any:
     from earnopt_assets.allocation.plan import CycleInputs, ProtocolInputs, initial_allocation
-    from earnopt_assets.allocation.response import ResponseCurve
+    from earnopt_assets.numerics.response import ResponseCurve
 
     initial = initial_allocation(state.catalog)
     protocols = {

@@ -37,7 +37,7 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 def _baseline(frame: pd.DataFrame) -> tuple[pd.DatetimeIndex, np.ndarray]:
-    from earnopt_assets.forecasting.baselines import fallback_forecast
+    from earnopt_assets.numerics.baselines import fallback_forecast
 
     return fallback_forecast(frame["ts"], frame["earnings_usd"].to_numpy(dtype=float))
 
@@ -165,7 +165,7 @@ def evaluate_model(protocol: ProtocolPath, request: EvaluationRequest, state: Se
     are those of training: MSE, MAE, RMSE, MAPE (zero actuals skipped), R², plus both seasonal-naive
     baselines on the same hours.
     """
-    from earnopt_assets.features import WARMUP_HOURS, series_features, to_hourly_grid
+    from earnopt_assets.ingestion.features import WARMUP_HOURS, series_features, to_hourly_grid
     from earnopt_assets.forecasting.predictor import SequenceValidationError
 
     state.protocol(protocol)
