@@ -55,3 +55,55 @@ def figure_markdown(fig, alt: str) -> str:
     fig.savefig(buffer, format="png")
     plt.close(fig)
     return f"![{alt}](data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()})"
+
+
+def _cell(value: object) -> object:
+    """A metadata cell: plain Python scalars only, with missing values as None (rendered empty, never 'nan')."""
+    if value is None:
+        return None
+    if isinstance(value, float) and value != value:  # NaN
+        return None
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy scalar
+        value = value.item()
+        if isinstance(value, float) and value != value:
+            return None
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def table_metadata(frame: pd.DataFrame, *, descriptions: dict[str, str] | None = None, max_rows: int | None = None):
+    """A DataFrame as a ``dg.TableMetadataValue`` that the Dagster UI renders inline.
+
+    Column names should carry their unit (``share_%``, ``earnings_usd_per_h``); the schema types are
+    inferred (bool, int, float, else string) and ``descriptions`` adds a tooltip per column. Missing
+    values become empty cells, so no ``None``/``nan`` reaches the UI. Imports Dagster lazily so this
+    module stays importable without it.
+    """
+    import dagster as dg
+
+    descriptions = descriptions or {}
+    shown = frame if max_rows is None else frame.head(max_rows)
+
+    def column_type(dtype) -> str:
+        if pd.api.types.is_bool_dtype(dtype):
+            return "bool"
+        if pd.api.types.is_integer_dtype(dtype):
+            return "int"
+        if pd.api.types.is_float_dtype(dtype):
+            return "float"
+        return "string"
+
+    schema = dg.TableSchema(
+        columns=[
+            dg.TableColumn(name=str(name), type=column_type(shown[name].dtype), description=descriptions.get(str(name)))
+            for name in shown.columns
+        ]
+    )
+    records = [
+        dg.TableRecord({str(k): _cell(v) for k, v in zip(shown.columns, row)})
+        for row in shown.itertuples(index=False, name=None)
+    ]
+    return dg.MetadataValue.table(records=records, schema=schema)
