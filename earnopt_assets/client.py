@@ -2,7 +2,7 @@
 
 ``MLClient`` (sync) and ``AsyncMLClient`` (asyncio) share one behaviour:
 
-* responses are parsed into the service's own pydantic schemas (``earnopt_assets.service.schemas``);
+* responses are parsed into the pydantic models the service itself uses (``earnopt_assets.api_schemas``);
 * connection errors, timeouts and 5xx answers are retried with exponential backoff and jitter:
   attempt ``k`` (0-based) waits ``d_k/2 + U(0, d_k/2)`` with ``d_k = min(backoff_max, backoff_base * 2**k)``,
   or the server's ``Retry-After`` when it sends one (capped at ``backoff_max``);
@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from earnopt_assets.service.schemas import (
+from earnopt_assets.api_schemas import (
     AlertsResponse,
     AllocationResponse,
     AnomalyDetectionResponse,

@@ -1,458 +1,63 @@
-"""Request and response models of the service (pydantic v2). The client parses responses into the same
-classes, so a field renamed here breaks the client's tests, not the orchestrator in production."""
-
-from __future__ import annotations
-
-import math
-from datetime import datetime, timezone
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
-PROTOCOL_EXAMPLE = "honeygain"
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-
-def _utc(value: datetime) -> datetime:
-    """Naive timestamps are UTC; aware ones are converted to UTC."""
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
-
-
-# ----------------------------------------------------------------------------- telemetry
-
-
-class TelemetryRow(_Model):
-    """One hour of one protocol's telemetry, as the collectors report it (same columns as ``raw_earnings``)."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "ts": "2026-11-25T16:00:00Z",
-                    "earnings_usd": 0.0031,
-                    "cpu_cores": 0.2,
-                    "memory_gb": 0.22,
-                    "bandwidth_mbps": 8.5,
-                    "storage_gb": 0.2,
-                    "allocation": 0.9,
-                    "connection_failures": 0,
-                    "latency_ms": 41.0,
-                }
-            ]
-        },
-    )
-
-    ts: datetime = Field(description="Start of the UTC hour the row covers (naive = UTC).")
-    device: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Reporting device; default the catalog's host.")
-    protocol: str | None = Field(None, description="Optional; must equal the protocol in the path when given.")
-    earnings_usd: float = Field(ge=0, le=1_000, description="USD earned in the hour.")
-    cpu_cores: float = Field(ge=0, le=4096, description="CPU cores used.")
-    memory_gb: float = Field(ge=0, le=65_536, description="Memory used, GB.")
-    bandwidth_mbps: float = Field(ge=0, le=1_000_000, description="Bandwidth used, Mbps.")
-    storage_gb: float = Field(ge=0, le=1e9, description="Storage used, GB.")
-    allocation: float = Field(ge=0, le=1, description="Allocation share in [0, 1].")
-    connection_failures: int = Field(ge=0, le=1_000_000, description="Connection failures in the hour.")
-    latency_ms: float | None = Field(None, ge=0, le=600_000, description="Median latency, ms (optional).")
-
-    @field_validator("ts")
-    @classmethod
-    def _whole_utc_hour(cls, value: datetime) -> datetime:
-        value = _utc(value)
-        if value.minute or value.second or value.microsecond:
-            raise ValueError("ts must be the start of an hour (minutes and seconds zero)")
-        return value
-
-    @field_validator("earnings_usd", "cpu_cores", "memory_gb", "bandwidth_mbps", "storage_gb", "allocation", "latency_ms")
-    @classmethod
-    def _finite(cls, value: float | None) -> float | None:
-        if value is not None and not math.isfinite(value):
-            raise ValueError("must be a finite number")
-        return value
-
-
-def _check_rows(rows: list[TelemetryRow]) -> list[TelemetryRow]:
-    seen: set[tuple[str | None, datetime]] = set()
-    for index, row in enumerate(rows):
-        key = (row.device, row.ts)
-        if key in seen:
-            raise ValueError(f"row {index}: duplicate hour {row.ts.isoformat()}")
-        seen.add(key)
-    return rows
-
-
-# ----------------------------------------------------------------------------- predictions
-
-
-class PredictionRequest(_Model):
-    """Recent hourly telemetry of one protocol. The model needs ``required_history_hours`` (see
-    ``GET /models``): 24 hours plus the week of history the lag features read."""
-
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"rows": ["<192+ TelemetryRow objects>"], "fallback": True}]})
-
-    rows: list[TelemetryRow] = Field(min_length=24, max_length=24 * 90, description="Hourly telemetry, any order, no duplicate hours.")
-    fallback: bool = Field(False, description="Serve the seasonal-naive baseline instead of a 503 when no model is usable.")
-
-    _rows_unique = field_validator("rows")(classmethod(lambda cls, rows: _check_rows(rows)))
-
-
-class HourlyPrediction(_Model):
-    ts: datetime = Field(description="UTC hour predicted.")
-    earnings_usd: float = Field(ge=0, description="Predicted USD for that hour.")
-
-
-class PredictionResponse(_Model):
-    model_config = ConfigDict(
-        extra="forbid",
-        protected_namespaces=(),
-        json_schema_extra={
-            "examples": [
-                {
-                    "protocol": "honeygain",
-                    "device": "local",
-                    "model_version": "20261125T160000Z-3f2a",
-                    "source": "model",
-                    "reason": None,
-                    "generated_at": "2026-11-25T17:00:03Z",
-                    "predictions": [{"ts": "2026-11-25T17:00:00Z", "earnings_usd": 0.0029}],
-                    "total_usd": 0.071,
-                }
-            ]
-        },
-    )
-
-    protocol: str
-    device: str
-    model_version: str | None = Field(description="Version of the model used; null for the baseline.")
-    source: Literal["model", "baseline"] = Field(description="'model' = the LSTM, 'baseline' = seasonal naive fallback.")
-    reason: str | None = Field(None, description="Why the baseline was used, when it was.")
-    generated_at: datetime
-    predictions: list[HourlyPrediction] = Field(min_length=24, max_length=24)
-    total_usd: float = Field(ge=0, description="Sum of the 24 predictions.")
-    cached: bool = Field(False, description="Served from the prediction cache (same model version, rows and fallback).")
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-class EvaluationRequest(_Model):
-    """Telemetry with known outcomes; the stored model is scored on it (no training happens)."""
-
-    rows: list[TelemetryRow] = Field(min_length=24, max_length=24 * 365, description="Hourly telemetry with actual earnings.")
-
-    _rows_unique = field_validator("rows")(classmethod(lambda cls, rows: _check_rows(rows)))
-
-
-class EvaluationResponse(_Model):
-    protocol: str
-    model_version: str | None
-    metrics: dict[str, float] = Field(description="Error metrics of the stored model on the posted data (e.g. mape, mae, rmse).")
-    n_samples: int = Field(ge=0, description="Forecast targets scored.")
-    passed_mape_check: bool | None = Field(None, description="Whether MAPE is within the model's threshold.")
-    mape_threshold: float | None = None
-    details: dict[str, Any] = Field(default_factory=dict, description="Extra evaluation output of the predictor.")
-
-
-# ----------------------------------------------------------------------------- training and runs
-
-
-class TrainingOptions(_Model):
-    """Overrides of the ``earnings_model`` run config (unset = the asset's defaults)."""
-
-    epochs: int | None = Field(None, ge=1, le=500, description="Max epochs (early stopping may end sooner).")
-    batch_size: int | None = Field(None, ge=1, le=4096)
-    sequence_length: int | None = Field(None, ge=2, le=168, description="Hours per input window.")
-    lstm_units_1: int | None = Field(None, ge=1, le=1024)
-    lstm_units_2: int | None = Field(None, ge=1, le=1024)
-    patience: int | None = Field(None, ge=1, le=100)
-    min_holdout_days: int | None = Field(None, ge=1, le=60)
-    mape_target_pct: float | None = Field(None, gt=0, le=1000, description="Target of the blocking MAPE check (percent).")
-
-    def run_config(self) -> dict[str, Any]:
-        """Dagster run config for the training job: the asset's config, plus the check's target."""
-        values = self.model_dump(exclude_none=True)
-        check_target = values.get("mape_target_pct")
-        config: dict[str, Any] = {"ops": {}}
-        if values:
-            config["ops"]["earnings_model"] = {"config": values}
-        if check_target is not None:
-            config["ops"]["earnings_model_mape_within_target"] = {"config": {"mape_target_pct": check_target}}
-        return config if config["ops"] else {}
-
-
-class TrainRequest(_Model):
-    """Optional extra telemetry and training options. Posted rows are written to the landing directory and
-    go through ingestion's validation (raw_earnings, earnings_features) before the model trains. Omit
-    everything to train on what the warehouse holds with the asset's default config."""
-
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"options": {"epochs": 60}}, {}]})
-
-    rows: list[TelemetryRow] = Field(default_factory=list, max_length=24 * 365 * 2, description="Extra telemetry to ingest first.")
-    options: TrainingOptions = Field(default_factory=TrainingOptions, description="Run config overrides.")
-
-    _rows_unique = field_validator("rows")(classmethod(lambda cls, rows: _check_rows(rows)))
-
-
-RunStatus = Literal["LAUNCHING", "QUEUED", "NOT_STARTED", "STARTING", "STARTED", "SUCCESS", "FAILURE", "CANCELING", "CANCELED", "MANAGED"]
-
-
-class TrainResponse(_Model):
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={"examples": [{"run_id": "0b8a3f6e-3c1c-4d4a-9e55-6f1f4c0f6a51", "protocol": "honeygain", "status": "LAUNCHING", "status_url": "/runs/0b8a3f6e-3c1c-4d4a-9e55-6f1f4c0f6a51", "job": "retrain_earnings_models", "partition": "honeygain", "ingested_rows": 0}]},
-    )
-
-    run_id: str = Field(description="Dagster run id; poll GET /runs/{run_id}.")
-    protocol: str
-    job: str
-    partition: str
-    status: RunStatus
-    status_url: str
-    ingested_rows: int = Field(0, ge=0, description="Posted rows written to the landing directory.")
-    launched_via: Literal["instance", "graphql"]
-
-
-class RunStatusResponse(_Model):
-    run_id: str
-    status: RunStatus
-    finished: bool = Field(description="True once the run reached SUCCESS, FAILURE or CANCELED.")
-    job: str | None = None
-    partition: str | None = None
-    start_time: datetime | None = None
-    end_time: datetime | None = None
-    detail: str | None = Field(None, description="Why a launch failed, or what the run waits for.")
-
-
-# ----------------------------------------------------------------------------- models
-
-
-class ModelInfo(_Model):
-    protocol: str
-    version: str | None
-    trained_at: datetime | None
-    loaded: bool = Field(description="Loaded in this service process.")
-    metrics: dict[str, Any] = Field(default_factory=dict, description="Validation metrics saved with the model.")
-    passed_mape_check: bool | None = Field(None, description="Result of the model's MAPE check at training time.")
-    required_history_hours: int | None = Field(None, description="Hours of telemetry /predict/earnings needs.")
-    error: str | None = Field(None, description="Why the model could not be loaded.")
-
-
-class ModelsResponse(_Model):
-    models: list[ModelInfo]
-    expected: list[str] = Field(description="Enabled protocols of the catalog.")
-
-
-class ModelMetricsResponse(_Model):
-    protocol: str
-    version: str | None
-    trained_at: datetime | None
-    metrics: dict[str, Any]
-    passed_mape_check: bool | None
-    history: dict[str, Any] = Field(default_factory=dict, description="Training history summary (epochs, best/final losses).")
-
-
-# ----------------------------------------------------------------------------- allocation
-
-
-class AllocationRequest(_Model):
-    """Current allocations plus earnings predictions. Protocols left out of ``earnings`` (all of them when
-    it is omitted or ``use_latest_forecasts`` is set) take the newest ``forecasts`` rows, or a
-    seasonal-naive forecast from ``raw_earnings``, exactly like the allocation asset."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "current_allocations": {"honeygain": 0.5, "storj": 0.6, "akash": 0.0},
-                    "earnings": {"honeygain": [0.003] * 24, "storj": [0.006], "akash": [0.04]},
-                    "earnings_basis": "current_allocation",
-                }
-            ]
-        },
-    )
-
-    current_allocations: dict[str, float] = Field(
-        default_factory=dict,
-        description="Protocol -> allocation share in [0, 1] running now; omitted protocols use the stored allocation_state (or the catalog's initial allocation).",
-    )
-    earnings: dict[str, list[float]] | None = Field(
-        None, description="Protocol -> predicted $/h: 1 value or 24 hourly values (the mean or the next hour is used, per the catalog)."
-    )
-    earnings_basis: Literal["current_allocation", "full_allocation"] = Field(
-        "current_allocation",
-        description="'current_allocation': the predictions are what the protocol earns at its current share (like /predict/earnings); 'full_allocation': at share 1.0.",
-    )
-    use_latest_forecasts: bool = Field(False, description="Ignore nothing: read every protocol's predictions from the forecasts table.")
-
-    @field_validator("current_allocations")
-    @classmethod
-    def _shares(cls, value: dict[str, float]) -> dict[str, float]:
-        for name, share in value.items():
-            if not (math.isfinite(share) and 0.0 <= share <= 1.0):
-                raise ValueError(f"{name}: allocation must be a finite number in [0, 1], got {share!r}")
-        return value
-
-    @field_validator("earnings")
-    @classmethod
-    def _predictions(cls, value: dict[str, list[float]] | None) -> dict[str, list[float]] | None:
-        if value is None:
-            return value
-        for name, series in value.items():
-            if len(series) not in (1, 24):
-                raise ValueError(f"{name}: give 1 value or 24 hourly values, got {len(series)}")
-            for hour, amount in enumerate(series):
-                if not (math.isfinite(amount) and amount >= 0):
-                    raise ValueError(f"{name}[{hour}]: predicted earnings must be finite and >= 0, got {amount!r}")
-        return value
-
-    @model_validator(mode="after")
-    def _one_source(self) -> "AllocationRequest":
-        if self.earnings and self.use_latest_forecasts:
-            raise ValueError("give either earnings or use_latest_forecasts, not both")
-        return self
-
-
-class CostItem(_Model):
-    protocol: str
-    current: float
-    new: float
-    change: float = Field(description="|new - current|")
-    restarts: bool = Field(description="True when the change exceeds the restart threshold.")
-    downtime_minutes: float
-    downtime_cost_usd: float
-    fixed_cost_usd: float
-    total_usd: float
-
-
-class ReallocationAnalysis(_Model):
-    decision: Literal["reallocate", "keep"]
-    forced_reason: str | None = None
-    criteria: dict[str, bool] = Field(description="Each rule of the decision and whether it held.")
-    reasons: list[str]
-    current_usd_per_hour: float
-    proposed_usd_per_hour: float
-    improvement_usd_per_hour: float
-    improvement_pct: float | None = Field(description="null when both current and proposed earn 0; 1e308 stands for +inf.")
-    change_l1: float
-    reallocation_cost_usd: float
-    amortised_cost_usd_per_hour: float
-    net_benefit_usd_per_hour: float
-    restarted: list[str]
-    cost_items: list[CostItem]
-    thresholds: dict[str, float]
-
-
-class ProtocolAllocation(_Model):
-    protocol: str
-    current: float
-    optimal: float | None = Field(description="The solver's optimum (null if it found none).")
-    recommended: float = Field(description="What should run after this cycle (optimal if applied, else current).")
-    action: Literal["restart", "adjust", "keep"]
-    reason: str
-    degraded: bool
-    potential_usd_per_hour: float = Field(description="Expected $/h at allocation 1.0 (p_i).")
-    expected_current_usd_per_hour: float
-    expected_optimal_usd_per_hour: float
-    response_beta: float
-    earnings_source: str
-
-
-class AllocationResponse(_Model):
-    allocations: dict[str, float] = Field(description="Recommended allocation per protocol (what should run).")
-    optimal_allocations: dict[str, float] = Field(description="The solver's optimum, whatever the decision.")
-    status: Literal["applied", "kept", "rejected"] = Field(description="applied = move to the optimum; kept = rule says stay; rejected = checks failed.")
-    utilisation_pct: dict[str, float] = Field(description="Percent of each host resource the recommendation uses.")
-    optimal_utilisation_pct: dict[str, float]
-    solver_status: str
-    solver: str | None = None
-    solve_seconds: float
-    checks: dict[str, bool] = Field(description="Plan checks (solver optimal, constraints satisfied).")
-    diagnosis: list[str] = Field(default_factory=list)
-    protocols: list[ProtocolAllocation]
-    analysis: ReallocationAnalysis
-    notes: list[str] = Field(default_factory=list)
-
-
-# ----------------------------------------------------------------------------- anomalies
-
-
-class AnomalyDetectionRequest(_Model):
-    """Telemetry rows of any protocols to score with the stored anomaly detector."""
-
-    rows: list[TelemetryRow] = Field(min_length=1, max_length=24 * 90 * 20, description="Rows; `protocol` is required on each.")
-
-    @model_validator(mode="after")
-    def _protocol_on_rows(self) -> "AnomalyDetectionRequest":
-        for index, row in enumerate(self.rows):
-            if row.protocol is None:
-                raise ValueError(f"rows.{index}.protocol: required for anomaly detection")
-        return self
-
-
-class AnomalyScore(_Model):
-    device: str
-    protocol: str
-    ts: datetime
-    score: float = Field(description="Anomaly score; higher is more anomalous.")
-    is_anomaly: bool
-    features: dict[str, float | None] = Field(default_factory=dict, description="Detection features of the hour (null = not computable yet, scored as neutral).")
-
-
-class AnomalyDetectionResponse(_Model):
-    detector_version: str | None
-    threshold: float | None
-    scored: int
-    anomalies: int
-    results: list[AnomalyScore]
-
-
-class Alert(_Model):
-    """One unresolved alert of the anomaly pipeline (table ``alerts``)."""
-
-    id: str
-    device: str
-    protocol: str
-    rule: str = Field(description="Rule or detector that fired (e.g. earnings_drop, offline, anomaly_score).")
-    severity: Literal["info", "warning", "critical"]
-    hour: datetime = Field(description="UTC hour the alert is about.")
-    message: str
-    evidence: dict[str, Any] = Field(default_factory=dict, description="What the rule saw (JSON).")
-    status: Literal["open", "acknowledged"]
-    created_at: datetime
-    updated_at: datetime
-    acknowledged_at: datetime | None = None
-
-
-class AlertsResponse(_Model):
-    available: bool = Field(description="False when the anomaly pipeline has not produced an alerts table yet.")
-    alerts: list[Alert]
-
-
-# ----------------------------------------------------------------------------- health
-
-
-class ComponentHealth(_Model):
-    status: Literal["ok", "degraded", "down"]
-    detail: str
-
-
-class HealthResponse(_Model):
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={"examples": [{"status": "ok", "models_loaded": 12, "models_expected": 12, "missing_models": [], "warehouse": {"status": "ok", "detail": "read-only connection ok"}, "telemetry_age_seconds": 1800.0, "allocation_age_seconds": 600.0, "checked_at": "2026-11-25T17:00:00Z", "version": "0.1.0"}]},
-    )
-
-    status: Literal["ok", "degraded", "down"]
-    models_loaded: int
-    models_expected: int
-    missing_models: list[str]
-    anomaly_detector_loaded: bool = False
-    warehouse: ComponentHealth
-    telemetry_age_seconds: float | None
-    allocation_age_seconds: float | None
-    checked_at: datetime
-    version: str
+"""The service's request and response models.
+
+They are the wire contract shared with the client, so they live in :mod:`earnopt_assets.api_schemas` (pydantic
+only, importable without the service's dependencies); the routers import them from here.
+"""
+
+from earnopt_assets.api_schemas import (
+    Alert,
+    AlertsResponse,
+    AllocationRequest,
+    AllocationResponse,
+    AnomalyDetectionRequest,
+    AnomalyDetectionResponse,
+    AnomalyScore,
+    ComponentHealth,
+    CostItem,
+    EvaluationRequest,
+    EvaluationResponse,
+    HealthResponse,
+    HourlyPrediction,
+    ModelInfo,
+    ModelMetricsResponse,
+    ModelsResponse,
+    PredictionRequest,
+    PredictionResponse,
+    ProtocolAllocation,
+    ReallocationAnalysis,
+    RunStatus,
+    RunStatusResponse,
+    TelemetryRow,
+    TrainingOptions,
+    TrainRequest,
+    TrainResponse,
+)
+
+__all__ = [
+    "Alert",
+    "AlertsResponse",
+    "AllocationRequest",
+    "AllocationResponse",
+    "AnomalyDetectionRequest",
+    "AnomalyDetectionResponse",
+    "AnomalyScore",
+    "ComponentHealth",
+    "CostItem",
+    "EvaluationRequest",
+    "EvaluationResponse",
+    "HealthResponse",
+    "HourlyPrediction",
+    "ModelInfo",
+    "ModelMetricsResponse",
+    "ModelsResponse",
+    "PredictionRequest",
+    "PredictionResponse",
+    "ProtocolAllocation",
+    "ReallocationAnalysis",
+    "RunStatus",
+    "RunStatusResponse",
+    "TelemetryRow",
+    "TrainingOptions",
+    "TrainRequest",
+    "TrainResponse",
+]

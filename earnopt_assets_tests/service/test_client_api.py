@@ -25,7 +25,7 @@ from earnopt_assets.client import (
     telemetry_records,
 )
 from earnopt_assets.service.app import create_app
-from earnopt_assets.service.schemas import TelemetryRow
+from earnopt_assets.api_schemas import TelemetryRow
 from earnopt_assets.service.settings import ServiceSettings
 from earnopt_assets_tests.service.helpers import running_server, simulated
 
@@ -38,6 +38,7 @@ def service(data_dir: Path, small_catalog_path: Path):
         yield url
 
 
+@pytest.mark.slow
 def test_train_and_wait_for_a_failing_launch(service):
     with MLClient(service, token="tok") as client:
         accepted = client.train("honeygain", options={"epochs": 1})
@@ -46,6 +47,7 @@ def test_train_and_wait_for_a_failing_launch(service):
     assert final.status == "FAILURE" and final.finished and "no_such_job" in final.detail
 
 
+@pytest.mark.slow
 def test_wait_for_run_times_out(service):
     with MLClient(service, token="tok") as client:
         accepted = client.train("honeygain")
@@ -53,6 +55,7 @@ def test_wait_for_run_times_out(service):
             client.wait_for_run(accepted.run_id, timeout=0, poll_seconds=0)
 
 
+@pytest.mark.slow
 def test_async_client_methods(service, small_catalog):
     telemetry = simulated(small_catalog, ["honeygain", "storj"], 9, end="2026-11-25T10:00:00")
     honeygain = telemetry[telemetry["protocol"] == "honeygain"]
@@ -82,6 +85,7 @@ def test_async_client_methods(service, small_catalog):
     assert baseline.source == "baseline" and final.status == "FAILURE"
 
 
+@pytest.mark.slow
 def test_payload_too_large_is_typed(service, small_catalog):
     telemetry = simulated(small_catalog, ["honeygain"], 30)
     with MLClient(service) as client, pytest.raises(PayloadTooLargeError) as raised:

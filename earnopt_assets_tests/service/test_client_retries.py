@@ -28,7 +28,7 @@ from earnopt_assets.client import (
     UnprocessableError,
 )
 from earnopt_assets.service.app import create_app
-from earnopt_assets.service.schemas import AllocationResponse, HealthResponse, PredictionResponse
+from earnopt_assets.api_schemas import AllocationResponse, HealthResponse, PredictionResponse
 from earnopt_assets.service.settings import ServiceSettings
 from earnopt_assets_tests.service.helpers import copy_models, free_port, running_server, simulated, train_tiny_model
 
@@ -126,6 +126,7 @@ def _fast(client_cls, url: str, **kwargs):
     return client_cls(url, backoff_base=0.01, backoff_max=0.05, rng=random.Random(1), **kwargs)
 
 
+@pytest.mark.slow
 def test_client_retries_503_twice_then_succeeds(server, telemetry):
     honeygain = telemetry[telemetry["protocol"] == "honeygain"].drop(columns=["device", "protocol"])
     with FlakyProxy(server, failures=2) as proxy, _fast(MLClient, proxy.url, retries=3) as client:
@@ -135,12 +136,14 @@ def test_client_retries_503_twice_then_succeeds(server, telemetry):
     assert {path for _, path in proxy.requests} == {"/predict/earnings/honeygain"}
 
 
+@pytest.mark.slow
 def test_client_retries_dropped_connections(server):
     with FlakyProxy(server, failures=2, mode="drop") as proxy, _fast(MLClient, proxy.url, retries=2) as client:
         health = client.health()
     assert isinstance(health, HealthResponse) and health.status == "down" and len(proxy.requests) == 3
 
 
+@pytest.mark.slow
 def test_client_gives_up_after_the_retries(server, telemetry):
     with FlakyProxy(server, failures=10) as proxy, _fast(MLClient, proxy.url, retries=2) as client:
         with pytest.raises(ModelUnavailableError) as raised:
@@ -149,6 +152,7 @@ def test_client_gives_up_after_the_retries(server, telemetry):
     assert raised.value.detail == "warming up"
 
 
+@pytest.mark.slow
 def test_client_does_not_retry_4xx(server, telemetry):
     rows = telemetry[telemetry["protocol"] == "honeygain"].drop(columns=["device", "protocol"])
     with FlakyProxy(server, failures=0) as proxy, _fast(MLClient, proxy.url, retries=3) as client:
@@ -164,6 +168,7 @@ def test_client_does_not_retry_4xx(server, telemetry):
     assert invalid.value.errors[0]["field"] == "body.rows.3.allocation"
 
 
+@pytest.mark.slow
 def test_train_is_not_retried_on_5xx(server):
     with FlakyProxy(server, failures=1) as proxy, _fast(MLClient, proxy.url, token="tok", retries=3) as client:
         with pytest.raises(ServerError):
@@ -192,6 +197,7 @@ def test_retry_after_header_is_honoured():
     client.close()
 
 
+@pytest.mark.slow
 def test_client_typed_results_against_the_real_server(server, telemetry):
     honeygain = telemetry[telemetry["protocol"] == "honeygain"]
     with MLClient(server, token="tok") as client:
@@ -209,6 +215,7 @@ def test_client_typed_results_against_the_real_server(server, telemetry):
         assert evaluation.n_samples > 0
 
 
+@pytest.mark.slow
 def test_client_maps_403_when_the_server_has_no_token(data_dir, small_catalog_path):
     settings = ServiceSettings(data_dir=data_dir, catalog=small_catalog_path, api_token=None)
     with running_server(create_app(settings)) as url, MLClient(url, token="anything") as client:
@@ -216,6 +223,7 @@ def test_client_maps_403_when_the_server_has_no_token(data_dir, small_catalog_pa
             client.train("honeygain")
 
 
+@pytest.mark.slow
 def test_async_client_retries_and_parses(server, telemetry):
     honeygain = telemetry[telemetry["protocol"] == "honeygain"].drop(columns=["device", "protocol"])
 
