@@ -11,6 +11,7 @@ from pathlib import Path
 
 import dagster as dg
 import pandas as pd
+import pytest
 import yaml
 
 from earnopt_assets.defs.allocation import allocation_job, allocation_schedule, resource_allocation
@@ -125,6 +126,7 @@ def test_failed_blocking_check_fails_the_run_and_leaves_the_plan_unapplied(
         assert conn.execute("SELECT count(*) FROM allocation_state WHERE source = 'optimizer'").fetchone()[0] == 0
 
 
+@pytest.mark.slow
 def test_the_job_does_not_import_tensorflow(data_dir: Path, small_catalog_path: Path, small_catalog) -> None:
     load_simulated(data_dir, small_catalog, days=2)
     script = textwrap.dedent(

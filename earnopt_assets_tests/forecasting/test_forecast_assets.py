@@ -146,6 +146,7 @@ def test_daily_schedule_requests_every_enabled_partition(small_resources, small_
     assert requests[0].run_config["ops"]["earnings_model"]["config"]["epochs"] == forecasting.DAILY_RETRAIN_EPOCHS
 
 
+@pytest.mark.slow
 def test_definitions_load_without_tensorflow():
     import subprocess
     import sys

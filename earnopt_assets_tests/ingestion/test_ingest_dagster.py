@@ -191,6 +191,7 @@ _WRITER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_overlapping_writers_do_not_fail_on_the_duckdb_lock(data_dir, small_catalog, small_catalog_path, tmp_path):
     """Two processes materialize ingestion on the same DuckDB file at the same moment. DuckDB lets one
     process write at a time: DuckDBResource retries the lock (in Dagster the pool queues the steps) and
@@ -237,6 +238,7 @@ _HOLDER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_warehouse_connect_waits_for_another_process_then_times_out(tmp_path):
     """Outside Dagster (API, CLI, benchmarks) ``warehouse.connect`` retries while another process holds
     the DuckDB file, and gives up with the lock error after its timeout."""

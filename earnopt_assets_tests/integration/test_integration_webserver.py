@@ -10,6 +10,8 @@ import pytest
 
 from earnopt_assets_tests.integration.webserver import running_webserver
 
+pytestmark = pytest.mark.slow  # starts dagster-webserver
+
 LINEAGE_EDGES = [
     ("raw_earnings", "earnings_features"),
     ("earnings_features", "earnings_model"),

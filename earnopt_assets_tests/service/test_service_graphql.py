@@ -18,6 +18,7 @@ def webserver(tmp_path: Path, data_dir: Path, small_catalog_path: Path):
         yield url
 
 
+@pytest.mark.slow
 def test_train_through_the_webserver(webserver, data_dir, small_catalog_path):
     settings = ServiceSettings(data_dir=data_dir, catalog=small_catalog_path, api_token="tok", dagster_graphql_url=webserver)
     auth = {"Authorization": "Bearer tok"}

@@ -66,6 +66,7 @@ def test_read_endpoints_need_no_token(make_client):
     assert client.get("/alerts").status_code == 200
 
 
+@pytest.mark.slow
 def test_a_failed_launch_is_reported_by_runs(make_client, data_dir):
     """A valid token launches the worker; with a job the code location lacks, the run fails and says why."""
     client = make_client(api_token="right-token", train_job="no_such_job", dagster_home=data_dir / "dagster_home")

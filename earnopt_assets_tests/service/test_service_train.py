@@ -55,6 +55,7 @@ def _wait(client: TestClient, status_url: str, timeout_s: float = 420.0) -> dict
     raise AssertionError(f"run did not finish in {timeout_s}s; states seen: {seen}")
 
 
+@pytest.mark.slow
 def test_train_runs_dagster_and_the_new_model_is_served(data_dir, small_catalog, small_catalog_path, dagster_home):
     settings = ServiceSettings(data_dir=data_dir, catalog=small_catalog_path, api_token="tok", dagster_home=dagster_home,
                                model_reload_seconds=0)

@@ -19,6 +19,8 @@ from earnopt_assets_tests.service.helpers import copy_models, free_port, rows_pa
 
 REPO = Path(__file__).resolve().parents[2]
 
+pytestmark = pytest.mark.slow  # uvicorn servers and the earnopt serve process
+
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
