@@ -1,33 +1,102 @@
-"""The model store seen without TensorFlow: which version is current, its metrics and its MAPE check.
+"""The model store seen without TensorFlow, and the governance of what serves each protocol's forecast.
 
-Layout (owned by :class:`earnopt_assets.forecasting.predictor.EarningsPredictor`)::
+Layout (the model files are owned by the model package; this module reads JSON only)::
 
-    <models>/<protocol>/CURRENT                      name of the current version
-    <models>/<protocol>/versions/<version>/          model.keras + config/scaler/history/metrics/metadata JSON
+    <models>/<protocol>/CURRENT                      name of the champion version
+    <models>/<protocol>/versions/<version>/          model files + metrics/metadata JSON
+    <models>/serving/<protocol>.json                 the serving decision (see :class:`ServingDecision`)
 
-The MAPE check result lives in ``metadata.json`` under ``mape_check`` (``passed``, ``threshold``,
-``reasons``, ``checked_at``); the forecast asset and the retrain sensor read it from here.
+Champion / challenger. Every training run produces a challenger (the new LSTM) that is scored by the
+rolling-origin harness on the recent holdout together with every statistical candidate and with the current
+champion re-scored on the SAME origins. :func:`judge_challenger` decides:
+
+* the check ``mape_within_target`` passes when challenger MAPE < target AND challenger MAPE <= the best
+  statistical candidate's MAPE;
+* CURRENT moves to the challenger only when it is no worse than the best statistical candidate AND no worse
+  than the champion on the same holdout AND (it passes the check OR no candidate at all meets the target,
+  i.e. it is the best available forecast, in which case it serves flagged ``below_target``).
+  Otherwise the champion stays and the verdict says why.
+
+Serving. :func:`choose_source` picks the candidate with the lowest holdout MAPE (ties: lower MASE) among the
+statistical candidates and the champion. When that MAPE is below the target it is the best passing candidate;
+when no candidate meets the target the best one serves anyway, flagged ``below_target`` (its check still
+fails, and the allocation widens its interval). A candidate that scored worse never serves, and a model that
+scored worse than a statistical candidate is never promoted, so it never serves.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from earnopt_assets.atomic import atomic_write_json
-from earnopt_assets.forecasting.predictor import better_baseline, current_version, model_root
+from earnopt_assets.atomic import atomic_write_json, atomic_write_text
 
 DEFAULT_MAPE_TARGET_PCT = 15.0
+LSTM_SOURCE = "lstm"
+CHAMPION_KEY = "champion"  # the current champion re-scored on the challenger's holdout (score tables only)
+FALLBACK_SOURCE = "seasonal_naive_fallback"  # gap-tolerant same-hour-earlier-day; used when no decision applies
+SCORE_COLUMNS: tuple[str, ...] = ("mape_pct", "mase", "mae_usd", "rmse_usd", "coverage_80_pct", "coverage_95_pct", "n_origins")
+
+
+def _utc_stamp() -> str:
+    return pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _finite(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def score_row(score: Any) -> dict[str, Any]:
+    """One candidate's score as a JSON-safe dict with :data:`SCORE_COLUMNS` keys.
+
+    Accepts the harness's ``CandidateScore`` (attributes ``mape_pct``, ``mase``, ``mae``, ``rmse``,
+    ``coverage_80_pct``, ``coverage_95_pct``, ``n_origins``) or a mapping with the same or column names.
+    """
+    get = (lambda k: score.get(k)) if isinstance(score, Mapping) else (lambda k: getattr(score, k, None))
+    first = lambda *keys: next((get(k) for k in keys if get(k) is not None), None)  # noqa: E731
+    n = first("n_origins")
+    return {
+        "mape_pct": _finite(first("mape_pct", "mape")),
+        "mase": _finite(first("mase")),
+        "mae_usd": _finite(first("mae_usd", "mae")),
+        "rmse_usd": _finite(first("rmse_usd", "rmse")),
+        "coverage_80_pct": _finite(first("coverage_80_pct")),
+        "coverage_95_pct": _finite(first("coverage_95_pct")),
+        "n_origins": int(n) if n is not None else 0,
+    }
+
+
+def _rank_key(name: str, row: Mapping[str, Any]) -> tuple[float, float, str]:
+    mape = row.get("mape_pct")
+    mase = row.get("mase")
+    return (math.inf if mape is None else float(mape), math.inf if mase is None else float(mase), name)
+
+
+def best_candidate(scores: Mapping[str, Mapping[str, Any]], names: list[str] | None = None) -> str | None:
+    """Lowest MAPE (ties: lower MASE, then name) among ``names`` (default all) with a MAPE; None if none has one."""
+    pool = [n for n in (names if names is not None else list(scores)) if n in scores and scores[n].get("mape_pct") is not None]
+    return min(pool, key=lambda n: _rank_key(n, scores[n])) if pool else None
+
+
+def statistical_names(scores: Mapping[str, Any]) -> list[str]:
+    return [n for n in scores if n not in (LSTM_SOURCE, CHAMPION_KEY)]
 
 
 @dataclass(frozen=True)
 class MapeCheckOutcome:
-    """Passes when holdout MAPE < target AND model MAPE <= the better seasonal-naive baseline's MAPE."""
+    """Passes when holdout MAPE < target AND model MAPE <= the best statistical candidate's MAPE."""
 
     passed: bool
     model_mape: float | None
@@ -44,15 +113,22 @@ class MapeCheckOutcome:
             "baseline_mape": self.baseline_mape,
             "threshold": self.threshold,
             "reasons": list(self.reasons),
-            "checked_at": pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "checked_at": _utc_stamp(),
         }
 
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "MapeCheckOutcome":
+        return cls(
+            passed=bool(data.get("passed")),
+            model_mape=_finite(data.get("model_mape")),
+            baseline=str(data.get("baseline") or ""),
+            baseline_mape=_finite(data.get("baseline_mape")),
+            threshold=float(data.get("threshold") or DEFAULT_MAPE_TARGET_PCT),
+            reasons=tuple(data.get("reasons") or ()),
+        )
 
-def judge_mape(metrics: Mapping[str, Any], threshold_pct: float = DEFAULT_MAPE_TARGET_PCT) -> MapeCheckOutcome:
-    """Apply the ``mape_within_target`` rule to an evaluation (see :meth:`EarningsPredictor.evaluate`)."""
-    model_mape = (metrics.get("model") or {}).get("mape")
-    baseline = better_baseline(metrics)
-    baseline_mape = (metrics.get(baseline) or {}).get("mape")
+
+def _check(model_mape: float | None, baseline: str, baseline_mape: float | None, threshold_pct: float) -> MapeCheckOutcome:
     reasons: list[str] = []
     if model_mape is None:
         reasons.append("no holdout MAPE (no usable holdout hours or every actual was 0)")
@@ -61,36 +137,218 @@ def judge_mape(metrics: Mapping[str, Any], threshold_pct: float = DEFAULT_MAPE_T
             reasons.append(f"holdout MAPE {model_mape:.2f}% is not below the {threshold_pct:g}% target")
         if baseline_mape is not None and model_mape > baseline_mape:
             reasons.append(f"holdout MAPE {model_mape:.2f}% is worse than {baseline} ({baseline_mape:.2f}%)")
-    return MapeCheckOutcome(
-        passed=not reasons,
-        model_mape=None if model_mape is None else float(model_mape),
-        baseline=baseline,
-        baseline_mape=None if baseline_mape is None else float(baseline_mape),
-        threshold=float(threshold_pct),
-        reasons=tuple(reasons),
+    return MapeCheckOutcome(not reasons, model_mape, baseline, baseline_mape, float(threshold_pct), tuple(reasons))
+
+
+def judge_mape(metrics: Mapping[str, Any], threshold_pct: float = DEFAULT_MAPE_TARGET_PCT) -> MapeCheckOutcome:
+    """The ``mape_within_target`` rule on an evaluation dict ``{"model": {"mape": ..}, "<baseline>": {"mape": ..}}``:
+    every key other than ``model`` holding a ``mape`` counts as a statistical candidate."""
+    model_mape = _finite((metrics.get("model") or {}).get("mape"))
+    others = {k: {"mape_pct": _finite(v.get("mape", v.get("mape_pct")))} for k, v in metrics.items() if k != "model" and isinstance(v, Mapping)}
+    baseline = best_candidate(others) or "seasonal_naive_24"
+    return _check(model_mape, baseline, (others.get(baseline) or {}).get("mape_pct"), threshold_pct)
+
+
+@dataclass(frozen=True)
+class ChallengerVerdict:
+    """What one training run decided: the challenger's check, whether CURRENT moves, and why."""
+
+    check: MapeCheckOutcome
+    promote: bool
+    reasons: tuple[str, ...]
+    best_statistical: str | None
+    champion_version: str | None
+    champion_mape: float | None
+
+    @property
+    def summary(self) -> str:
+        return "; ".join(self.reasons)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "promoted": self.promote,
+            "reasons": list(self.reasons),
+            "best_statistical": self.best_statistical,
+            "champion_version": self.champion_version,
+            "champion_mape_pct": self.champion_mape,
+            "check": self.check.to_json(),
+        }
+
+
+def judge_challenger(
+    scores: Mapping[str, Mapping[str, Any]],
+    *,
+    target_pct: float = DEFAULT_MAPE_TARGET_PCT,
+    champion_version: str | None = None,
+) -> ChallengerVerdict:
+    """Champion/challenger rule (module docstring) on one harness run.
+
+    ``scores``: score rows (:func:`score_row`) by candidate: the statistical candidates, ``"lstm"`` = the
+    challenger and, when a champion exists, ``"champion"`` = the champion re-scored on the same origins.
+    """
+    challenger = _finite((scores.get(LSTM_SOURCE) or {}).get("mape_pct"))
+    stats = statistical_names(scores)
+    best_stat = best_candidate(scores, stats)
+    best_stat_mape = _finite(scores[best_stat]["mape_pct"]) if best_stat else None
+    check = _check(challenger, best_stat or "no statistical candidate", best_stat_mape, target_pct)
+    has_champion = CHAMPION_KEY in scores
+    champion_mape = _finite((scores.get(CHAMPION_KEY) or {}).get("mape_pct")) if has_champion else None
+    keep = f"champion {champion_version} stays" if has_champion else "no champion; statistical candidates serve"
+    if challenger is None:
+        return ChallengerVerdict(check, False, (f"challenger has no holdout MAPE; {keep}",), best_stat, champion_version, champion_mape)
+    if best_stat_mape is not None and challenger > best_stat_mape:
+        why = f"challenger MAPE {challenger:.2f}% is worse than {best_stat} ({best_stat_mape:.2f}%); {keep}"
+        return ChallengerVerdict(check, False, (why,), best_stat, champion_version, champion_mape)
+    if has_champion and champion_mape is not None and challenger > champion_mape:
+        why = f"challenger MAPE {challenger:.2f}% is worse than champion {champion_version} ({champion_mape:.2f}%) on the same holdout; {keep}"
+        return ChallengerVerdict(check, False, (why,), best_stat, champion_version, champion_mape)
+    versus = f"champion {champion_version} {champion_mape:.2f}%" if champion_mape is not None else "no champion"
+    stat_text = f"{best_stat} {best_stat_mape:.2f}%" if best_stat_mape is not None else "no statistical candidate"
+    if check.passed:
+        why = f"promoted: challenger MAPE {challenger:.2f}% < {target_pct:g}% target, <= {stat_text} and <= {versus}"
+    else:
+        why = (
+            f"promoted below target: challenger MAPE {challenger:.2f}% misses the {target_pct:g}% target but is the best "
+            f"candidate ({stat_text}, {versus}); it serves flagged below target"
+        )
+    return ChallengerVerdict(check, True, (why,), best_stat, champion_version, champion_mape)
+
+
+@dataclass
+class ServingDecision:
+    """Which forecaster serves a protocol, why, and its holdout scores and interval quantiles."""
+
+    protocol: str
+    source: str
+    reason: str
+    below_target: bool
+    mape_pct: float | None
+    target_pct: float
+    model_version: str | None  # the champion version when ``source == "lstm"``
+    champion_version: str | None = None
+    scores: dict[str, dict[str, Any]] = field(default_factory=dict)
+    intervals: dict[str, Any] | None = None  # ConformalIntervals.to_json() of the served source
+    decided_at: str = field(default_factory=_utc_stamp)
+    holdout_start: str | None = None
+    training: dict[str, Any] | None = None  # the ChallengerVerdict of the run that decided
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "ServingDecision":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def choose_source(
+    protocol: str,
+    scores: Mapping[str, Mapping[str, Any]],
+    *,
+    target_pct: float = DEFAULT_MAPE_TARGET_PCT,
+    champion_version: str | None = None,
+    champion_check_passed: bool | None = None,
+) -> ServingDecision:
+    """The serving rule (module docstring). ``scores`` holds the statistical candidates and, when a champion
+    exists, its score under ``"lstm"`` (the champion's, not a rejected challenger's)."""
+    eligible = {k: dict(v) for k, v in scores.items() if k != CHAMPION_KEY}
+    if LSTM_SOURCE in eligible and champion_version is None:
+        eligible.pop(LSTM_SOURCE)  # no champion: the LSTM score is a rejected challenger's
+    best = best_candidate(eligible)
+    table = {k: dict(v) for k, v in scores.items()}
+    if best is None:
+        return ServingDecision(
+            protocol, FALLBACK_SOURCE, "no candidate could be scored on the holdout (too little history); same hour on an earlier day serves",
+            True, None, float(target_pct), None, champion_version, table,
+        )
+    mape = float(eligible[best]["mape_pct"])
+    ranked = sorted((n for n in eligible if eligible[n].get("mape_pct") is not None), key=lambda n: _rank_key(n, eligible[n]))
+    runner = next((n for n in ranked if n != best), None)
+    after = f"; next {runner} {float(eligible[runner]['mape_pct']):.2f}%" if runner else ""
+    below = not mape < target_pct
+    if below:
+        reason = f"below target: {best} holdout MAPE {mape:.2f}% is the best of {len(ranked)} candidates but none meets the {target_pct:g}% target{after}"
+    else:
+        reason = f"{best} holdout MAPE {mape:.2f}% < {target_pct:g}% target, best of {len(ranked)} candidates{after}"
+    if best != LSTM_SOURCE and champion_version is not None and LSTM_SOURCE in eligible:
+        reason += f" (champion {champion_version} scored {float(eligible[LSTM_SOURCE]['mape_pct']):.2f}%)"
+    elif champion_version is None and LSTM_SOURCE in scores:
+        reason += " (no LSTM champion: the challenger was not promoted)"
+    return ServingDecision(
+        protocol, best, reason, below, mape, float(target_pct),
+        champion_version if best == LSTM_SOURCE else None, champion_version, table,
     )
 
 
+# ---------------------------------------------------------------------------------------------- files
+
+
+def _check_name(protocol: str) -> str:
+    if not protocol or "/" in protocol or "\\" in protocol or protocol.startswith("."):
+        raise ValueError(f"invalid protocol name {protocol!r}")
+    return protocol
+
+
+def model_root(models_dir: str | Path, protocol: str) -> Path:
+    return Path(models_dir) / _check_name(protocol)
+
+
+def current_version(models_dir: str | Path, protocol: str) -> str | None:
+    """The champion version the ``CURRENT`` pointer names, or None."""
+    try:
+        version = (model_root(models_dir, protocol) / "CURRENT").read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    return version or None
+
+
+def set_current(models_dir: str | Path, protocol: str, version: str) -> Path:
+    """Move ``CURRENT`` to ``version`` atomically (the only place governance moves it)."""
+    version_dir(models_dir, protocol, version)
+    return atomic_write_text(model_root(models_dir, protocol) / "CURRENT", version + "\n")
+
+
 def version_dir(models_dir: str | Path, protocol: str, version: str) -> Path:
-    if "/" in version or version.startswith("."):
+    if not version or "/" in version or version.startswith("."):
         raise ValueError(f"invalid model version {version!r}")
     return model_root(models_dir, protocol) / "versions" / version
 
 
-def read_model_summary(models_dir: str | Path, protocol: str) -> dict[str, Any] | None:
-    """``metadata.json`` of the current version merged with ``metrics``; None when there is no model.
+def serving_path(models_dir: str | Path, protocol: str) -> Path:
+    return Path(models_dir) / "serving" / f"{_check_name(protocol)}.json"
+
+
+def write_serving_decision(models_dir: str | Path, decision: ServingDecision) -> Path:
+    return atomic_write_json(serving_path(models_dir, decision.protocol), decision.to_json())
+
+
+def read_serving_decision(models_dir: str | Path, protocol: str) -> ServingDecision | None:
+    """The persisted decision, or None when no training run has decided for this protocol yet."""
+    path = serving_path(models_dir, protocol)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return ServingDecision.from_json(data)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def read_model_summary(models_dir: str | Path, protocol: str, version: str | None = None) -> dict[str, Any] | None:
+    """``metadata.json`` of ``version`` (default: the champion) merged with ``metrics``; None when absent.
 
     Reads JSON only (no TensorFlow): cheap enough for sensors and the allocation tick.
     """
-    version = current_version(models_dir, protocol)
+    version = version or current_version(models_dir, protocol)
     if version is None:
         return None
     directory = version_dir(models_dir, protocol, version)
     try:
         metadata = json.loads((directory / "metadata.json").read_text(encoding="utf-8"))
-        metrics = json.loads((directory / "metrics.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    try:
+        metrics = json.loads((directory / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        metrics = {}
     return {**metadata, "version": version, "metrics": metrics}
 
 
