@@ -1,16 +1,20 @@
-"""The ``forecasts`` table: every 24-hour forecast the pipeline made, LSTM or fallback.
+"""The ``forecasts`` table: every 24-hour forecast the pipeline made, and the ONE place that reads or writes it.
 
-One row per (forecast_time, device, protocol, target_ts). ``source`` is ``lstm`` or
-``seasonal_naive_fallback``; ``reason`` says why the fallback was used (no model, failed check, short
-data, prediction error). History is kept: the retrain sensor compares past LSTM forecasts with the
-realised earnings in ``raw_earnings``.
+One row per (forecast_time, device, protocol, target_ts). ``source`` names the forecaster that produced
+the row truthfully (``lstm``, ``mstl``, ``ets``, ``seasonal_naive_24``, ``seasonal_naive_168``, ...,
+``seasonal_naive_fallback`` when no decision applies); ``reason`` says why that source serves (from the
+serving decision, :mod:`earnopt_assets.forecasting.registry`); ``below_target`` flags a source whose holdout
+MAPE misses the target (served because no candidate meets it). ``lower_80 .. upper_95`` are the conformal
+prediction intervals of the row (NULL when the source has no scored residuals yet). History is kept: the
+retrain sensor compares past LSTM forecasts with the realised earnings.
 
-Readers that must stay light (the 15-minute allocation tick, the API) query this table only and never
-import TensorFlow. :func:`latest_forecasts` returns the newest forecast per protocol.
+Readers that must stay light (the 15-minute allocation tick, the API) call :func:`latest_forecasts` and
+never import TensorFlow; nobody else writes SQL against this table.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 import duckdb
@@ -19,7 +23,9 @@ import pandas as pd
 
 from earnopt_assets.warehouse import table_exists
 
-SOURCES: tuple[str, ...] = ("lstm", "seasonal_naive_fallback")
+# A source is a forecaster name: lower-case words joined by underscores (validated before every write).
+SOURCE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+INTERVAL_COLUMNS: tuple[str, ...] = ("lower_80", "upper_80", "lower_95", "upper_95")
 
 FORECASTS_DDL = """
 CREATE TABLE IF NOT EXISTS forecasts (
@@ -30,9 +36,14 @@ CREATE TABLE IF NOT EXISTS forecasts (
     target_ts      TIMESTAMP NOT NULL,  -- forecast hour (UTC)
     horizon_hours  INTEGER   NOT NULL,
     value          DOUBLE    NOT NULL,  -- forecast earnings_usd for target_ts, >= 0
-    model_version  VARCHAR,
-    source         VARCHAR   NOT NULL CHECK (source IN ('lstm', 'seasonal_naive_fallback')),
-    reason         VARCHAR,
+    lower_80       DOUBLE,              -- 80 % prediction interval (USD/h), NULL when not scored
+    upper_80       DOUBLE,
+    lower_95       DOUBLE,              -- 95 % prediction interval (USD/h)
+    upper_95       DOUBLE,
+    model_version  VARCHAR,             -- the LSTM champion version when source = 'lstm'
+    source         VARCHAR   NOT NULL,  -- forecaster that produced the row (lstm, mstl, ets, seasonal_naive_168, ...)
+    reason         VARCHAR,             -- why this source serves
+    below_target   BOOLEAN   NOT NULL DEFAULT FALSE,
     PRIMARY KEY (forecast_time, device, protocol, target_ts)
 )
 """
@@ -45,13 +56,33 @@ FORECAST_COLUMNS: tuple[str, ...] = (
     "target_ts",
     "horizon_hours",
     "value",
+    *INTERVAL_COLUMNS,
     "model_version",
     "source",
     "reason",
+    "below_target",
 )
 
 
 def ensure_forecasts_table(conn: duckdb.DuckDBPyConnection) -> None:
+    """Create the table; a table of the earlier layout (no intervals, a CHECK on two source names) is
+    copied into the new layout in one transaction, keeping every row."""
+    if table_exists(conn, "forecasts"):
+        existing = {row[0] for row in conn.execute("SELECT column_name FROM information_schema.columns WHERE table_name = 'forecasts'").fetchall()}
+        if set(FORECAST_COLUMNS) <= existing:
+            return
+        shared = [c for c in FORECAST_COLUMNS if c in existing]
+        conn.execute("BEGIN TRANSACTION")
+        try:
+            conn.execute("ALTER TABLE forecasts RENAME TO forecasts_previous_layout")
+            conn.execute(FORECASTS_DDL)
+            conn.execute(f"INSERT INTO forecasts ({', '.join(shared)}) SELECT {', '.join(shared)} FROM forecasts_previous_layout")
+            conn.execute("DROP TABLE forecasts_previous_layout")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return
     conn.execute(FORECASTS_DDL)
 
 
@@ -62,14 +93,21 @@ def write_forecasts(conn: duckdb.DuckDBPyConnection, rows: pd.DataFrame) -> int:
     missing = [c for c in FORECAST_COLUMNS if c not in rows.columns]
     if missing:
         raise ValueError(f"forecast rows lack columns: {', '.join(missing)}")
-    bad_source = set(rows["source"]) - set(SOURCES)
+    bad_source = sorted({str(s) for s in rows["source"] if not SOURCE_NAME.fullmatch(str(s))})
     if bad_source:
-        raise ValueError(f"unknown forecast source(s): {sorted(bad_source)}")
+        raise ValueError(f"invalid forecast source name(s): {bad_source}")
     values = rows["value"].to_numpy(dtype=float)
     if not np.isfinite(values).all() or (values < 0).any():
         raise ValueError("forecast values must be finite and non-negative")
+    bounds = rows[list(INTERVAL_COLUMNS)].to_numpy(dtype=float)
+    known = np.isfinite(bounds).all(axis=1)
+    if known.any():
+        b = bounds[known] + np.array([0.0, 0.0, -1e-9, 1e-9])  # tolerance for float round-off
+        if (bounds[known] < 0).any() or not ((b[:, 2] <= b[:, 0]) & (b[:, 0] <= b[:, 1]) & (b[:, 1] <= b[:, 3])).all():
+            raise ValueError("forecast intervals must be non-negative and nested: lower_95 <= lower_80 <= upper_80 <= upper_95")
     ensure_forecasts_table(conn)
     frame = rows[list(FORECAST_COLUMNS)].copy()
+    frame["below_target"] = frame["below_target"].fillna(False).astype(bool)
     conn.register("__new_forecasts", frame)
     try:
         conn.execute(
@@ -82,18 +120,39 @@ def write_forecasts(conn: duckdb.DuckDBPyConnection, rows: pd.DataFrame) -> int:
 
 
 def latest_forecasts(conn: duckdb.DuckDBPyConnection, device: str | None = None) -> pd.DataFrame:
-    """Rows of the newest forecast of each (device, protocol), ordered by protocol and target hour."""
+    """Rows of the newest forecast of each (device, protocol), ordered by device, protocol and target hour.
+
+    ``device=None`` reads every device. The one read of "the latest forecast" (allocation and service use it).
+    """
     if not table_exists(conn, "forecasts"):
         return pd.DataFrame(columns=list(FORECAST_COLUMNS))
+    present = {row[0] for row in conn.execute("SELECT column_name FROM information_schema.columns WHERE table_name = 'forecasts'").fetchall()}
+    select = ", ".join(f"f.{c}" if c in present else f"NULL AS {c}" for c in FORECAST_COLUMNS)
     return conn.execute(
-        """
-        SELECT f.* FROM forecasts f
+        f"""
+        SELECT {select} FROM forecasts f
         JOIN (SELECT device, protocol, max(forecast_time) AS forecast_time FROM forecasts
               WHERE ? IS NULL OR device = ? GROUP BY device, protocol) n
           USING (device, protocol, forecast_time)
         ORDER BY f.device, f.protocol, f.target_ts
         """,
         [device, device],
+    ).df()
+
+
+def forecasts_of_version(
+    conn: duckdb.DuckDBPyConnection, device: str, protocol: str, model_version: str, since: datetime | None = None
+) -> pd.DataFrame:
+    """``(target_ts, value)`` of every LSTM forecast row of one model version (target hour >= ``since``)."""
+    if not table_exists(conn, "forecasts"):
+        return pd.DataFrame(columns=["target_ts", "value"])
+    return conn.execute(
+        """
+        SELECT target_ts, value FROM forecasts
+        WHERE device = ? AND protocol = ? AND model_version = ? AND source = 'lstm' AND (? IS NULL OR target_ts >= ?)
+        ORDER BY target_ts
+        """,
+        [device, protocol, model_version, since, since],
     ).df()
 
 
@@ -118,15 +177,13 @@ def read_recent_telemetry(conn: duckdb.DuckDBPyConnection, device: str, protocol
 
 
 def read_planned_allocations(conn: duckdb.DuckDBPyConnection, device: str, protocols: list[str]) -> dict[str, float]:
-    """The allocation share each protocol will run at: its ``allocation_state`` row (written by the
-    allocation area's plan); empty when that table does not exist yet (no allocation cycle has run)."""
-    if not protocols or not table_exists(conn, "allocation_state"):
+    """The allocation share each protocol will run at (the allocation area's ``allocation_state``, read
+    through its store); empty before any allocation cycle has run."""
+    from earnopt_assets.allocation.store import planned_allocations
+
+    if not protocols:
         return {}
-    rows = conn.execute(
-        "SELECT protocol, allocation FROM allocation_state WHERE device = ? AND list_contains(?, protocol)",
-        [device, protocols],
-    ).fetchall()
-    return {str(protocol): float(share) for protocol, share in rows if share is not None and 0.0 <= float(share) <= 1.0}
+    return planned_allocations(conn, device, protocols)
 
 
 def realised_mape(
@@ -138,27 +195,26 @@ def realised_mape(
 ) -> tuple[float | None, int]:
     """Live MAPE (percent) of this model version's LSTM forecasts over the last ``window_hours`` of telemetry.
 
-    Every (forecast, actual) pair whose target hour lies in the window counts, so all horizons 1-24 h
-    weigh in as they do in the holdout MAPE; zero actuals are skipped. Returns (MAPE or None, pairs).
+    MAPE = 100/m * sum |a - f| / |a| over the m (forecast, actual) pairs whose target hour lies in the window
+    (all horizons 1-24 h weigh in, as in the holdout MAPE; zero actuals skipped). Actuals are read through
+    the ingestion store. Returns (MAPE or None, pairs).
     """
-    if not (table_exists(conn, "forecasts") and table_exists(conn, "raw_earnings")):
+    from earnopt_assets.ingestion.store import latest_ts, read_telemetry
+
+    last = latest_ts(conn, device=device, protocol=protocol)
+    if last is None:
         return None, 0
-    row = conn.execute(
-        """
-        WITH last AS (SELECT max(ts) AS last_ts FROM raw_earnings WHERE device = ? AND protocol = ?)
-        SELECT avg(abs(r.earnings_usd - f.value) / abs(r.earnings_usd)) * 100, count(*)
-        FROM forecasts f
-        JOIN raw_earnings r ON r.device = f.device AND r.protocol = f.protocol AND r.ts = f.target_ts
-        CROSS JOIN last
-        WHERE f.device = ? AND f.protocol = ? AND f.model_version = ? AND f.source = 'lstm'
-          AND r.earnings_usd <> 0
-          AND f.target_ts > last.last_ts - to_hours(CAST(? AS BIGINT))
-        """,
-        [device, protocol, device, protocol, model_version, window_hours],
-    ).fetchone()
-    if row is None or not row[1]:
+    start = pd.Timestamp(last) - pd.Timedelta(hours=window_hours - 1)
+    forecasts = forecasts_of_version(conn, device, protocol, model_version, since=start.to_pydatetime())
+    if forecasts.empty:
         return None, 0
-    return float(row[0]), int(row[1])
+    actual = read_telemetry(conn, device=device, protocols=[protocol], start=start.to_pydatetime(), columns=["ts", "earnings_usd"])
+    pairs = forecasts.merge(actual.rename(columns={"ts": "target_ts"}), on="target_ts")
+    pairs = pairs.loc[pairs["earnings_usd"] != 0]
+    if pairs.empty:
+        return None, 0
+    a, f = pairs["earnings_usd"].to_numpy(float), pairs["value"].to_numpy(float)
+    return float(100.0 * np.mean(np.abs(a - f) / np.abs(a))), int(len(pairs))
 
 
 def forecast_rows(
@@ -171,10 +227,12 @@ def forecast_rows(
     source: str,
     model_version: str | None,
     reason: str | None,
+    intervals: dict[str, np.ndarray] | None = None,
+    below_target: bool = False,
 ) -> pd.DataFrame:
-    """Assemble the rows of one protocol's forecast in the table's column order."""
+    """Assemble the rows of one protocol's forecast in the table's column order (intervals optional)."""
     n = len(targets)
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {
             "forecast_time": [pd.Timestamp(forecast_time)] * n,
             "device": [device] * n,
@@ -183,8 +241,13 @@ def forecast_rows(
             "target_ts": pd.DatetimeIndex(targets),
             "horizon_hours": np.arange(1, n + 1, dtype=np.int32),
             "value": np.clip(np.nan_to_num(np.asarray(values, dtype=float), nan=0.0), 0.0, None),
-            "model_version": [model_version] * n,
-            "source": [source] * n,
-            "reason": [reason] * n,
         }
     )
+    for column in INTERVAL_COLUMNS:
+        bound = None if intervals is None else intervals.get(column)
+        frame[column] = np.full(n, np.nan) if bound is None else np.clip(np.asarray(bound, dtype=float), 0.0, None)
+    frame["model_version"] = [model_version] * n
+    frame["source"] = [source] * n
+    frame["reason"] = [reason] * n
+    frame["below_target"] = [bool(below_target)] * n
+    return frame

@@ -71,18 +71,15 @@ def latest_telemetry_ts(db_path: Path) -> datetime | None:
     return with_tables(db_path, ("raw_earnings",), lambda c: _utc(c.execute("SELECT max(ts) FROM raw_earnings").fetchone()[0]), None)
 
 
-def latest_forecasts(db_path: Path) -> dict[str, tuple[float, str | None]]:
-    """Per protocol: the first target hour of its newest forecast, and the forecast's source."""
+def latest_forecasts(db_path: Path, device: str) -> dict[str, tuple[float, str | None]]:
+    """Per protocol of ``device``: the first target hour of its newest forecast, and the forecast's source
+    (read through :func:`earnopt_assets.forecasting.store.latest_forecasts`, the table's owner)."""
+    from earnopt_assets.forecasting.store import latest_forecasts as newest
 
     def query(conn: duckdb.DuckDBPyConnection) -> dict[str, tuple[float, str | None]]:
-        rows = conn.execute(
-            """
-            SELECT protocol, value, source
-            FROM forecasts
-            QUALIFY row_number() OVER (PARTITION BY protocol ORDER BY forecast_time DESC, target_ts ASC) = 1
-            """
-        ).fetchall()
-        return {protocol: (float(value), source) for protocol, value, source in rows}
+        frame = newest(conn, device)
+        first = frame.sort_values(["protocol", "target_ts"]).groupby("protocol", sort=True).head(1)
+        return {str(r.protocol): (float(r.value), None if r.source is None else str(r.source)) for r in first.itertuples()}
 
     return with_tables(db_path, ("forecasts",), query, {})
 

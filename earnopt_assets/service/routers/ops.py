@@ -116,7 +116,7 @@ def metrics_snapshot(state: ServiceState) -> dict[str, Any]:
         }
     }
     try:
-        snap["forecasts"] = reads.latest_forecasts(state.db_path)
+        snap["forecasts"] = reads.latest_forecasts(state.db_path, state.catalog.host.device)
         available, alerts = reads.open_alerts(state.db_path)
         counts: dict[tuple[str, str], int] = {}
         for alert in alerts:
