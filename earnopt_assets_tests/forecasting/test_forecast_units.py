@@ -118,14 +118,41 @@ def test_forecasts_store_round_trip_and_latest(tmp_path):
         latest = latest_forecasts(conn)
         assert len(latest) == 24 and (latest["value"] == 2.0).all()
         with pytest.raises(ValueError, match="source"):
-            write_forecasts(conn, rows.assign(source="guess"))
+            write_forecasts(conn, rows.assign(source="Not a name; DROP"))
+        with pytest.raises(ValueError, match="nested"):
+            write_forecasts(conn, rows.assign(lower_80=3.0, upper_80=2.0, lower_95=0.0, upper_95=4.0))
         with pytest.raises(ValueError, match="non-negative"):
             write_forecasts(conn, rows.assign(value=-1.0))
         assert write_forecasts(conn, rows.iloc[:0]) == 0
+        # every served source is written under its own name, with its intervals and the below-target flag
+        bands = {"lower_95": np.full(24, 0.5), "lower_80": np.full(24, 1.0), "upper_80": np.full(24, 4.0), "upper_95": np.full(24, 5.0)}
+        ets = forecast_rows(datetime(2026, 6, 1, 23, 10), "other", "storj", pd.Timestamp("2026-06-01 23:00"), targets, np.full(24, 3.0), "ets", None, "below target: ets best", bands, below_target=True)
+        write_forecasts(conn, ets)
+        mine = latest_forecasts(conn, "local")
+        assert set(mine["source"]) == {"lstm"} and mine["lower_80"].isna().all()
+        theirs = latest_forecasts(conn, "other")
+        assert set(theirs["source"]) == {"ets"} and theirs["below_target"].all() and (theirs["upper_95"] == 5.0).all()
+        assert set(latest_forecasts(conn)["device"]) == {"local", "other"}
     with connect(tmp_path / "empty.duckdb") as conn:
         assert latest_forecasts(conn).empty
         assert realised_mape(conn, "local", "storj", "v1") == (None, 0)
         assert read_recent_telemetry(conn, "local", ["storj"], 24).empty
+
+
+def test_forecasts_table_of_the_earlier_layout_is_migrated_keeping_rows(tmp_path):
+    with connect(tmp_path / "w.duckdb") as conn:
+        conn.execute(
+            """CREATE TABLE forecasts (forecast_time TIMESTAMP NOT NULL, device VARCHAR NOT NULL, protocol VARCHAR NOT NULL,
+            origin_ts TIMESTAMP NOT NULL, target_ts TIMESTAMP NOT NULL, horizon_hours INTEGER NOT NULL, value DOUBLE NOT NULL,
+            model_version VARCHAR, source VARCHAR NOT NULL CHECK (source IN ('lstm', 'seasonal_naive_fallback')), reason VARCHAR,
+            PRIMARY KEY (forecast_time, device, protocol, target_ts))"""
+        )
+        conn.execute("INSERT INTO forecasts VALUES ('2026-06-01 23:00', 'local', 'storj', '2026-06-01 23:00', '2026-06-02 00:00', 1, 1.5, 'v1', 'lstm', NULL)")
+        ensure_forecasts_table(conn)
+        old = latest_forecasts(conn, "local")
+        assert len(old) == 1 and old["value"].iloc[0] == 1.5 and not old["below_target"].iloc[0]
+        rows = forecast_rows(datetime(2026, 6, 2), "local", "storj", pd.Timestamp("2026-06-01 23:00"), pd.date_range("2026-06-02", periods=24, freq="h"), np.ones(24), "mstl", None, "best")
+        assert write_forecasts(conn, rows) == 24  # the old CHECK on two source names is gone
 
 
 # ----------------------------------------------------------------------------- training, fallback, retrain
