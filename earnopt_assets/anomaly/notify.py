@@ -9,11 +9,17 @@ timeouts, HTTP 429/5xx) are retried with exponential backoff (``backoff * 2**k``
 times, and one alert's delivery to one channel stops at ``budget_seconds``. A channel that exhausted its
 retries is skipped for the rest of the run (recorded as such), so a dead receiver costs one budget per
 run, not one per alert. Every attempt is returned as a :class:`DeliveryAttempt` row for ``alert_deliveries``.
+
+Secrets: webhook URLs carry credentials (``user:password@``), tokens in the path (Slack
+``/services/T../B../<token>``, Discord ``/api/webhooks/<id>/<token>``, an ntfy topic) and in the query
+string. Only :func:`redact_url` forms (``scheme://host[:port]``) and :func:`redact_text`-cleaned error
+texts leave this module: they are what ``alert_deliveries``, logs and metadata see.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -37,6 +43,37 @@ NTFY_TAGS = {"info": "information_source", "warning": "warning", "critical": "ro
 DISCORD_COLOR = {"info": 0x3498DB, "warning": 0xF1C40F, "critical": 0xE74C3C}
 SLACK_EMOJI = {"info": ":information_source:", "warning": ":warning:", "critical": ":rotating_light:"}
 RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+# Every URL-looking token in free text: scheme, optional userinfo, host[:port], then path/query/fragment.
+_URL_IN_TEXT = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)(?:[^\s/@]*@)?([^\s/?#@]*)([^\s'\"<>]*)")
+REDACTED = "***"
+
+
+def redact_url(url: str) -> str:
+    """``scheme://host[:port]`` with a ``/***`` marker when anything (path, query, user:password@) was
+    removed; webhook paths and query strings hold tokens, userinfo holds passwords."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return REDACTED
+    if not parts.scheme or not host:
+        return REDACTED
+    netloc = f"[{host}]" if ":" in host else host
+    if port is not None:
+        netloc += f":{port}"
+    hidden = parts.username is not None or parts.password is not None or parts.path not in ("", "/") or parts.query or parts.fragment
+    return f"{parts.scheme}://{netloc}" + (f"/{REDACTED}" if hidden else "")
+
+
+def redact_text(text: str | None, secrets: Iterable[str] = ()) -> str | None:
+    """``text`` with every URL reduced to its host (see :func:`redact_url`) and every given secret
+    string (e.g. the channel URL itself, in case a library quotes it oddly) replaced by ``***``."""
+    if text is None:
+        return None
+    for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    return _URL_IN_TEXT.sub(lambda m: m.group(1) + m.group(2) + (f"/{REDACTED}" if m.group(3) or "@" in m.group(0) else ""), text)
 
 
 @dataclass(frozen=True)
@@ -48,9 +85,13 @@ class Channel:
 
     @property
     def target(self) -> str:
-        """The URL without path or query: webhook paths carry secrets and must not reach the tables."""
-        parts = urlsplit(self.url)
-        return f"{self.kind}:{parts.scheme}://{parts.netloc}"
+        """``kind:scheme://host[:port]``: no credentials, path or query (they carry secrets); what tables,
+        logs and metadata name the channel by."""
+        return f"{self.kind}:{redact_url(self.url).removesuffix('/' + REDACTED)}"
+
+    def redact(self, text: str | None) -> str | None:
+        """``text`` with this channel's URL and any other URL redacted."""
+        return redact_text(text, [self.url, *_url_secrets(self.url)])
 
     def accepts(self, severity: str) -> bool:
         return SEVERITY_RANK[severity] >= SEVERITY_RANK[self.min_severity]
@@ -80,6 +121,17 @@ class DeliveryAttempt:
         }
 
 
+def _url_secrets(url: str) -> list[str]:
+    """The secret-bearing pieces of a URL (userinfo, password, path segments, query values)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return [url]
+    pieces = [parts.username or "", parts.password or "", parts.query, parts.fragment]
+    pieces += [segment for segment in parts.path.split("/") if len(segment) >= 8]
+    return [p for p in pieces if p]
+
+
 def channels_from_settings(settings: AlertSettings, environ: Mapping[str, str] | None = None) -> list[Channel]:
     """Catalog channels plus one channel per set environment variable (duplicates removed)."""
     env = os.environ if environ is None else environ
@@ -92,7 +144,7 @@ def channels_from_settings(settings: AlertSettings, environ: Mapping[str, str] |
         if not url:
             continue
         if not url.startswith(("http://", "https://")):
-            raise ValueError(f"{variable} must be an http(s) URL, got {url!r}")
+            raise ValueError(f"{variable} must be an http(s) URL starting with http:// or https://, got {redact_text(url, [url])!r}")
         channels.append(Channel(kind, url, env_severity, f"env:{variable}"))
     unique: dict[tuple[str, str], Channel] = {}
     for channel in channels:
@@ -245,7 +297,7 @@ class Notifier:
             try:
                 attempts.extend(self._deliver_one(channel, alert))
             except Exception as exc:  # a bug in a payload must not break the run either
-                attempts.append(DeliveryAttempt(alert.id, channel.target, 1, False, None, f"internal error: {exc!r}", 0.0))
+                attempts.append(DeliveryAttempt(alert.id, channel.target, 1, False, None, channel.redact(f"internal error: {exc!r}"), 0.0))
         return attempts
 
     def deliver_all(self, alerts: Iterable[Alert]) -> list[DeliveryAttempt]:
@@ -284,6 +336,7 @@ class Notifier:
                 error = f"timeout after {timeout:.2f} s ({type(exc).__name__})"
             except httpx.HTTPError as exc:
                 error = f"{type(exc).__name__}: {exc}"
+            error = channel.redact(error)  # receivers and httpx may echo the URL back
             records.append(DeliveryAttempt(alert.id, channel.target, number, False, status, error, (time.monotonic() - started) * 1000))
             self._log(f"alert {alert.id} to {channel.target} failed (attempt {number}/{self.attempts}): {error}")
             if not retry or number == self.attempts:

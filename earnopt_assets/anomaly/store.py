@@ -1,5 +1,7 @@
-"""DuckDB tables of the anomaly area (``anomalies``, ``alerts``, ``alert_deliveries``) and the
-recording logic of the alerts asset: dedupe, cooldown decision, auto-resolve, delivery bookkeeping.
+"""The ONE owner of the anomaly area's DuckDB tables: ``anomalies`` (scores), ``alerts``,
+``alert_deliveries``, ``protocol_state`` and ``protocol_state_history`` — their DDL, reads and writes,
+and the transactions around them. Also the recording logic of the alert cycle: dedupe, cooldown
+decision, auto-resolve, state update, delivery bookkeeping. Nobody else writes SQL against these tables.
 
 Alert status: ``open`` -> ``acknowledged`` (operator, :func:`acknowledge_alert`) -> ``resolved``
 (automatic, when the (device, protocol, rule) has not fired for ``resolve_after_hours`` evaluated hours).
@@ -10,8 +12,9 @@ the first run, not sent), then after delivery ``sent``,
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -20,8 +23,10 @@ import pandas as pd
 
 from earnopt_assets.catalog import AlertSettings
 from earnopt_assets.anomaly.detector import DETECTION_FEATURES
-from earnopt_assets.anomaly.notify import DeliveryAttempt
-from earnopt_assets.anomaly.rules import Alert, NotificationDecision, plan_notifications, split_incidents
+from earnopt_assets.anomaly.notify import DeliveryAttempt, redact_text
+from earnopt_assets.anomaly.rules import DEGRADING_RULES, Alert, NotificationDecision, plan_notifications, split_incidents
+from earnopt_assets.anomaly.state import DegradingCause, StateChange, next_state
+from earnopt_assets.warehouse import table_exists
 
 ANOMALIES_DDL = f"""
 CREATE TABLE IF NOT EXISTS anomalies (
@@ -74,9 +79,59 @@ CREATE TABLE IF NOT EXISTS alert_deliveries (
 """
 
 
+PROTOCOL_STATE_DDL = """
+CREATE TABLE IF NOT EXISTS protocol_state (
+    device      VARCHAR   NOT NULL,
+    protocol    VARCHAR   NOT NULL,
+    state       VARCHAR   NOT NULL CHECK (state IN ('healthy', 'degraded')),
+    reason      VARCHAR   NOT NULL,
+    alert_id    VARCHAR,
+    since       TIMESTAMP NOT NULL,
+    updated_at  TIMESTAMP NOT NULL,
+    PRIMARY KEY (device, protocol)
+)
+"""
+
+PROTOCOL_STATE_HISTORY_DDL = """
+CREATE TABLE IF NOT EXISTS protocol_state_history (
+    device      VARCHAR   NOT NULL,
+    protocol    VARCHAR   NOT NULL,
+    from_state  VARCHAR,
+    to_state    VARCHAR   NOT NULL,
+    reason      VARCHAR   NOT NULL,
+    alert_id    VARCHAR,
+    changed_at  TIMESTAMP NOT NULL
+)
+"""
+
+
 def ensure_alert_tables(conn: duckdb.DuckDBPyConnection) -> None:
     conn.execute(ALERTS_DDL)
     conn.execute(ALERT_DELIVERIES_DDL)
+
+
+def ensure_state_tables(conn: duckdb.DuckDBPyConnection) -> None:
+    conn.execute(PROTOCOL_STATE_DDL)
+    conn.execute(PROTOCOL_STATE_HISTORY_DDL)
+
+
+def ensure_tables(conn: duckdb.DuckDBPyConnection) -> None:
+    """Every anomaly table."""
+    ensure_anomalies_table(conn)
+    ensure_alert_tables(conn)
+    ensure_state_tables(conn)
+
+
+@contextlib.contextmanager
+def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """BEGIN ... COMMIT, ROLLBACK when the block raises: all or nothing of one cycle's writes."""
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def ensure_anomalies_table(conn: duckdb.DuckDBPyConnection) -> None:
@@ -105,10 +160,22 @@ def write_scores(conn: duckdb.DuckDBPyConnection, scored: pd.DataFrame, model_ve
     return len(frame)
 
 
+def read_scores(conn: duckdb.DuckDBPyConnection, since: datetime | None) -> pd.DataFrame | None:
+    """Scored rows with ``ts > since`` (device, protocol, ts, score, is_anomaly, detection features);
+    None when nothing was ever scored or ``since`` is None (no telemetry)."""
+    if since is None or not table_exists(conn, "anomalies"):
+        return None
+    columns = ", ".join(["device", "protocol", "ts", "score", "is_anomaly", *DETECTION_FEATURES])
+    return conn.execute(f"SELECT {columns} FROM anomalies WHERE ts > ?", [since]).df()
+
+
+def has_alert_history(conn: duckdb.DuckDBPyConnection) -> bool:
+    """Whether any alert was ever recorded (the first cycle backfills history instead of paging)."""
+    return table_exists(conn, "alerts") and conn.execute("SELECT count(*) FROM alerts").fetchone()[0] > 0
+
+
 def alert_hours(conn: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     """(device, protocol, ts) of every hour already alerted on, for excluding them from training."""
-    from earnopt_assets.warehouse import table_exists
-
     if not table_exists(conn, "alerts"):
         return pd.DataFrame({"device": pd.Series(dtype=str), "protocol": pd.Series(dtype=str), "ts": pd.Series(dtype="datetime64[us]")})
     return conn.execute("SELECT DISTINCT device, protocol, hour AS ts FROM alerts").df()
@@ -235,7 +302,9 @@ def record_deliveries(conn: duckdb.DuckDBPyConnection, notified: Iterable[Alert]
             INSERT INTO alert_deliveries (alert_id, channel, attempt, ok, status_code, error, elapsed_ms, attempted_at)
             VALUES (?, ?, ?, ?, ?, ?, ?, ?)
             """,
-            [(a.alert_id, a.channel, a.attempt, a.ok, a.status_code, a.error, a.elapsed_ms, a.attempted_at) for a in attempts],
+            # Redacted again here: whatever a caller built, no credential or token reaches the table.
+            [(a.alert_id, redact_text(a.channel), a.attempt, a.ok, a.status_code, redact_text(a.error), a.elapsed_ms, a.attempted_at)
+             for a in attempts],
         )
     by_alert: dict[str, list[DeliveryAttempt]] = {}
     for attempt in attempts:
@@ -260,3 +329,146 @@ def acknowledge_alert(conn: duckdb.DuckDBPyConnection, alert_id: str, now: datet
         [now or _now(), now or _now(), alert_id],
     ).fetchall()
     return bool(rows)
+
+
+# ----------------------------------------------------------------------------------- protocol state
+
+
+def _degrading_causes(conn: duckdb.DuckDBPyConnection, device: str) -> dict[str, DegradingCause]:
+    rules = sorted(DEGRADING_RULES)
+    placeholders = ", ".join("?" for _ in rules)
+    rows = conn.execute(
+        f"""
+        SELECT protocol, id, rule, hour, message, min(hour) OVER (PARTITION BY protocol) AS first_hour
+        FROM alerts
+        WHERE device = ? AND severity = 'critical' AND status IN ('open', 'acknowledged') AND rule IN ({placeholders})
+        QUALIFY row_number() OVER (PARTITION BY protocol ORDER BY hour DESC, rule) = 1
+        """,
+        [device, *rules],
+    ).fetchall()
+    return {row[0]: DegradingCause(row[1], row[2], row[3], row[4], row[5]) for row in rows}
+
+
+def update_protocol_state(conn: duckdb.DuckDBPyConnection, device: str, protocols: Iterable[str],
+                          now: datetime | None = None) -> list[StateChange]:
+    """Recompute each protocol's state from the ``alerts`` table (:func:`state.next_state`) and record the
+    changes in ``protocol_state`` and ``protocol_state_history``.
+
+    Degraded while an open or acknowledged critical alert of a degrading rule exists; the reason names the
+    newest such alert.
+    """
+    ensure_alert_tables(conn)
+    ensure_state_tables(conn)
+    now = now or _now()
+    causes = _degrading_causes(conn, device)
+    current = {
+        row[0]: (row[1], row[2])
+        for row in conn.execute("SELECT protocol, state, alert_id FROM protocol_state WHERE device = ?", [device]).fetchall()
+    }
+    changes: list[StateChange] = []
+    for protocol in protocols:
+        previous_state, previous_alert = current.get(protocol, (None, None))
+        target = next_state(previous_state, previous_alert, causes.get(protocol), now)
+        if previous_state == target.state:
+            if target.state == "degraded" and previous_alert != target.alert_id:
+                conn.execute(
+                    "UPDATE protocol_state SET reason = ?, alert_id = ?, updated_at = ? WHERE device = ? AND protocol = ?",
+                    [target.reason, target.alert_id, now, device, protocol],
+                )
+            continue
+        conn.execute(
+            """
+            INSERT INTO protocol_state (device, protocol, state, reason, alert_id, since, updated_at)
+            VALUES (?, ?, ?, ?, ?, ?, ?)
+            ON CONFLICT (device, protocol) DO UPDATE SET
+                state = excluded.state, reason = excluded.reason, alert_id = excluded.alert_id,
+                since = excluded.since, updated_at = excluded.updated_at
+            """,
+            [device, protocol, target.state, target.reason, target.alert_id, target.since, now],
+        )
+        conn.execute(
+            "INSERT INTO protocol_state_history (device, protocol, from_state, to_state, reason, alert_id, changed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [device, protocol, previous_state, target.state, target.reason, target.alert_id, now],
+        )
+        changes.append(StateChange(device, protocol, previous_state, target.state, target.reason, target.alert_id, now))
+    return changes
+
+
+def read_degraded(conn: duckdb.DuckDBPyConnection, device: str) -> set[str]:
+    """Protocols of ``device`` currently degraded; empty when the table does not exist yet."""
+    if not table_exists(conn, "protocol_state"):
+        return set()
+    rows = conn.execute("SELECT protocol FROM protocol_state WHERE device = ? AND state = 'degraded'", [device]).fetchall()
+    return {row[0] for row in rows}
+
+
+def read_state(conn: duckdb.DuckDBPyConnection, device: str) -> dict[str, dict]:
+    """Current state rows of ``device`` keyed by protocol (empty when the table does not exist)."""
+    if not table_exists(conn, "protocol_state"):
+        return {}
+    cursor = conn.execute("SELECT protocol, state, reason, alert_id, since, updated_at FROM protocol_state WHERE device = ?", [device])
+    names = [d[0] for d in cursor.description]
+    return {row[0]: dict(zip(names, row)) for row in cursor.fetchall()}
+
+
+# ------------------------------------------------------------------------------- summaries (for the UI)
+
+
+def alert_statuses(conn: duckdb.DuckDBPyConnection, alert_ids: Sequence[str]) -> dict[str, str]:
+    """Current status (open / acknowledged / resolved) of the given alerts."""
+    if not alert_ids or not table_exists(conn, "alerts"):
+        return {}
+    placeholders = ", ".join("?" for _ in alert_ids)
+    return dict(conn.execute(f"SELECT id, status FROM alerts WHERE id IN ({placeholders})", list(alert_ids)).fetchall())
+
+
+def open_alerts_by_rule(conn: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """Open and acknowledged alerts per (rule, severity): count, protocols, oldest and newest hour."""
+    columns = ["rule", "severity", "open_alerts_count", "protocols", "oldest_hour_utc", "newest_hour_utc"]
+    if not table_exists(conn, "alerts"):
+        return pd.DataFrame(columns=columns)
+    return conn.execute(
+        """
+        SELECT rule, severity, count(*) AS open_alerts_count, string_agg(DISTINCT protocol, ', ' ORDER BY protocol) AS protocols,
+               strftime(min(hour), '%Y-%m-%d %H:00') AS oldest_hour_utc, strftime(max(hour), '%Y-%m-%d %H:00') AS newest_hour_utc
+        FROM alerts WHERE status IN ('open', 'acknowledged')
+        GROUP BY rule, severity
+        ORDER BY CASE severity WHEN 'critical' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END, rule
+        """
+    ).df()[columns]
+
+
+# ------------------------------------------------------------------------------ one cycle's writes
+
+
+@dataclass
+class EvaluationRecord:
+    """What one alert evaluation wrote, read back inside the same transaction."""
+
+    result: RecordResult
+    state_changes: list[StateChange]
+    states: dict[tuple[str, str], dict]  # (device, protocol) -> protocol_state row after the update
+    alert_status: dict[str, str]  # new alert id -> status after auto-resolve
+    open_by_rule: pd.DataFrame
+
+
+def record_evaluation(conn: duckdb.DuckDBPyConnection, candidates: Sequence[Alert], evaluated: Mapping[str, datetime],
+                      settings: AlertSettings, devices: Iterable[str], protocols: Sequence[str], *,
+                      notify_since: datetime | None = None, now: datetime | None = None) -> EvaluationRecord:
+    """Record alerts (dedupe, cooldown, auto-resolve) and update every protocol's state, in ONE transaction,
+    so the state always reflects the alerts of the same run."""
+    ensure_alert_tables(conn)
+    ensure_state_tables(conn)
+    now = now or _now()
+    devices = list(devices)
+    with transaction(conn):
+        result = record_alerts(conn, candidates, evaluated, settings, now=now, notify_since=notify_since)
+        changes = [c for d in devices for c in update_protocol_state(conn, d, protocols, now=now)]
+    states = {(d, p): row for d in devices for p, row in read_state(conn, d).items() if p in protocols}
+    return EvaluationRecord(
+        result=result,
+        state_changes=changes,
+        states=states,
+        alert_status=alert_statuses(conn, [a.id for a in result.new]),
+        open_by_rule=open_alerts_by_rule(conn),
+    )

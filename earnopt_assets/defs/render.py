@@ -107,3 +107,177 @@ def table_metadata(frame: pd.DataFrame, *, descriptions: dict[str, str] | None =
         for row in shown.itertuples(index=False, name=None)
     ]
     return dg.MetadataValue.table(records=records, schema=schema)
+
+
+# ---- anomaly
+# Renderers of the anomaly assets (anomaly_model, anomalies, alerts): domain results -> metadata dicts.
+
+
+def _anomaly_hour(value: object) -> str:
+    return "" if value is None or pd.isna(value) else f"{pd.Timestamp(value):%Y-%m-%d %H:00}"
+
+
+def anomaly_score_histogram(scores) -> str | None:
+    """A PNG histogram of IsolationForest decision scores, embedded as markdown (None without scores)."""
+    if len(scores) == 0:
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(9, 3.6), dpi=100)
+    ax.hist(scores, bins=60, color="#4477aa", label="training rows")
+    ax.axvline(0.0, color="#cc3311", linestyle="--", label="threshold (0)")
+    ax.set_xlabel("decision_function score (unitless; below 0 = anomalous)")
+    ax.set_ylabel("rows (count)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    fig.tight_layout()
+    return figure_markdown(fig, "score distribution")
+
+
+def anomaly_model_metadata(training, contamination: float) -> dict:
+    """Metadata of ``anomaly_model`` from a ``cycle.TrainingResult``."""
+    import dagster as dg
+    import numpy as np
+
+    from earnopt_assets.anomaly.detector import DETECTION_FEATURES
+
+    scores = training.training_scores
+    quantiles = pd.DataFrame(
+        {"quantile": ["min", "1%", "5%", "25%", "50%", "75%", "max"],
+         "score": np.quantile(scores, [0, 0.01, 0.05, 0.25, 0.5, 0.75, 1.0]) if len(scores) else [None] * 7}
+    )
+    histogram = anomaly_score_histogram(scores)
+    window = training.detector.training_window
+    return {
+        "version": training.detector.version,
+        "contamination": contamination,
+        "training_rows": training.training_rows,
+        "excluded_alert_rows": training.excluded_alert_rows,
+        "training_window": f"{_anomaly_hour(window.start)} .. {_anomaly_hour(window.end)} UTC",
+        "features": ", ".join(DETECTION_FEATURES),
+        "flagged_training_rows": training.flagged_training_rows,
+        "path": dg.MetadataValue.path(str(training.version_dir)),
+        "score_quantiles": table_metadata(quantiles),
+        "score_distribution": dg.MetadataValue.md(histogram or "no complete training rows to plot"),
+    }
+
+
+def anomaly_scores_metadata(scored: pd.DataFrame, written: int, model_version: str, newest) -> dict:
+    """Metadata of ``anomalies``: counts and the flagged rows (most anomalous first)."""
+    from earnopt_assets.anomaly.detector import DETECTION_FEATURES
+
+    flagged = scored.loc[scored["is_anomaly"]].sort_values("score") if not scored.empty else scored
+    table = pd.DataFrame(
+        {
+            "protocol": flagged["protocol"].astype(str) if not flagged.empty else pd.Series(dtype=str),
+            "hour_utc": [_anomaly_hour(t) for t in flagged["ts"]] if not flagged.empty else pd.Series(dtype=str),
+            "score": flagged["score"].astype(float) if not flagged.empty else pd.Series(dtype=float),
+            **{name: (flagged[name].astype(float) if not flagged.empty else pd.Series(dtype=float)) for name in DETECTION_FEATURES},
+        }
+    )
+    return {
+        "rows_scored": written,
+        "rows_flagged": len(flagged),
+        "model_version": str(model_version),
+        "newest_hour_utc": _anomaly_hour(newest) or "no telemetry yet",
+        "flagged": table_metadata(table, max_rows=50, descriptions={"score": "decision_function, unitless; below 0 = anomalous"}),
+    }
+
+
+def anomaly_state_changes_frame(changes) -> pd.DataFrame:
+    """Protocol state changes of one cycle; a protocol seen for the first time comes from 'untracked'."""
+    return pd.DataFrame(
+        [
+            {"protocol": c.protocol, "device": c.device, "from_state": c.from_state or "untracked", "to_state": c.to_state,
+             "reason": c.reason, "alert_id": c.alert_id or "", "at_utc": f"{c.at:%Y-%m-%d %H:%M}" if c.at else ""}
+            for c in changes
+        ],
+        columns=["protocol", "device", "from_state", "to_state", "reason", "alert_id", "at_utc"],
+    )
+
+
+def anomaly_states_frame(states: dict) -> pd.DataFrame:
+    """Current state of every protocol after the cycle."""
+    return pd.DataFrame(
+        [
+            {"protocol": protocol, "device": device, "state": row["state"], "since_utc": _anomaly_hour(row["since"]),
+             "alert_id": row.get("alert_id") or "", "reason": row["reason"]}
+            for (device, protocol), row in sorted(states.items(), key=lambda item: (item[0][1], item[0][0]))
+        ],
+        columns=["protocol", "device", "state", "since_utc", "alert_id", "reason"],
+    )
+
+
+def anomaly_new_alerts_frame(result) -> pd.DataFrame:
+    """New (non-backfill) alerts of the cycle with their status after auto-resolve and whether they degrade."""
+    from earnopt_assets.anomaly.rules import DEGRADING_RULES
+
+    rows = []
+    for d in result.decisions:
+        if d.reason == "backfill":
+            continue
+        a = d.alert
+        rows.append(
+            {"hour_utc": _anomaly_hour(a.hour), "protocol": a.protocol, "rule": a.rule, "severity": a.severity,
+             "status": result.alert_status.get(a.id, "open"),
+             "degrades_protocol": a.severity == "critical" and a.rule in DEGRADING_RULES,
+             "notify": d.reason if d.notify else "cooldown", "alert_id": a.id, "message": a.message}
+        )
+    return pd.DataFrame(rows, columns=["hour_utc", "protocol", "rule", "severity", "status", "degrades_protocol", "notify", "alert_id", "message"])
+
+
+def anomaly_deliveries_frame(result) -> pd.DataFrame:
+    """One row per notified alert and delivery attempt; an alert with no attempt says why it went nowhere."""
+    by_alert: dict[str, list] = {}
+    for attempt in result.attempts:
+        by_alert.setdefault(attempt.alert_id, []).append(attempt)
+    rows = []
+    for alert in result.notified:
+        tries = by_alert.get(alert.id, [])
+        if not tries:
+            outcome = "not sent: channels misconfigured" if result.config_error else (
+                "not sent: no alert channel configured" if not result.channels else "not sent: below every channel's min_severity")
+            rows.append({"alert_id": alert.id, "protocol": alert.protocol, "rule": alert.rule, "severity": alert.severity,
+                         "channel": "none", "attempt": 0, "outcome": outcome, "http_status": "", "elapsed_ms": 0.0, "error": ""})
+        for t in tries:
+            rows.append({"alert_id": alert.id, "protocol": alert.protocol, "rule": alert.rule, "severity": alert.severity,
+                         "channel": t.channel, "attempt": int(t.attempt), "outcome": "sent" if t.ok else "failed",
+                         "http_status": "" if t.status_code is None else str(t.status_code),
+                         "elapsed_ms": round(float(t.elapsed_ms), 1), "error": t.error or ""})
+    return pd.DataFrame(rows, columns=["alert_id", "protocol", "rule", "severity", "channel", "attempt", "outcome", "http_status", "elapsed_ms", "error"])
+
+
+def anomaly_cycle_metadata(result) -> dict:
+    """Metadata of ``alerts`` from a ``cycle.AnomalyCycleResult``: counts, where the alerts went (plain
+    words), and tables of new alerts, open alerts by rule/severity, deliveries, state changes and states."""
+    import dagster as dg
+
+    counts = result.delivery_counts
+    open_by_rule = result.open_by_rule.copy()
+    if not open_by_rule.empty:
+        open_by_rule["open_alerts_count"] = open_by_rule["open_alerts_count"].astype(int)
+    return {
+        "candidates": len(result.candidates),
+        "new_alerts": len(result.record.new),
+        "duplicates_skipped": result.record.duplicates,
+        "first_run_backfill": result.first_run,
+        "backfilled_history": result.backfilled,
+        "suppressed_by_cooldown": result.suppressed_by_cooldown,
+        "notified": len(result.notified),
+        "resolved_keys": len(result.record.resolved),
+        "resolved_rows": result.record.resolved_rows,
+        "deliveries_sent": counts["sent"],
+        "deliveries_failed": counts["failed"],
+        "deliveries_no_channel": counts["no_channel"],
+        "delivery_attempts": len(result.attempts),
+        "delivery": dg.MetadataValue.text(result.delivery_note),
+        "channels": ", ".join(result.channels) or "none configured",
+        "channel_config_error": result.config_error or "none",
+        "newest_hour_utc": _anomaly_hour(result.newest_hour) or "no telemetry yet",
+        "degraded_protocols": ", ".join(sorted(p for (_, p), row in result.states.items() if row["state"] == "degraded")) or "none",
+        "new_alert_list": table_metadata(anomaly_new_alerts_frame(result), max_rows=100),
+        "open_alerts_by_rule": table_metadata(
+            open_by_rule, descriptions={"open_alerts_count": "open or acknowledged alerts"}
+        ),
+        "deliveries": table_metadata(anomaly_deliveries_frame(result), max_rows=100),
+        "state_changes": table_metadata(anomaly_state_changes_frame(result.state_changes)),
+        "protocol_states": table_metadata(anomaly_states_frame(result.states)),
+    }

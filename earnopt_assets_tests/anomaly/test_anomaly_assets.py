@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from earnopt_assets.anomaly.detector import AnomalyDetector
-from earnopt_assets.anomaly.state import read_degraded
-from earnopt_assets.defs.anomalies import alerts, anomalies, anomaly_job, anomaly_model
+from earnopt_assets.anomaly.store import read_degraded
+from earnopt_assets.defs.anomalies import alerts, anomalies, anomaly_model
 from earnopt_assets.ingestion.features import build_feature_table
 from earnopt_assets.settings import EarnoptPaths
 from earnopt_assets.warehouse import TELEMETRY_COLUMNS, ensure_raw_earnings
@@ -170,17 +170,21 @@ def test_anomaly_model_excludes_alerted_hours_and_fails_clearly_without_telemetr
     assert second["training_rows"] == first["training_rows"] - alerted
 
 
-def test_anomaly_job_and_automation_are_wired():
+def test_automation_triggers_every_anomaly_asset():
+    """No job: the automation sensor runs the three assets when telemetry updates, and alerts also hourly."""
     from earnopt_assets.definitions import defs
 
-    job = defs.resolve_job_def("anomaly_job")
-    assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == {"anomaly_model", "anomalies", "alerts"}
-    for asset in ASSETS:
-        assert asset.automation_conditions_by_key[asset.key] is not None
-        assert asset.op.pool == "duckdb_warehouse"
-    assert anomaly_job.name == "anomaly_job"
+    assert not any(j.name == "anomaly_job" for j in defs.jobs or [])
     graph = defs.resolve_asset_graph()
+    for asset in ASSETS:
+        condition = asset.automation_conditions_by_key[asset.key]
+        assert condition is not None
+        assert "label='eager'" in repr(condition) or condition.get_label() == "eager"
+        assert asset.op.pool == "duckdb_warehouse"
     assert dg.AssetKey("earnings_features") in graph.get(dg.AssetKey("anomaly_model")).parent_keys
+    assert dg.AssetKey("raw_earnings") in graph.get(dg.AssetKey("anomalies")).parent_keys
+    alerts_condition = alerts.automation_conditions_by_key[alerts.key]
+    assert "cron_schedule='20 * * * *'" in repr(alerts_condition)
 
 
 def test_misconfigured_channel_env_is_reported_not_fatal(small_resources, small_catalog, data_dir, telemetry, monkeypatch):
