@@ -11,6 +11,14 @@ from earnopt_assets.resources import default_resources
 
 GROUP_MODULES = (ingestion, forecasting, anomalies, allocation)
 
+# Declared so it is RUNNING on a fresh instance: Dagster's implicit one starts STOPPED, and then new telemetry
+# refreshes nothing (features, forecasts, anomalies and alerts carry automation conditions) until someone clicks.
+automation_sensor = dg.AutomationConditionSensorDefinition(
+    "default_automation_condition_sensor",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+
 
 def build_definitions(resources: dict | None = None) -> dg.Definitions:
     return dg.Definitions(
@@ -18,7 +26,7 @@ def build_definitions(resources: dict | None = None) -> dg.Definitions:
         asset_checks=[c for m in GROUP_MODULES for c in m.asset_checks],
         jobs=[j for m in GROUP_MODULES for j in m.jobs],
         schedules=[s for m in GROUP_MODULES for s in m.schedules],
-        sensors=[s for m in GROUP_MODULES for s in m.sensors],
+        sensors=[automation_sensor, *(s for m in GROUP_MODULES for s in m.sensors)],
         resources=resources if resources is not None else default_resources(),
     )
 
