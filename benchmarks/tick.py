@@ -56,7 +56,7 @@ def main() -> int:
     parser.add_argument("--days", type=int, default=30)
     args = parser.parse_args()
 
-    from earnopt_assets.allocation.plan import run_allocation_cycle
+    from earnopt_assets.allocation.cycle import run_allocation_cycle
     from earnopt_assets.catalog import load_catalog
     from earnopt_assets.simulator import simulate
     from earnopt_assets.warehouse import connect, ensure_raw_earnings

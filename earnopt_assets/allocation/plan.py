@@ -1,37 +1,32 @@
-"""One allocation cycle: read inputs from DuckDB, optimise, decide, verify, record, publish the plan.
+"""Pure allocation planning: the cycle's inputs, the optimiser call, the checks, the decision, the actions.
 
-Phases (the warehouse connection is held only in 1 and 3):
+No I/O here: :mod:`earnopt_assets.allocation.cycle` reads the inputs through the stores and records the
+plan through :mod:`earnopt_assets.allocation.store`; the API service calls the same functions without writes.
 
-1. :func:`read_cycle_inputs` - expected earnings per protocol from the latest ``forecasts`` (or a
-   seasonal-naive fallback computed from ``raw_earnings``), the response curve fitted to the last 30 days
-   of (allocation, earnings) pairs, the current allocation from ``allocation_state`` (initialised from the
-   catalog when a protocol has no row), and the degraded set from ``protocol_state``.
-2. :func:`compute_plan` (no I/O) - optimiser, the two plan checks, the reallocation decision, actions.
-   The plan is APPLIED only if the decision says reallocate AND both checks passed.
-3. :func:`write_plan` - one transaction: ``allocations`` history rows, the ``optimization_cycles`` record,
-   ``allocation_state`` (only for an applied plan; missing protocols get their initial row), and the
-   realised earnings of earlier cycles whose telemetry has arrived since. Then
-   :func:`write_latest_plan` replaces ``data/allocation/latest.json`` atomically.
+* :func:`assemble_inputs` - per protocol: expected $/h from the latest forecast (or a seasonal-naive
+  fallback from telemetry), the response curve fitted to the last 30 days of (allocation, earnings), the
+  potential, the current allocation and whether it is degraded.
+* :func:`compute_plan` - optimiser, the two plan checks, the reallocation decision, the actions. The plan
+  is APPLIED only if the decision says reallocate AND both checks passed.
+* :func:`request_inputs` - the API's variant: posted current shares and predictions override the stored ones.
 
-Potential earnings. A forecast f_i ($/h) describes the protocol at the allocation a_i it ran at (mean of
-its last 24 observed hours), so its full-allocation potential is p_i = f_i / a_i**beta_i; when a_i < 0.02
-or there is no forecast the fitted curve's scale k_i is used instead.
+Potential earnings. A forecast f_i ($/h) describes the protocol at the allocation a_i it is expected to run
+at, so its full-allocation potential is (:func:`potential_from_forecast`)::
+
+    p_i = f_i / a_i**beta_i          (a_i >= 0.02)
+    p_i = k_i                        (a_i < 0.02 or no forecast: the fitted curve's own scale)
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import uuid
-from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any, Literal
 
-import duckdb
 import numpy as np
 import pandas as pd
 
@@ -50,10 +45,8 @@ from earnopt_assets.allocation.allocator import (
     should_reallocate,
     utilization_pct,
 )
-from earnopt_assets.numerics.response import ResponseCurve, fit_response_curve
-from earnopt_assets.atomic import atomic_write_json
 from earnopt_assets.catalog import Catalog
-from earnopt_assets.warehouse import table_exists
+from earnopt_assets.numerics.response import ResponseCurve, fit_response_curve
 
 logger = logging.getLogger("earnopt.allocation")
 
@@ -61,78 +54,12 @@ PLAN_VERSION = 1
 CURVE_WINDOW_DAYS = 30
 OBSERVED_ALLOCATION_HOURS = 24
 MIN_OBSERVED_ALLOCATION = 0.02
-REALISED_WINDOW_HOURS = 24
-REALISED_LOOKBACK_DAYS = 7
 NO_CHANGE = 1e-6
 
-ForecastSource = Literal["lstm", "seasonal_naive_fallback", "no_data"]
+ForecastSource = Literal["lstm", "seasonal_naive_fallback", "no_data", "request"]
 Action = Literal["restart", "adjust", "keep"]
 PlanStatus = Literal["applied", "kept", "rejected"]
-
-ALLOCATION_DDL: tuple[str, ...] = (
-    """
-    CREATE TABLE IF NOT EXISTS allocation_state (
-        device      VARCHAR   NOT NULL,
-        protocol    VARCHAR   NOT NULL,
-        allocation  DOUBLE    NOT NULL,
-        updated_at  TIMESTAMP NOT NULL,
-        cycle_id    VARCHAR,              -- the applied cycle that set it; NULL for the initial row
-        source      VARCHAR   NOT NULL,   -- 'initial' | 'optimizer'
-        PRIMARY KEY (device, protocol)
-    )
-    """,
-    """
-    CREATE TABLE IF NOT EXISTS allocations (
-        cycle_id                       VARCHAR   NOT NULL,
-        device                         VARCHAR   NOT NULL,
-        protocol                       VARCHAR   NOT NULL,
-        created_at                     TIMESTAMP NOT NULL,
-        current_allocation             DOUBLE    NOT NULL,
-        proposed_allocation            DOUBLE,             -- NULL when the solver found no solution
-        target_allocation              DOUBLE    NOT NULL,   -- what runs after this cycle
-        action                         VARCHAR   NOT NULL,   -- restart | adjust | keep
-        degraded                       BOOLEAN   NOT NULL,
-        expected_current_usd_per_hour  DOUBLE    NOT NULL,
-        expected_proposed_usd_per_hour DOUBLE    NOT NULL,
-        potential_usd_per_hour         DOUBLE    NOT NULL,
-        response_beta                  DOUBLE    NOT NULL,
-        forecast_source                VARCHAR   NOT NULL,
-        status                         VARCHAR   NOT NULL,   -- applied | kept | rejected (of the cycle)
-        PRIMARY KEY (cycle_id, protocol)
-    )
-    """,
-    """
-    CREATE TABLE IF NOT EXISTS optimization_cycles (
-        cycle_id                      VARCHAR   PRIMARY KEY,
-        device                        VARCHAR   NOT NULL,
-        created_at                    TIMESTAMP NOT NULL,
-        decision                      VARCHAR   NOT NULL,   -- reallocate | keep
-        status                        VARCHAR   NOT NULL,   -- applied | kept | rejected
-        applied                       BOOLEAN   NOT NULL,
-        checks_passed                 BOOLEAN   NOT NULL,
-        solver                        VARCHAR,
-        solver_status                 VARCHAR   NOT NULL,
-        solve_seconds                 DOUBLE    NOT NULL,
-        expected_current_usd_per_hour  DOUBLE   NOT NULL,
-        expected_proposed_usd_per_hour DOUBLE   NOT NULL,
-        expected_gain_usd_per_hour     DOUBLE   NOT NULL,   -- proposed - current
-        expected_target_usd_per_hour   DOUBLE   NOT NULL,   -- of the allocation that runs after the cycle
-        net_benefit_usd_per_hour       DOUBLE   NOT NULL,
-        reallocation_cost_usd          DOUBLE   NOT NULL,
-        change_l1                      DOUBLE   NOT NULL,
-        analysis                       VARCHAR  NOT NULL,   -- JSON: decision analysis, checks, inputs
-        realised_usd_per_hour          DOUBLE,             -- mean hourly earnings after the cycle
-        realised_hours                 INTEGER,
-        realised_vs_expected_pct       DOUBLE,
-        realised_updated_at            TIMESTAMP
-    )
-    """,
-)
-
-
-def ensure_allocation_tables(conn: duckdb.DuckDBPyConnection) -> None:
-    for ddl in ALLOCATION_DDL:
-        conn.execute(ddl)
+EarningsBasis = Literal["current_allocation", "full_allocation"]
 
 
 def utc_now() -> datetime:
@@ -199,65 +126,39 @@ def _expected_from_forecast(values: np.ndarray, targets: np.ndarray, now: dateti
     return float(np.mean(values))
 
 
-def _latest_forecasts(conn: duckdb.DuckDBPyConnection, device: str, names: set[str]) -> dict[str, pd.DataFrame]:
-    if not table_exists(conn, "forecasts"):
-        return {}
-    frame = conn.execute(
-        """
-        SELECT f.protocol, f.target_ts, f.value, f.source, f.model_version, f.forecast_time
-        FROM forecasts f
-        JOIN (SELECT protocol, max(forecast_time) AS forecast_time FROM forecasts WHERE device = ? GROUP BY protocol) latest
-          ON f.protocol = latest.protocol AND f.forecast_time = latest.forecast_time
-        WHERE f.device = ?
-        ORDER BY f.protocol, f.target_ts
-        """,
-        [device, device],
-    ).df()
-    return {str(name): group for name, group in frame.groupby("protocol", sort=False) if name in names}
+def potential_from_forecast(expected_usd_per_hour: float, at_allocation: float | None, curve: ResponseCurve) -> tuple[float, str]:
+    """Full-allocation potential p = f / a**beta of a forecast f made for allocation a, and how it was got.
+
+    Below a = 0.02 (or with no allocation) the forecast says nothing about full allocation, so the fitted
+    curve's scale k is used.
+    """
+    if at_allocation is not None and at_allocation >= MIN_OBSERVED_ALLOCATION:
+        return expected_usd_per_hour / float(curve.relative(at_allocation)), f"forecast at share {at_allocation:.3f} / x^beta (beta {curve.beta:.3f})"
+    return float(curve.scale_usd_per_hour), "fitted curve scale (share below 0.02 or unknown)"
 
 
-def _degraded(conn: duckdb.DuckDBPyConnection, device: str, notes: list[str]) -> dict[str, str]:
-    if not table_exists(conn, "protocol_state"):
-        return {}
-    try:
-        rows = conn.execute(
-            "SELECT protocol, coalesce(reason, '') FROM protocol_state WHERE device = ? AND state = 'degraded'", [device]
-        ).fetchall()
-    except duckdb.Error as exc:
-        notes.append(f"protocol_state unreadable ({exc}); every protocol treated as healthy")
-        return {}
-    return {str(p): (r or "degraded") for p, r in rows}
+def assemble_inputs(
+    catalog: Catalog,
+    now: datetime,
+    *,
+    history: Mapping[str, pd.DataFrame],
+    forecasts: Mapping[str, pd.DataFrame],
+    state: Mapping[str, float],
+    degraded: Mapping[str, str],
+    notes: list[str] | None = None,
+) -> CycleInputs:
+    """Turn what the stores returned into the cycle's inputs (pure).
 
-
-def read_cycle_inputs(conn: duckdb.DuckDBPyConnection, catalog: Catalog, now: datetime | None = None) -> CycleInputs:
-    """Phase 1: read everything the cycle needs from the warehouse (short, read-only queries)."""
+    ``history``: per protocol the last 30 days of telemetry (ts, earnings_usd, allocation);
+    ``forecasts``: per protocol the rows of its newest forecast (target_ts, value, source, forecast_time);
+    ``state``: the shares set by the last applied plan; ``degraded``: protocol -> reason.
+    """
     from earnopt_assets.numerics.baselines import fallback_forecast
 
-    now = now or utc_now()
     device = catalog.host.device
     settings = catalog.allocation
     names = [catalog.require(name).name for name in catalog.enabled_names]
-    name_set = set(names)
-    notes: list[str] = []
-
-    history: dict[str, pd.DataFrame] = {}
-    if table_exists(conn, "raw_earnings"):
-        raw = conn.execute(
-            """
-            SELECT protocol, ts, earnings_usd, allocation FROM raw_earnings
-            WHERE device = ? AND ts >= (SELECT max(ts) FROM raw_earnings WHERE device = ?) - to_days(CAST(? AS INTEGER))
-            ORDER BY protocol, ts
-            """,
-            [device, device, CURVE_WINDOW_DAYS],
-        ).df()
-        history = {str(n): g for n, g in raw.groupby("protocol", sort=False) if n in name_set}
-    forecasts = _latest_forecasts(conn, device, name_set)
-
-    state: dict[str, float] = {}
-    if table_exists(conn, "allocation_state"):
-        rows = conn.execute("SELECT protocol, allocation FROM allocation_state WHERE device = ?", [device]).fetchall()
-        state = {str(p): float(a) for p, a in rows if p in name_set}
-    degraded = _degraded(conn, device, notes)
+    notes = list(notes or [])
     initial = initial_allocation(catalog)
 
     protocols: dict[str, ProtocolInputs] = {}
@@ -287,13 +188,12 @@ def read_cycle_inputs(conn: duckdb.DuckDBPyConnection, catalog: Catalog, now: da
         else:
             value, source, detail = 0.0, "no_data", "no forecast and no telemetry"
         if not math.isfinite(value) or value < 0:
-            notes.append(f"{name}: forecast {value!r} replaced by 0")
+            what = "is not a number" if math.isnan(value) else f"of {value:.6g} $/h is not a finite non-negative earning"
+            notes.append(f"{name}: forecast {what}; 0 used")
             value = 0.0
 
-        if observed is not None and observed >= MIN_OBSERVED_ALLOCATION and source != "no_data":
-            potential = value / float(curve.relative(observed))
-        else:
-            potential = curve.scale_usd_per_hour
+        basis = observed if source != "no_data" else None
+        potential, _ = potential_from_forecast(value, basis, curve)
         protocols[name] = ProtocolInputs(
             name=name,
             forecast_usd_per_hour=value,
@@ -306,10 +206,66 @@ def read_cycle_inputs(conn: duckdb.DuckDBPyConnection, catalog: Catalog, now: da
             state_source="state" if name in state else "initial",
             degraded_reason=degraded.get(name),
         )
-    unknown_degraded = sorted(set(degraded) - name_set)
+    unknown_degraded = sorted(set(degraded) - set(names))
     if unknown_degraded:
         notes.append(f"degraded protocols not enabled in the catalog ignored: {', '.join(unknown_degraded)}")
     return CycleInputs(device=device, now=now, protocols=protocols, notes=notes)
+
+
+def empty_inputs(catalog: Catalog, now: datetime, reason: str) -> CycleInputs:
+    """Inputs when nothing can be read (no warehouse yet): prior curves, catalog initial shares, no data."""
+    initial = initial_allocation(catalog)
+    protocols = {
+        name: ProtocolInputs(
+            name=name, forecast_usd_per_hour=0.0, forecast_source="no_data", forecast_detail=reason,
+            observed_allocation=None, curve=ResponseCurve(method="no_data"), potential_usd_per_hour=0.0,
+            current_allocation=initial[name], state_source="initial",
+        )
+        for name in catalog.enabled_names
+    }
+    return CycleInputs(device=catalog.host.device, now=now, protocols=protocols,
+                       notes=[f"{reason}: prior response curves, catalog initial allocations"])
+
+
+def request_inputs(
+    inputs: CycleInputs,
+    mode: str,
+    current_allocations: Mapping[str, float],
+    predictions: Mapping[str, list[float]],
+    basis: EarningsBasis = "current_allocation",
+) -> CycleInputs:
+    """The API's inputs: posted current shares and earnings predictions override the stored ones (pure).
+
+    A prediction (values per future hour; ``mode`` 'next_hour' takes the first, else the mean) f_i at the
+    current share x_i gives p_i = f_i / x_i**beta_i; with ``basis='full_allocation'`` p_i = f_i. Below
+    x = 0.02 the fitted curve's scale is used, or, with no telemetry, the prediction itself.
+    """
+    notes = list(inputs.notes)
+    protocols: dict[str, ProtocolInputs] = {}
+    for name, item in inputs.protocols.items():
+        current = float(current_allocations.get(name, item.current_allocation))
+        if name in predictions:
+            values = predictions[name]
+            predicted = float(values[0] if mode == "next_hour" else sum(values) / len(values))
+            if basis == "full_allocation":
+                potential, detail = predicted, "request (at full allocation)"
+            elif current >= MIN_OBSERVED_ALLOCATION:
+                potential = predicted / float(item.curve.relative(current))
+                detail = f"request at allocation {current:.3f} / r(x) with beta {item.curve.beta:.3f}"
+            elif item.curve.method != "no_data" and item.curve.scale_usd_per_hour > 0:
+                potential, detail = item.curve.scale_usd_per_hour, "request at ~0 allocation: fitted curve scale"
+            else:
+                potential, detail = predicted, "request at ~0 allocation, no curve: prediction taken as full-allocation"
+                notes.append(f"{name}: prediction at allocation ~0 without telemetry treated as its full-allocation potential")
+            item = replace(item, forecast_usd_per_hour=predicted, forecast_source="request", forecast_detail=detail,
+                           potential_usd_per_hour=float(potential))
+        protocols[name] = replace(item, current_allocation=current)
+    return replace(inputs, protocols=protocols, notes=notes)
+
+
+def has_predictions(inputs: CycleInputs) -> bool:
+    """False when no protocol has a forecast, telemetry or posted prediction: nothing to optimise."""
+    return any(p.forecast_source != "no_data" for p in inputs.protocols.values())
 
 
 # ---------------------------------------------------------------------------------------------- plan
@@ -355,6 +311,16 @@ class AllocationPlan:
         return {n: p.target for n, p in self.protocols.items()}
 
     @property
+    def restarts(self) -> list[str]:
+        """The protocols this cycle restarts: the ONE list behind the actions, the metadata and the prose."""
+        return [n for n, p in self.protocols.items() if p.action == "restart"]
+
+    @property
+    def expected_gain_usd_per_hour(self) -> float:
+        """Expected $/h gained by what runs after the cycle (0 unless the plan is applied)."""
+        return self.decision.improvement_usd_per_hour if self.applied else 0.0
+
+    @property
     def expected_target_usd_per_hour(self) -> float:
         return self.decision.proposed_usd_per_hour if self.applied else self.decision.current_usd_per_hour
 
@@ -385,7 +351,8 @@ class AllocationPlan:
                 "proposed": self.decision.proposed_usd_per_hour,
                 "target": self.expected_target_usd_per_hour,
             },
-            "expected_gain_usd_per_hour": self.decision.improvement_usd_per_hour if self.applied else 0.0,
+            "expected_gain_usd_per_hour": self.expected_gain_usd_per_hour,
+            "restarts": self.restarts,
             "resource_utilization_pct": {"target": self.target_utilization, "proposed": self.result.resource_utilization},
             "solver": {
                 "name": self.result.solver,
@@ -427,15 +394,35 @@ def shared_allocator(constraints: ResourceConstraints) -> ResourceAllocator:
     return allocator
 
 
-def _action(current: float, target: float, degraded: bool, threshold: float) -> tuple[Action, str]:
-    change = abs(target - current)
-    if degraded:
-        return "restart", "degraded: restart (capped at its minimum when the plan is applied)"
-    if change > threshold + 1e-9:
-        return "restart", f"change {change:.3f} > {threshold:g} restarts the protocol"
-    if change > NO_CHANGE:
-        return "adjust", f"change {change:.3f} <= {threshold:g}: adjust limits in place"
-    return "keep", "unchanged"
+def _pct(share: float) -> str:
+    return f"{100 * share:.1f} %"
+
+
+def _action(
+    current: float,
+    target: float,
+    proposed: float | None,
+    degraded_reason: str | None,
+    threshold: float,
+    status: PlanStatus,
+) -> tuple[Action, str]:
+    """What the orchestrator does with one protocol after the cycle, and a reason that is true for it.
+
+    A change |target - current| above ``threshold`` restarts the protocol; a smaller one adjusts its limits
+    in place; a degraded protocol restarts in any case (at its minimum share only when the plan is applied).
+    """
+    change = target - current
+    if degraded_reason is not None:
+        where = (f"at its minimum share {_pct(target)}" if status == "applied"
+                 else f"in place at {_pct(current)} (plan {status}, share unchanged)")
+        return "restart", f"degraded ({degraded_reason}): restart {where}"
+    if abs(change) > threshold + 1e-9:
+        return "restart", f"{_pct(current)} -> {_pct(target)} ({100 * change:+.1f} pp) is above {100 * threshold:g} pp: restart"
+    if abs(change) > NO_CHANGE:
+        return "adjust", f"{_pct(current)} -> {_pct(target)} ({100 * change:+.1f} pp) is within {100 * threshold:g} pp: adjust limits in place"
+    if proposed is not None and abs(proposed - current) > NO_CHANGE:
+        return "keep", f"stays at {_pct(current)}: plan {status}, the proposed {_pct(proposed)} is not applied"
+    return "keep", f"stays at {_pct(current)}: the optimum is the current share"
 
 
 def compute_plan(
@@ -490,14 +477,16 @@ def compute_plan(
     current_earnings, proposed_earnings = earnings(current), earnings(proposed)
     protocols: dict[str, ProtocolPlan] = {}
     for name, item in inputs.protocols.items():
-        action, reason = _action(current[name], target[name], item.degraded, settings.change_threshold)
+        action, reason = _action(
+            current[name], target[name], result.allocations.get(name), item.degraded_reason, settings.change_threshold, status
+        )
         protocols[name] = ProtocolPlan(
             name=name,
             current=current[name],
             proposed=result.allocations.get(name),
             target=target[name],
             action=action,
-            reason=reason if not item.degraded else f"{reason}; {item.degraded_reason}",
+            reason=reason,
             degraded=item.degraded,
             expected_current_usd_per_hour=current_earnings[name],
             expected_proposed_usd_per_hour=proposed_earnings[name],
@@ -519,201 +508,3 @@ def compute_plan(
         target_utilization=utilization_pct(resource_use(target, requirements), constraints),
         inputs=inputs,
     )
-
-
-# ---------------------------------------------------------------------------------------------- writes
-
-
-def update_realised_earnings(conn: duckdb.DuckDBPyConnection, device: str, now: datetime) -> int:
-    """Fill realised earnings of recent cycles whose telemetry arrived.
-
-    For a cycle at time s the window is the hours [floor_h(s) + 1h, floor_h(s) + 1h + 24h); realised is
-    the mean over observed hours of the summed earnings of the cycle's protocols, and
-    realised_vs_expected_pct = 100 * (realised - expected_target) / expected_target. Cycles whose window
-    is complete (24 observed hours) or older than 7 days are left alone. Returns the cycles updated.
-    """
-    if not table_exists(conn, "raw_earnings"):
-        return 0
-    before = conn.execute(
-        "SELECT count(*) FROM optimization_cycles WHERE device = ? AND realised_updated_at = ?", [device, now]
-    ).fetchone()[0]
-    conn.execute(
-        """
-        UPDATE optimization_cycles AS c
-        SET realised_usd_per_hour = s.realised,
-            realised_hours = s.hours,
-            realised_vs_expected_pct = CASE WHEN c.expected_target_usd_per_hour > 0
-                THEN 100.0 * (s.realised - c.expected_target_usd_per_hour) / c.expected_target_usd_per_hour END,
-            realised_updated_at = ?
-        FROM (
-            SELECT h.cycle_id, avg(h.total) AS realised, count(*) AS hours
-            FROM (
-                SELECT p.cycle_id, r.ts, sum(r.earnings_usd) AS total
-                FROM optimization_cycles p
-                JOIN allocations a ON a.cycle_id = p.cycle_id
-                JOIN raw_earnings r
-                  ON r.device = p.device AND r.protocol = a.protocol
-                 AND r.ts >= date_trunc('hour', p.created_at) + INTERVAL 1 HOUR
-                 AND r.ts < date_trunc('hour', p.created_at) + INTERVAL 1 HOUR + to_hours(CAST(? AS BIGINT))
-                WHERE p.device = ? AND coalesce(p.realised_hours, 0) < ? AND p.created_at >= ?
-                GROUP BY p.cycle_id, r.ts
-            ) h
-            GROUP BY h.cycle_id
-        ) s
-        WHERE c.cycle_id = s.cycle_id AND s.hours > coalesce(c.realised_hours, 0)
-        """,
-        [now, REALISED_WINDOW_HOURS, device, REALISED_WINDOW_HOURS, now - timedelta(days=REALISED_LOOKBACK_DAYS)],
-    )
-    after = conn.execute(
-        "SELECT count(*) FROM optimization_cycles WHERE device = ? AND realised_updated_at = ?", [device, now]
-    ).fetchone()[0]
-    return int(after - before)
-
-
-def write_plan(conn: duckdb.DuckDBPyConnection, plan: AllocationPlan) -> int:
-    """Phase 3: record the cycle in one transaction. Returns how many earlier cycles got realised figures."""
-    ensure_allocation_tables(conn)
-    now = plan.created_at
-    analysis = json.dumps(
-        {k: v for k, v in plan.to_json().items() if k in ("decision_analysis", "checks", "solver", "inputs", "notes", "actions")},
-        default=str,
-        allow_nan=False,
-    )
-    conn.execute("BEGIN TRANSACTION")
-    try:
-        conn.executemany(
-            """
-            INSERT INTO allocations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-            """,
-            [
-                [
-                    plan.cycle_id, plan.device, p.name, now, p.current, p.proposed, p.target, p.action, p.degraded,
-                    p.expected_current_usd_per_hour, p.expected_proposed_usd_per_hour, p.potential_usd_per_hour,
-                    p.response_beta, p.forecast_source, plan.status,
-                ]
-                for p in plan.protocols.values()
-            ],
-        )
-        d = plan.decision
-        conn.execute(
-            """
-            INSERT INTO optimization_cycles VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, NULL)
-            """,
-            [
-                plan.cycle_id, plan.device, now, "reallocate" if d.reallocate else "keep", plan.status, plan.applied,
-                plan.checks_passed, plan.result.solver, plan.result.solver_status, plan.result.solve_seconds,
-                d.current_usd_per_hour, d.proposed_usd_per_hour, d.improvement_usd_per_hour,
-                plan.expected_target_usd_per_hour, d.net_benefit_usd_per_hour, d.reallocation_cost.total_usd,
-                d.change_l1, analysis,
-            ],
-        )
-        if plan.applied:
-            conn.executemany(
-                """
-                INSERT INTO allocation_state VALUES (?, ?, ?, ?, ?, 'optimizer')
-                ON CONFLICT (device, protocol) DO UPDATE SET allocation = excluded.allocation,
-                    updated_at = excluded.updated_at, cycle_id = excluded.cycle_id, source = excluded.source
-                """,
-                [[plan.device, p.name, p.target, now, plan.cycle_id] for p in plan.protocols.values()],
-            )
-        else:
-            conn.executemany(
-                "INSERT INTO allocation_state VALUES (?, ?, ?, ?, NULL, 'initial') ON CONFLICT (device, protocol) DO NOTHING",
-                [[plan.device, p.name, p.current, now] for p in plan.protocols.values()],
-            )
-        realised = update_realised_earnings(conn, plan.device, now)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return realised
-
-
-def write_latest_plan(path: Path, plan: AllocationPlan) -> Path:
-    """Replace the orchestrator's plan file atomically (a crash leaves the previous file)."""
-    return atomic_write_json(path, plan.to_json())
-
-
-def run_allocation_cycle(
-    open_connection: Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]],
-    catalog: Catalog,
-    latest_plan_path: Path,
-    *,
-    now: datetime | None = None,
-    allocator: ResourceAllocator | None = None,
-    log: logging.Logger | Any | None = None,
-) -> tuple[AllocationPlan, int]:
-    """All three phases; the connection is opened twice, briefly. Returns (plan, realised cycles updated)."""
-    with open_connection() as conn:
-        ensure_allocation_tables(conn)
-        inputs = read_cycle_inputs(conn, catalog, now)
-    plan = compute_plan(inputs, catalog, allocator, log=log)
-    with open_connection() as conn:
-        realised = write_plan(conn, plan)
-    write_latest_plan(latest_plan_path, plan)
-    return plan, realised
-
-
-# ---------------------------------------------------------------------------------------------- report
-
-
-def plan_markdown(plan: AllocationPlan) -> str:
-    """Current vs proposed vs target per protocol, for the asset's metadata."""
-    lines = [
-        "| protocol | current | proposed | target | action | expected $/h now | expected $/h proposed | beta | source | degraded |",
-        "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- | --- |",
-    ]
-    for p in plan.protocols.values():
-        proposed = f"{p.proposed:.3f}" if p.proposed is not None else "-"
-        lines.append(
-            f"| {p.name} | {p.current:.3f} | {proposed} | {p.target:.3f} | {p.action} | {p.expected_current_usd_per_hour:.5f}"
-            f" | {p.expected_proposed_usd_per_hour:.5f} | {p.response_beta:.2f} | {p.forecast_source} | {'yes' if p.degraded else ''} |"
-        )
-    return "\n".join(lines)
-
-
-def utilization_markdown(plan: AllocationPlan, catalog: Catalog) -> str:
-    totals = catalog.host.totals()
-    lines = ["| resource | total | target % | proposed % |", "| --- | ---: | ---: | ---: |"]
-    for r in RESOURCES:
-        proposed = plan.result.resource_utilization.get(r, 0.0) if plan.result.allocations else float("nan")
-        lines.append(f"| {r} | {totals[r]:g} | {plan.target_utilization[r]:.1f} | {proposed:.1f} |")
-    return "\n".join(lines)
-
-
-def decision_markdown(plan: AllocationPlan) -> str:
-    d = plan.decision
-    verdict = "REALLOCATE" if d.reallocate else "KEEP"
-    lines = [f"**Decision: {verdict}** - plan {plan.status}" + ("" if plan.checks_passed else " (a blocking check failed)"), ""]
-    lines += [f"- {'PASS' if d.criteria.get(k) else 'FAIL'} {k}: {reason}" for k, reason in zip(d.criteria, d.reasons)]
-    lines += [f"- {reason}" for reason in d.reasons[len(d.criteria):]]
-    for check in plan.checks.values():
-        lines.append(f"- check {check.name}: {'passed' if check.passed else 'FAILED (' + check.severity + ')'} - {check.description}")
-    if plan.inputs.notes:
-        lines += [f"- note: {note}" for note in plan.inputs.notes]
-    return "\n".join(lines)
-
-
-def recent_cycles_markdown(conn: duckdb.DuckDBPyConnection, device: str, limit: int = 8) -> str:
-    """The last cycles with their expected and (once telemetry arrived) realised earnings."""
-    if not table_exists(conn, "optimization_cycles"):
-        return "no cycles recorded yet"
-    rows = conn.execute(
-        """
-        SELECT created_at, decision, status, expected_gain_usd_per_hour, expected_target_usd_per_hour,
-               realised_usd_per_hour, realised_hours, realised_vs_expected_pct
-        FROM optimization_cycles WHERE device = ? ORDER BY created_at DESC LIMIT ?
-        """,
-        [device, limit],
-    ).fetchall()
-    lines = [
-        "| cycle time (UTC) | decision | status | expected gain $/h | expected $/h | realised $/h | hours | realised vs expected |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for created, decision, status, gain, expected, realised, hours, vs in rows:
-        realised_text = f"{realised:.5f}" if realised is not None else "pending"
-        vs_text = f"{vs:+.1f} %" if vs is not None else "-"
-        lines.append(
-            f"| {created:%Y-%m-%d %H:%M} | {decision} | {status} | {gain:.5f} | {expected:.5f} | {realised_text} | {hours or 0} | {vs_text} |"
-        )
-    return "\n".join(lines)

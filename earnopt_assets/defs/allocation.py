@@ -14,14 +14,10 @@ the next tick 15 minutes later tries again.
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from earnopt_assets.allocation.plan import (
-    AllocationPlan,
-    decision_markdown,
-    plan_markdown,
-    recent_cycles_markdown,
-    run_allocation_cycle,
-    utilization_markdown,
-)
+from earnopt_assets.allocation import store
+from earnopt_assets.allocation.cycle import run_allocation_cycle
+from earnopt_assets.allocation.plan import AllocationPlan
+from earnopt_assets.defs import render
 from earnopt_assets.resources import EarnoptResource
 from earnopt_assets.warehouse import DUCKDB_POOL
 
@@ -85,37 +81,54 @@ def resource_allocation(context: dg.AssetExecutionContext, earnopt: EarnoptResou
     paths = earnopt.paths
     plan, realised_updates = run_allocation_cycle(duckdb.get_connection, catalog, paths.latest_plan, log=context.log)
     with duckdb.get_connection() as conn:
-        recent = recent_cycles_markdown(conn, plan.device)
+        cycles = store.recent_cycles(conn, plan.device, limit=PLOTTED_CYCLES)
+    context.log.info(f"allocation cycle {plan.cycle_id}: {plan.status} ({'; '.join(plan.decision.reasons)})")
+    return dg.MaterializeResult(metadata=allocation_metadata(plan, catalog, cycles, realised_updates, paths.latest_plan),
+                                check_results=_check_results(plan))
+
+
+PLOTTED_CYCLES = 96  # one day of 15-minute cycles
+RECENT_CYCLES_SHOWN = 8
+
+
+def allocation_metadata(plan: AllocationPlan, catalog, cycles, realised_updates: int, latest_plan) -> dict[str, object]:
+    """The asset's metadata. Each figure has one source: the restart list is ``plan.restarts`` (the actions),
+    the expected gain is the plan's (0 unless applied), and the prose is built from the same numbers."""
     d = plan.decision
+    degraded = [p.name for p in plan.protocols.values() if p.degraded]
     metadata: dict[str, object] = {
         "cycle_id": plan.cycle_id,
         "status": plan.status,
         "applied": plan.applied,
         "decision": "reallocate" if d.reallocate else "keep",
         "protocols": len(plan.protocols),
-        "degraded": [p.name for p in plan.protocols.values() if p.degraded],
-        "restarts": [p.name for p in plan.protocols.values() if p.action == "restart"],
-        "solver": plan.result.solver or "",
+        "degraded": ", ".join(degraded) or "none",
+        "restarts": len(plan.restarts),
+        "restarted_protocols": ", ".join(plan.restarts) or "none",
+        "solver": plan.result.solver or "no solver ran",
         "solver_status": plan.result.solver_status,
         "solve_ms": dg.MetadataValue.float(1000 * plan.result.solve_seconds),
-        "expected_current_usd_per_hour": dg.MetadataValue.float(d.current_usd_per_hour),
-        "expected_proposed_usd_per_hour": dg.MetadataValue.float(d.proposed_usd_per_hour),
-        "expected_gain_usd_per_hour": dg.MetadataValue.float(d.improvement_usd_per_hour),
-        "net_benefit_usd_per_hour": dg.MetadataValue.float(d.net_benefit_usd_per_hour),
-        "reallocation_cost_usd": dg.MetadataValue.float(d.reallocation_cost.total_usd),
-        "change_l1": dg.MetadataValue.float(d.change_l1),
+        "expected_current_usd_per_h": dg.MetadataValue.float(d.current_usd_per_hour),
+        "expected_proposed_usd_per_h": dg.MetadataValue.float(d.proposed_usd_per_hour),
+        "expected_after_cycle_usd_per_h": dg.MetadataValue.float(plan.expected_target_usd_per_hour),
+        "expected_gain_usd_per_h": dg.MetadataValue.float(plan.expected_gain_usd_per_hour),
+        "proposal_net_benefit_usd_per_h": dg.MetadataValue.float(d.net_benefit_usd_per_hour),
+        "proposal_restart_cost_usd": dg.MetadataValue.float(d.reallocation_cost.total_usd),
+        "proposal_change_l1": dg.MetadataValue.float(d.change_l1),
         "realised_cycles_updated": realised_updates,
         "forecast_sources": dg.MetadataValue.json({n: p.forecast_source for n, p in plan.protocols.items()}),
-        "allocation_table": dg.MetadataValue.md(plan_markdown(plan)),
-        "utilisation": dg.MetadataValue.md(utilization_markdown(plan, catalog)),
-        "decision_analysis": dg.MetadataValue.md(decision_markdown(plan)),
-        "recent_cycles": dg.MetadataValue.md(recent),
-        "latest_plan": dg.MetadataValue.path(str(paths.latest_plan)),
+        "allocation_table": render.table_metadata(
+            render.allocation_frame(plan, catalog), descriptions=render.ALLOCATION_COLUMN_DESCRIPTIONS
+        ),
+        "utilisation": render.table_metadata(render.utilisation_frame(plan, catalog)),
+        "decision_analysis": dg.MetadataValue.md(render.allocation_decision_markdown(plan)),
+        "recent_cycles": render.table_metadata(render.recent_cycles_frame(cycles.head(RECENT_CYCLES_SHOWN))),
+        "realised_vs_expected": dg.MetadataValue.md(render.realised_vs_expected_markdown(cycles)),
+        "latest_plan": dg.MetadataValue.path(str(latest_plan)),
     }
     if plan.result.diagnosis:
         metadata["diagnosis"] = dg.MetadataValue.md("\n".join(f"- {line}" for line in plan.result.diagnosis))
-    context.log.info(f"allocation cycle {plan.cycle_id}: {plan.status} ({'; '.join(d.reasons)})")
-    return dg.MaterializeResult(metadata=metadata, check_results=_check_results(plan))
+    return metadata
 
 
 allocation_job = dg.define_asset_job(

@@ -109,6 +109,178 @@ def table_metadata(frame: pd.DataFrame, *, descriptions: dict[str, str] | None =
     return dg.MetadataValue.table(records=records, schema=schema)
 
 
+# ---- allocation
+# Tables, prose and the realised-vs-expected plot of the resource_allocation asset. Shares are shown in
+# percent of the host (`_%`), changes in percentage points (`_pp`), earnings in US dollars per hour.
+
+ALLOCATION_RESOURCE_UNITS: dict[str, str] = {"cpu_cores": "cores", "memory_gb": "GB", "bandwidth_mbps": "Mbit/s", "storage_gb": "GB"}
+
+ALLOCATION_COLUMN_DESCRIPTIONS: dict[str, str] = {
+    "current_share_%": "share of the host the protocol runs at before this cycle",
+    "proposed_share_%": "share the optimiser proposes (empty when the solver found no solution)",
+    "change_pp": "proposed minus current, percentage points",
+    "action": "what the orchestrator does after this cycle: restart, adjust (limits in place) or keep",
+    "reason": "why that action",
+    "expected_current_usd_per_h": "expected earnings at the current share",
+    "expected_proposed_usd_per_h": "expected earnings at the proposed share",
+    "potential_usd_per_h": "expected earnings at a 100 % share (p in E(x) = p x^beta)",
+    "response_beta": "diminishing-returns exponent beta of E(x) = p x^beta",
+    "cpu_cores": "CPU cores used by the share that runs after this cycle",
+    "memory_gb": "memory (GB) used by the share that runs after this cycle",
+    "bandwidth_mbps": "bandwidth (Mbit/s) used by the share that runs after this cycle",
+    "storage_gb": "storage (GB) used by the share that runs after this cycle",
+    "earnings_source": "where the expected earnings come from",
+    "degraded": "the anomaly area marked the protocol degraded",
+}
+
+
+def allocation_frame(plan, catalog) -> pd.DataFrame:
+    """One row per protocol: current vs proposed share (%), the change (pp), the action, expected $/h,
+    and the resources used by the share that runs after the cycle (the proposed share when the plan is
+    applied, else the current one)."""
+    rows = []
+    for p in plan.protocols.values():
+        vector = catalog.require(p.name).resource_vector()
+        rows.append(
+            {
+                "protocol": p.name,
+                "current_share_%": 100.0 * p.current,
+                "proposed_share_%": None if p.proposed is None else 100.0 * p.proposed,
+                "change_pp": None if p.proposed is None else 100.0 * (p.proposed - p.current),
+                "action": p.action,
+                "reason": p.reason,
+                "expected_current_usd_per_h": p.expected_current_usd_per_hour,
+                "expected_proposed_usd_per_h": p.expected_proposed_usd_per_hour,
+                "potential_usd_per_h": p.potential_usd_per_hour,
+                "response_beta": p.response_beta,
+                **{resource: round(vector[resource] * p.target, 4) for resource in ALLOCATION_RESOURCE_UNITS},
+                "earnings_source": p.forecast_source.replace("_", " "),
+                "degraded": bool(p.degraded),
+            }
+        )
+    frame = pd.DataFrame(rows)
+    for column in ("current_share_%", "proposed_share_%", "change_pp"):
+        frame[column] = frame[column].astype(float).round(2)
+    return frame
+
+
+def utilisation_frame(plan, catalog) -> pd.DataFrame:
+    """Per resource: used by the allocation that runs after the cycle, host total, unit, used %, and the
+    used % of the proposal (empty when the solver found no solution)."""
+    totals = catalog.host.totals()
+    rows = []
+    for resource, unit in ALLOCATION_RESOURCE_UNITS.items():
+        used_pct = float(plan.target_utilization.get(resource, 0.0))
+        proposed = plan.result.resource_utilization.get(resource) if plan.result.allocations else None
+        rows.append(
+            {
+                "resource": resource,
+                "used": round(totals[resource] * used_pct / 100.0, 4),
+                "total": float(totals[resource]),
+                "unit": unit,
+                "used_%": round(used_pct, 2),
+                "proposed_used_%": None if proposed is None else round(float(proposed), 2),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _usd(value: float) -> str:
+    return f"{value:.6f} $/h"
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(names) if names else "none"
+
+
+def allocation_decision_markdown(plan) -> str:
+    """The reallocation decision with its arithmetic, in short prose (no Python reprs)."""
+    import math
+
+    d = plan.decision
+    t = d.thresholds
+    cost = d.reallocation_cost
+    verdict = "reallocate" if d.reallocate else "keep"
+    lines = [f"**Decision: {verdict}. Plan {plan.status}**" + ("" if plan.checks_passed else " because a blocking check failed") + "."]
+    if plan.result.allocations:
+        if math.isfinite(d.improvement_pct):
+            pct = f"{d.improvement_pct:+.2f} %"
+        else:
+            pct = "from zero current earnings"
+        lines.append(
+            f"The proposal is expected to earn {_usd(d.proposed_usd_per_hour)} against {_usd(d.current_usd_per_hour)} now: "
+            f"{d.improvement_usd_per_hour:+.6f} $/h ({pct}; the rule needs at least {t.min_improvement_pct:g} %)."
+        )
+        lines.append(
+            f"It changes the shares by {d.change_l1:.4f} in total (L1 distance; at most {t.max_change_l1:g}) and would restart "
+            f"{len(cost.restarted)} protocol(s) ({_names(cost.restarted)}): restart cost {cost.total_usd:.6f} $ over "
+            f"{t.horizon_minutes:g} min = {d.amortised_cost_usd_per_hour:.6f} $/h, so the net benefit is "
+            f"{d.improvement_usd_per_hour:+.6f} - {d.amortised_cost_usd_per_hour:.6f} = {d.net_benefit_usd_per_hour:+.6f} $/h "
+            f"(the rule needs more than {t.min_net_benefit_usd_per_hour:g} $/h)."
+        )
+        failed = [name.replace("_", " ") for name, ok in d.criteria.items() if not ok]
+        lines.append("Every criterion holds." if not failed else f"Criteria not met: {', '.join(failed)}.")
+    else:
+        lines.append(f"The solver found no allocation (status {plan.result.solver_status}), so the current shares stay.")
+    if d.forced_reason:
+        lines.append(f"Reallocation forced: {d.forced_reason}.")
+    runs = "the proposed shares" if plan.applied else "the current shares"
+    lines.append(
+        f"After this cycle the host runs {runs}, expected {_usd(plan.expected_target_usd_per_hour)}; "
+        f"{len(plan.restarts)} protocol(s) restart now ({_names(plan.restarts)})."
+    )
+    text = " ".join(lines[1:])
+    bullets = [f"- check {c.name}: {'passed' if c.passed else 'FAILED (' + c.severity + ')'}: {c.description}" for c in plan.checks.values()]
+    bullets += [f"- note: {note}" for note in plan.inputs.notes]
+    return "\n\n".join([lines[0], text] + (["\n".join(bullets)] if bullets else []))
+
+
+def recent_cycles_frame(cycles: pd.DataFrame) -> pd.DataFrame:
+    """Recent cycles (newest first) from :func:`earnopt_assets.allocation.store.recent_cycles`, with units."""
+    if cycles.empty:
+        return pd.DataFrame(
+            columns=["cycle_time_utc", "decision", "status", "expected_gain_usd_per_h", "expected_usd_per_h",
+                     "realised_usd_per_h", "realised_hours", "realised_vs_expected_%"]
+        )
+    return pd.DataFrame(
+        {
+            "cycle_time_utc": pd.to_datetime(cycles["created_at"]).dt.strftime("%Y-%m-%d %H:%M"),
+            "decision": cycles["decision"].astype(str),
+            "status": cycles["status"].astype(str),
+            "expected_gain_usd_per_h": cycles["expected_gain_usd_per_hour"].astype(float),
+            "expected_usd_per_h": cycles["expected_target_usd_per_hour"].astype(float),
+            "realised_usd_per_h": cycles["realised_usd_per_hour"].astype(float),
+            "realised_hours": cycles["realised_hours"].fillna(0).astype(int),
+            "realised_vs_expected_%": cycles["realised_vs_expected_pct"].astype(float).round(2),
+        }
+    )
+
+
+def realised_vs_expected_markdown(cycles: pd.DataFrame) -> str:
+    """A plot of expected (after-cycle) and realised $/h per past cycle; text when there is nothing to draw."""
+    if cycles.empty:
+        return "No allocation cycle recorded yet."
+    frame = cycles.sort_values("created_at")
+    times = pd.to_datetime(frame["created_at"])
+    realised = frame[frame["realised_usd_per_hour"].notna()]
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(12, 5.5), dpi=100)
+    ax.plot(times, frame["expected_target_usd_per_hour"].astype(float), marker="o", linewidth=2, label="expected after the cycle")
+    if len(realised):
+        ax.plot(pd.to_datetime(realised["created_at"]), realised["realised_usd_per_hour"].astype(float), marker="s",
+                linewidth=2, label="realised (mean of the hours after it)")
+    ax.set_xlabel("cycle time (UTC)", fontsize=13)
+    ax.set_ylabel("earnings ($/h, all protocols)", fontsize=13)
+    pending = "" if len(realised) else " (no realised hours yet)"
+    ax.set_title(f"Realised vs expected earnings over the last {len(frame)} cycles{pending}", fontsize=14)
+    ax.tick_params(labelsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=12, frameon=False)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    return figure_markdown(fig, "realised vs expected earnings per cycle")
+
+
 # ---- anomaly
 # Renderers of the anomaly assets (anomaly_model, anomalies, alerts): domain results -> metadata dicts.
 

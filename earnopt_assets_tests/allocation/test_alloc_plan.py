@@ -11,20 +11,12 @@ import pandas as pd
 import pytest
 
 from earnopt_assets.allocation.allocator import AllocationResult, ResourceAllocator, check_constraints
-from earnopt_assets.allocation.plan import (
-    compute_plan,
-    decision_markdown,
-    ensure_allocation_tables,
-    initial_allocation,
-    plan_markdown,
-    read_cycle_inputs,
-    recent_cycles_markdown,
-    run_allocation_cycle,
-    utilization_markdown,
-    write_latest_plan,
-)
+from earnopt_assets.allocation.cycle import read_cycle_inputs, run_allocation_cycle, write_latest_plan
+from earnopt_assets.allocation.plan import compute_plan, initial_allocation
+from earnopt_assets.allocation.store import ensure_allocation_tables, recent_cycles
+from earnopt_assets.defs.render import allocation_decision_markdown, allocation_frame, recent_cycles_frame, utilisation_frame
 from earnopt_assets.allocation.allocator import ProtocolRequirements, ResourceConstraints
-from earnopt_assets.anomaly.state import ensure_state_tables
+from earnopt_assets.anomaly.store import ensure_state_tables
 from earnopt_assets.forecasting.store import ensure_forecasts_table
 from earnopt_assets.simulator import simulate
 from earnopt_assets.warehouse import connect, ensure_raw_earnings
@@ -176,8 +168,8 @@ def test_default_thresholds_keep_the_running_allocation(warehouse: Path, small_c
     assert plan.target == {n: p.current for n, p in plan.protocols.items()}
     with connect(warehouse) as conn:
         assert {s for (s,) in conn.execute("SELECT source FROM allocation_state").fetchall()} == {"initial"}
-    assert "KEEP" in decision_markdown(plan) and "| akash |" in plan_markdown(plan)
-    assert "memory_gb" in utilization_markdown(plan, small_catalog)
+    assert "Decision: keep" in allocation_decision_markdown(plan) and "akash" in set(allocation_frame(plan, small_catalog)["protocol"])
+    assert "memory_gb" in set(utilisation_frame(plan, small_catalog)["resource"])
 
 
 def test_infeasible_catalog_is_rejected_and_not_applied(data_dir: Path, small_catalog) -> None:
@@ -250,8 +242,9 @@ def test_realised_earnings_are_filled_when_telemetry_arrives(warehouse: Path, ti
         hours = conn.execute("SELECT realised_hours FROM optimization_cycles WHERE cycle_id = ?", [first.cycle_id]).fetchone()[0]
     assert hours == 24 and updated >= 1  # hours END+1h .. END+24h: the whole 24-hour window
     with connect(warehouse) as conn:
-        table = recent_cycles_markdown(conn, "local")
-    assert table.count("\n") == 4 and "| reallocate | applied |" in table and "pending" in table
+        table = recent_cycles_frame(recent_cycles(conn, "local"))
+    assert len(table) == 3 and ("reallocate", "applied") in set(zip(table["decision"], table["status"]))
+    assert (table["realised_hours"] == 0).any()  # the newest cycle's hours have not arrived: pending
 
 
 def test_plan_file_write_is_atomic(warehouse: Path, small_catalog, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -279,10 +272,10 @@ def test_plan_file_write_is_atomic(warehouse: Path, small_catalog, monkeypatch: 
 
 def test_tables_are_created_idempotently(data_dir: Path) -> None:
     with connect(data_dir / "w.duckdb") as conn:
-        assert recent_cycles_markdown(conn, "local") == "no cycles recorded yet"
+        assert recent_cycles(conn, "local").empty  # no table yet
         ensure_allocation_tables(conn)
         ensure_allocation_tables(conn)
-        assert recent_cycles_markdown(conn, "local").count("\n") == 1  # header only
+        assert recent_cycles(conn, "local").empty and list(recent_cycles_frame(recent_cycles(conn, "local")).columns)
         names = {r[0] for r in conn.execute("SELECT table_name FROM information_schema.tables").fetchall()}
     assert {"allocation_state", "allocations", "optimization_cycles"} <= names
 

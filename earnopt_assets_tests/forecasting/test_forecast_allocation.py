@@ -254,7 +254,7 @@ def test_forecast_protocol_conditions_on_the_planned_allocation_state(trained, a
     conn = duckdb.connect(str(db))
     try:
         assert read_planned_allocations(conn, "host-1", [PROTOCOL]) == {}  # no allocation cycle yet
-        from earnopt_assets.allocation.plan import ensure_allocation_tables
+        from earnopt_assets.allocation.store import ensure_allocation_tables
 
         ensure_allocation_tables(conn)
         conn.execute(

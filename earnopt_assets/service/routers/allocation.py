@@ -1,16 +1,17 @@
 """Allocation optimisation on demand: the allocation asset's cycle, minus the writes.
 
 The inputs (response curves fitted to the last 30 days, stored allocation state, degraded protocols,
-latest forecasts) are read from the warehouse read-only with :func:`read_cycle_inputs`; the request's
-current allocations and predictions override them; :func:`compute_plan` (pure) optimises, checks and
-decides. Nothing is written: applying a plan is the orchestrator's job.
+latest forecasts) are read from the warehouse read-only with
+:func:`earnopt_assets.allocation.cycle.read_cycle_inputs`; :func:`earnopt_assets.allocation.plan.request_inputs`
+lets the request's current allocations and predictions override them (and computes the potentials);
+:func:`compute_plan` (pure) optimises, checks and decides. Nothing is written: applying a plan is the
+orchestrator's job.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Depends
@@ -36,23 +37,6 @@ _SOLVE_LOCK = threading.Lock()
 INF_STANDIN = 1e308
 
 
-def _empty_inputs(state: ServiceState) -> Any:
-    from earnopt_assets.allocation.plan import CycleInputs, ProtocolInputs, initial_allocation
-    from earnopt_assets.numerics.response import ResponseCurve
-
-    initial = initial_allocation(state.catalog)
-    protocols = {
-        name: ProtocolInputs(
-            name=name, forecast_usd_per_hour=0.0, forecast_source="no_data", forecast_detail="warehouse does not exist yet",
-            observed_allocation=None, curve=ResponseCurve(method="no_data"), potential_usd_per_hour=0.0,
-            current_allocation=initial[name], state_source="initial",
-        )
-        for name in state.catalog.enabled_names
-    }
-    return CycleInputs(device=state.catalog.host.device, now=utc_now().replace(tzinfo=None), protocols=protocols,
-                       notes=["warehouse does not exist yet: prior response curves, initial allocations"])
-
-
 def _check_names(state: ServiceState, names: dict[str, Any], field: str) -> None:
     enabled = set(state.catalog.enabled_names)
     for name in names:
@@ -75,7 +59,8 @@ def optimize_allocation(request: AllocationRequest, state: ServiceState = Depend
     sum_i p_i x_i**beta_i under the host's resource totals; the reallocation rule then compares the gain with
     the restart cost (full analysis in ``analysis``).
     """
-    from earnopt_assets.allocation.plan import MIN_OBSERVED_ALLOCATION, compute_plan, read_cycle_inputs
+    from earnopt_assets.allocation.cycle import read_cycle_inputs
+    from earnopt_assets.allocation.plan import compute_plan, empty_inputs, has_predictions, request_inputs
 
     _check_names(state, request.current_allocations, "current_allocations")
     _check_names(state, request.earnings or {}, "earnings")
@@ -83,38 +68,19 @@ def optimize_allocation(request: AllocationRequest, state: ServiceState = Depend
         with reads.read_connection(state.db_path) as conn:
             inputs = read_cycle_inputs(conn, state.catalog)
     except reads.WarehouseMissing:
-        inputs = _empty_inputs(state)
+        inputs = empty_inputs(state.catalog, utc_now().replace(tzinfo=None), "warehouse does not exist yet")
     except reads.WarehouseBusy as exc:
         raise ServiceUnavailable(str(exc), problem="warehouse-busy") from None
 
-    mode = state.catalog.allocation.expected_earnings
     posted = {} if request.use_latest_forecasts else (request.earnings or {})
-    notes = list(inputs.notes)
-    protocols = {}
-    for name, item in inputs.protocols.items():
-        current = float(request.current_allocations.get(name, item.current_allocation))
-        if name in posted:
-            values = posted[name]
-            predicted = float(values[0] if mode == "next_hour" else sum(values) / len(values))
-            if request.earnings_basis == "full_allocation":
-                potential, detail = predicted, "request (at full allocation)"
-            elif current >= MIN_OBSERVED_ALLOCATION:
-                potential = predicted / float(item.curve.relative(current))
-                detail = f"request at allocation {current:.3f} / r(x) with beta {item.curve.beta:.3f}"
-            elif item.curve.method != "no_data" and item.curve.scale_usd_per_hour > 0:
-                potential, detail = item.curve.scale_usd_per_hour, "request at ~0 allocation: fitted curve scale"
-            else:
-                potential, detail = predicted, "request at ~0 allocation, no curve: prediction taken as full-allocation"
-                notes.append(f"{name}: prediction at allocation ~0 without telemetry treated as its full-allocation potential")
-            item = replace(item, forecast_usd_per_hour=predicted, forecast_source="request", forecast_detail=detail,
-                           potential_usd_per_hour=float(potential))
-        protocols[name] = replace(item, current_allocation=current)
-    if all(p.forecast_source == "no_data" for p in protocols.values()):
+    inputs = request_inputs(
+        inputs, state.catalog.allocation.expected_earnings, request.current_allocations, posted, request.earnings_basis
+    )
+    if not has_predictions(inputs):
         raise ServiceUnavailable(
             "no earnings predictions: post 'earnings', or let the pipeline write forecasts/telemetry first",
             problem="no-predictions",
         )
-    inputs = replace(inputs, protocols=protocols, notes=notes)
     with _SOLVE_LOCK:
         plan = compute_plan(inputs, state.catalog, state.allocator())
     return _response(plan)
