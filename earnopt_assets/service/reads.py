@@ -103,7 +103,9 @@ def open_alerts(db_path: Path) -> tuple[bool, list[dict[str, Any]]]:
 
 
 def latest_allocation_time(db_path: Path) -> datetime | None:
+    from earnopt_assets.allocation.store import latest_cycle_time  # the allocation tables' one owner
+
     def query(conn: duckdb.DuckDBPyConnection) -> datetime | None:
-        return _utc(conn.execute("SELECT max(created_at) FROM optimization_cycles").fetchone()[0])
+        return _utc(latest_cycle_time(conn))
 
     return with_tables(db_path, ("optimization_cycles",), query, None)
