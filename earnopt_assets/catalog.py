@@ -98,8 +98,31 @@ class ProtocolSpec(_Strict):
         }
 
 
+# earnopt's own footprint on the host (service + Dagster webserver/daemon/code servers + the 15-minute
+# tick), measured by benchmarks/footprint.py; see ReservedResources.
+DEFAULT_RESERVED_CPU_CORES = 0.25
+DEFAULT_RESERVED_MEMORY_GB = 1.5
+
+
+class ReservedResources(_Strict):
+    """What earnopt itself takes from the host, kept out of the allocator's reach so the earning apps
+    are never planned onto CPU and memory that earnopt is using. Defaults are the measured footprint
+    (``benchmarks/footprint.py`` prints a suggested block for the machine it runs on)."""
+
+    cpu_cores: float = Field(DEFAULT_RESERVED_CPU_CORES, ge=0, description="Cores kept for earnopt (mean use incl. ticks).")
+    memory_gb: float = Field(DEFAULT_RESERVED_MEMORY_GB, ge=0, description="Memory GB kept for earnopt (idle stack RSS).")
+
+    def vector(self) -> dict[str, float]:
+        """In the allocator's resource keys (bandwidth and storage are not reserved)."""
+        return {"cpu_cores": self.cpu_cores, "memory_gb": self.memory_gb, "bandwidth_mbps": 0.0, "storage_gb": 0.0}
+
+
 class HostSpec(_Strict):
-    """The machine's totals: the allocator's resource constraints."""
+    """The machine's totals and earnopt's own ``reserved`` share of them.
+
+    The allocator plans over :meth:`available` = totals - reserved; features and the UI's machine view
+    keep using :meth:`totals` (the whole machine).
+    """
 
     device: str = Field("local", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     timezone: str = "UTC"
@@ -107,6 +130,7 @@ class HostSpec(_Strict):
     memory_gb: float = Field(gt=0)
     bandwidth_mbps: float = Field(gt=0)
     storage_gb: float = Field(gt=0)
+    reserved: ReservedResources = ReservedResources()
 
     @field_validator("timezone")
     @classmethod
@@ -119,13 +143,30 @@ class HostSpec(_Strict):
             raise ValueError(f"unknown timezone {value!r}") from exc
         return value
 
+    @model_validator(mode="after")
+    def _reserve_leaves_room(self) -> "HostSpec":
+        for resource in ("cpu_cores", "memory_gb"):
+            reserved, total = getattr(self.reserved, resource), getattr(self, resource)
+            if reserved >= total:
+                raise ValueError(
+                    f"reserved.{resource} ({reserved:g}) must be below the host's {resource} ({total:g}): "
+                    "nothing would be left for the protocols"
+                )
+        return self
+
     def totals(self) -> dict[str, float]:
+        """The whole machine."""
         return {
             "cpu_cores": self.cpu_cores,
             "memory_gb": self.memory_gb,
             "bandwidth_mbps": self.bandwidth_mbps,
             "storage_gb": self.storage_gb,
         }
+
+    def available(self) -> dict[str, float]:
+        """What the allocator may hand to protocols: ``totals() - reserved`` per resource."""
+        reserved = self.reserved.vector()
+        return {resource: total - reserved[resource] for resource, total in self.totals().items()}
 
 
 class AlertChannel(_Strict):
