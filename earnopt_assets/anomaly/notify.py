@@ -73,7 +73,14 @@ def redact_text(text: str | None, secrets: Iterable[str] = ()) -> str | None:
         return None
     for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
         text = text.replace(secret, REDACTED)
-    return _URL_IN_TEXT.sub(lambda m: m.group(1) + m.group(2) + (f"/{REDACTED}" if m.group(3) or "@" in m.group(0) else ""), text)
+
+    def replace(match: re.Match) -> str:
+        rest = match.group(3)
+        tail = rest[len(rest.rstrip(".,:;)]")):]  # sentence punctuation after the URL stays
+        hidden = rest[: len(rest) - len(tail)] or "@" in match.group(0)
+        return match.group(1) + match.group(2) + (f"/{REDACTED}" if hidden else "") + tail
+
+    return _URL_IN_TEXT.sub(replace, text)
 
 
 @dataclass(frozen=True)

@@ -53,9 +53,23 @@ class TargetState:
     since: datetime
 
 
+@dataclass(frozen=True)
+class ResolvedCause:
+    """The newest resolved critical alert of a degrading rule for one protocol (why it is healthy again)."""
+
+    alert_id: str
+    rule: str
+    hour: datetime
+    resolved_at: datetime
+
+
 def next_state(previous_state: str | None, previous_alert: str | None, cause: DegradingCause | None,
-               now: datetime) -> TargetState:
-    """The state a protocol must be in given its newest open critical degrading alert (or none)."""
+               now: datetime, last_resolved: ResolvedCause | None = None) -> TargetState:
+    """The state a protocol must be in given its newest open critical degrading alert (or none).
+
+    The healthy reason names the last resolved critical alert, so a critical alert recorded and already
+    auto-resolved in the same run (e.g. a first run's history) is explained next to the healthy state.
+    """
     if cause is not None:
         return TargetState(
             "degraded",
@@ -63,10 +77,12 @@ def next_state(previous_state: str | None, previous_alert: str | None, cause: De
             cause.alert_id,
             cause.first_hour,
         )
-    if previous_state == "degraded":
-        reason = f"alert {previous_alert} resolved; no open critical {_DEGRADING_TEXT} alert"
-    else:
-        reason = f"no open critical {_DEGRADING_TEXT} alert"
+    reason = f"no open critical {_DEGRADING_TEXT} alert"
+    if last_resolved is not None:
+        reason += (f"; the last one, {last_resolved.rule} alert {last_resolved.alert_id} at {last_resolved.hour:%Y-%m-%d %H:00}, "
+                   f"resolved at {last_resolved.resolved_at:%Y-%m-%d %H:00}")
+    elif previous_state == "degraded" and previous_alert:
+        reason += f"; alert {previous_alert} resolved"
     return TargetState("healthy", reason, None, now)
 
 

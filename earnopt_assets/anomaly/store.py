@@ -25,7 +25,7 @@ from earnopt_assets.catalog import AlertSettings
 from earnopt_assets.anomaly.detector import DETECTION_FEATURES
 from earnopt_assets.anomaly.notify import DeliveryAttempt, redact_text
 from earnopt_assets.anomaly.rules import DEGRADING_RULES, Alert, NotificationDecision, plan_notifications, split_incidents
-from earnopt_assets.anomaly.state import DegradingCause, StateChange, next_state
+from earnopt_assets.anomaly.state import DegradingCause, ResolvedCause, StateChange, next_state
 from earnopt_assets.warehouse import table_exists
 
 ANOMALIES_DDL = f"""
@@ -349,6 +349,21 @@ def _degrading_causes(conn: duckdb.DuckDBPyConnection, device: str) -> dict[str,
     return {row[0]: DegradingCause(row[1], row[2], row[3], row[4], row[5]) for row in rows}
 
 
+def _resolved_causes(conn: duckdb.DuckDBPyConnection, device: str) -> dict[str, ResolvedCause]:
+    rules = sorted(DEGRADING_RULES)
+    placeholders = ", ".join("?" for _ in rules)
+    rows = conn.execute(
+        f"""
+        SELECT protocol, id, rule, hour, resolved_at
+        FROM alerts
+        WHERE device = ? AND severity = 'critical' AND status = 'resolved' AND rule IN ({placeholders})
+        QUALIFY row_number() OVER (PARTITION BY protocol ORDER BY resolved_at DESC, hour DESC, rule) = 1
+        """,
+        [device, *rules],
+    ).fetchall()
+    return {row[0]: ResolvedCause(row[1], row[2], row[3], row[4]) for row in rows}
+
+
 def update_protocol_state(conn: duckdb.DuckDBPyConnection, device: str, protocols: Iterable[str],
                           now: datetime | None = None) -> list[StateChange]:
     """Recompute each protocol's state from the ``alerts`` table (:func:`state.next_state`) and record the
@@ -361,6 +376,7 @@ def update_protocol_state(conn: duckdb.DuckDBPyConnection, device: str, protocol
     ensure_state_tables(conn)
     now = now or _now()
     causes = _degrading_causes(conn, device)
+    resolved = _resolved_causes(conn, device)
     current = {
         row[0]: (row[1], row[2])
         for row in conn.execute("SELECT protocol, state, alert_id FROM protocol_state WHERE device = ?", [device]).fetchall()
@@ -368,7 +384,7 @@ def update_protocol_state(conn: duckdb.DuckDBPyConnection, device: str, protocol
     changes: list[StateChange] = []
     for protocol in protocols:
         previous_state, previous_alert = current.get(protocol, (None, None))
-        target = next_state(previous_state, previous_alert, causes.get(protocol), now)
+        target = next_state(previous_state, previous_alert, causes.get(protocol), now, resolved.get(protocol))
         if previous_state == target.state:
             if target.state == "degraded" and previous_alert != target.alert_id:
                 conn.execute(
