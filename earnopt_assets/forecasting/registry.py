@@ -58,11 +58,13 @@ def _finite(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def score_row(score: Any) -> dict[str, Any]:
-    """One candidate's score as a JSON-safe dict with :data:`SCORE_COLUMNS` keys.
+def score_row(score: Any, total_origins: int | None = None) -> dict[str, Any]:
+    """One candidate's score as a JSON-safe dict with :data:`SCORE_COLUMNS` keys (+ ``complete``).
 
     Accepts the harness's ``CandidateScore`` (attributes ``mape_pct``, ``mase``, ``mae``, ``rmse``,
     ``coverage_80_pct``, ``coverage_95_pct``, ``n_origins``) or a mapping with the same or column names.
+    With ``total_origins`` a candidate that did not forecast every origin is marked ``complete: False``
+    and is never ranked (it would be compared on other hours).
     """
     get = (lambda k: score.get(k)) if isinstance(score, Mapping) else (lambda k: getattr(score, k, None))
     first = lambda *keys: next((get(k) for k in keys if get(k) is not None), None)  # noqa: E731
@@ -75,6 +77,7 @@ def score_row(score: Any) -> dict[str, Any]:
         "coverage_80_pct": _finite(first("coverage_80_pct")),
         "coverage_95_pct": _finite(first("coverage_95_pct")),
         "n_origins": int(n) if n is not None else 0,
+        "complete": True if total_origins is None else (n is not None and int(n) == int(total_origins) and total_origins > 0),
     }
 
 
@@ -86,7 +89,10 @@ def _rank_key(name: str, row: Mapping[str, Any]) -> tuple[float, float, str]:
 
 def best_candidate(scores: Mapping[str, Mapping[str, Any]], names: list[str] | None = None) -> str | None:
     """Lowest MAPE (ties: lower MASE, then name) among ``names`` (default all) with a MAPE; None if none has one."""
-    pool = [n for n in (names if names is not None else list(scores)) if n in scores and scores[n].get("mape_pct") is not None]
+    pool = [
+        n for n in (names if names is not None else list(scores))
+        if n in scores and scores[n].get("mape_pct") is not None and scores[n].get("complete", True)
+    ]
     return min(pool, key=lambda n: _rank_key(n, scores[n])) if pool else None
 
 
@@ -247,7 +253,6 @@ def choose_source(
     *,
     target_pct: float = DEFAULT_MAPE_TARGET_PCT,
     champion_version: str | None = None,
-    champion_check_passed: bool | None = None,
 ) -> ServingDecision:
     """The serving rule (module docstring). ``scores`` holds the statistical candidates and, when a champion
     exists, its score under ``"lstm"`` (the champion's, not a rejected challenger's)."""
@@ -262,7 +267,7 @@ def choose_source(
             True, None, float(target_pct), None, champion_version, table,
         )
     mape = float(eligible[best]["mape_pct"])
-    ranked = sorted((n for n in eligible if eligible[n].get("mape_pct") is not None), key=lambda n: _rank_key(n, eligible[n]))
+    ranked = sorted((n for n in eligible if eligible[n].get("mape_pct") is not None and eligible[n].get("complete", True)), key=lambda n: _rank_key(n, eligible[n]))
     runner = next((n for n in ranked if n != best), None)
     after = f"; next {runner} {float(eligible[runner]['mape_pct']):.2f}%" if runner else ""
     below = not mape < target_pct

@@ -57,7 +57,7 @@ def test_challenger_without_mape_is_never_promoted():
 def test_worse_than_statistical_means_the_statistical_candidate_serves_with_its_name():
     # The series: same hour last week 1.9 %, same hour yesterday 6.5 %, the champion 4 %.
     table = scores(seasonal_naive_24=6.5, seasonal_naive_168=1.9, mstl=3.0, ets=5.0, lstm=4.0)
-    decision = choose_source("storj", table, target_pct=15.0, champion_version="v1", champion_check_passed=True)
+    decision = choose_source("storj", table, target_pct=15.0, champion_version="v1")
     assert decision.source == "seasonal_naive_168" and not decision.below_target
     assert decision.model_version is None and decision.champion_version == "v1"
     assert decision.reason.startswith("seasonal_naive_168 holdout MAPE 1.90% < 15% target, best of 5 candidates; next mstl 3.00%")
@@ -94,6 +94,13 @@ def test_a_rejected_challenger_score_never_serves_without_a_champion():
     table = scores(seasonal_naive_24=31.0, lstm=16.0)
     decision = choose_source("akash", table, champion_version=None)
     assert decision.source == "seasonal_naive_24" and decision.below_target
+
+
+def test_a_candidate_that_missed_origins_is_not_ranked():
+    table = scores(seasonal_naive_24=9.0, mstl=2.0)
+    table["mstl"] = score_row({"mape_pct": 2.0, "n_origins": 3}, total_origins=7)
+    table["seasonal_naive_24"] = score_row({"mape_pct": 9.0, "n_origins": 7}, total_origins=7)
+    assert choose_source("storj", table).source == "seasonal_naive_24"
 
 
 def test_no_scorable_candidate_falls_back_and_says_so():
