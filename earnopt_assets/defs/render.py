@@ -161,6 +161,9 @@ def allocation_frame(plan, catalog) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     for column in ("current_share_%", "proposed_share_%", "change_pp"):
         frame[column] = frame[column].astype(float).round(2)
+    for column in ("expected_current_usd_per_h", "expected_proposed_usd_per_h", "potential_usd_per_h"):
+        frame[column] = frame[column].astype(float).round(6)
+    frame["response_beta"] = frame["response_beta"].astype(float).round(3)
     return frame
 
 
@@ -201,7 +204,7 @@ def allocation_decision_markdown(plan) -> str:
     t = d.thresholds
     cost = d.reallocation_cost
     verdict = "reallocate" if d.reallocate else "keep"
-    lines = [f"**Decision: {verdict}. Plan {plan.status}**" + ("" if plan.checks_passed else " because a blocking check failed") + "."]
+    lines = [f"**Decision: {verdict}. Plan {plan.status}" + ("" if plan.checks_passed else ": a blocking check failed") + ".**"]
     if plan.result.allocations:
         if math.isfinite(d.improvement_pct):
             pct = f"{d.improvement_pct:+.2f} %"
@@ -218,7 +221,8 @@ def allocation_decision_markdown(plan) -> str:
             f"{d.improvement_usd_per_hour:+.6f} - {d.amortised_cost_usd_per_hour:.6f} = {d.net_benefit_usd_per_hour:+.6f} $/h "
             f"(the rule needs more than {t.min_net_benefit_usd_per_hour:g} $/h)."
         )
-        failed = [name.replace("_", " ") for name, ok in d.criteria.items() if not ok]
+        labels = {"improvement_pct": "improvement %", "net_benefit": "net benefit", "change_within_tolerance": "change within tolerance"}
+        failed = [labels.get(name, name.replace("_", " ")) for name, ok in d.criteria.items() if not ok]
         lines.append("Every criterion holds." if not failed else f"Criteria not met: {', '.join(failed)}.")
     else:
         lines.append(f"The solver found no allocation (status {plan.result.solver_status}), so the current shares stay.")
@@ -239,7 +243,7 @@ def recent_cycles_frame(cycles: pd.DataFrame) -> pd.DataFrame:
     """Recent cycles (newest first) from :func:`earnopt_assets.allocation.store.recent_cycles`, with units."""
     if cycles.empty:
         return pd.DataFrame(
-            columns=["cycle_time_utc", "decision", "status", "expected_gain_usd_per_h", "expected_usd_per_h",
+            columns=["cycle_time_utc", "decision", "status", "proposal_gain_usd_per_h", "expected_after_cycle_usd_per_h",
                      "realised_usd_per_h", "realised_hours", "realised_vs_expected_%"]
         )
     return pd.DataFrame(
@@ -247,9 +251,9 @@ def recent_cycles_frame(cycles: pd.DataFrame) -> pd.DataFrame:
             "cycle_time_utc": pd.to_datetime(cycles["created_at"]).dt.strftime("%Y-%m-%d %H:%M"),
             "decision": cycles["decision"].astype(str),
             "status": cycles["status"].astype(str),
-            "expected_gain_usd_per_h": cycles["expected_gain_usd_per_hour"].astype(float),
-            "expected_usd_per_h": cycles["expected_target_usd_per_hour"].astype(float),
-            "realised_usd_per_h": cycles["realised_usd_per_hour"].astype(float),
+            "proposal_gain_usd_per_h": cycles["expected_gain_usd_per_hour"].astype(float).round(6),
+            "expected_after_cycle_usd_per_h": cycles["expected_target_usd_per_hour"].astype(float).round(6),
+            "realised_usd_per_h": cycles["realised_usd_per_hour"].astype(float).round(6),
             "realised_hours": cycles["realised_hours"].fillna(0).astype(int),
             "realised_vs_expected_%": cycles["realised_vs_expected_pct"].astype(float).round(2),
         }
