@@ -1,5 +1,6 @@
-"""Asset group: ingestion. Thin Dagster wiring around :mod:`earnopt_assets.ingestion.pipeline`,
-:mod:`earnopt_assets.ingestion.features` and :mod:`earnopt_assets.ingestion.feature_store`.
+"""Asset group: ingestion. Thin Dagster wiring around :mod:`earnopt_assets.ingestion`: each asset reads
+its inputs through :mod:`earnopt_assets.ingestion.store` (or the feature store), calls one domain
+function and returns a ``dg.MaterializeResult``; tables and plots come from :mod:`earnopt_assets.defs.render`.
 
 Every asset and check here opens the warehouse, so each declares ``pool=DUCKDB_POOL``: with the pool
 limit of 1 (``deploy/dagster.yaml``) steps queue instead of failing on DuckDB's file lock.
@@ -8,39 +9,48 @@ limit of 1 (``deploy/dagster.yaml``) steps queue instead of failing on DuckDB's 
 
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
-from earnopt_assets.defs.render import figure_markdown, markdown_table, pyplot
-from earnopt_assets.ingestion.feature_store import load_raw_for_features, replace_feature_table, to_arrow, write_feature_snapshots
+from earnopt_assets.defs.render import (
+    ingestion_daily_earnings_plot,
+    ingestion_features_per_protocol,
+    ingestion_features_preview,
+    ingestion_latest_frame,
+    ingestion_snapshots_frame,
+    table_metadata,
+)
+from earnopt_assets.ingestion import store
+from earnopt_assets.ingestion.feature_store import (
+    feature_key_duplicates,
+    feature_non_finite_counts,
+    load_raw_for_features,
+    replace_feature_table,
+    to_arrow,
+    write_feature_snapshots,
+)
 from earnopt_assets.ingestion.features import FEATURE_COLUMNS, build_feature_table, validate_features
-from earnopt_assets.ingestion.pipeline import ensure_ingestion_tables, ingest_landing, landing_files
+from earnopt_assets.ingestion.freshness import DEFAULT_MAX_LAG_HOURS, series_lag, stale_series
+from earnopt_assets.ingestion.landing import landing_files
+from earnopt_assets.ingestion.run import ingest_landing
 from earnopt_assets.resources import EarnoptResource
-from earnopt_assets.warehouse import DUCKDB_POOL, table_exists
+from earnopt_assets.warehouse import DUCKDB_POOL
 
 GROUP = "ingestion"
-FRESHNESS_MAX_LAG_HOURS = 2.0
+# Telemetry later than now + this many hours is a clock or collector error.
+FUTURE_SLACK_HOURS = 1.0
 
 
-def _earnings_plot(raw: pd.DataFrame, days: int = 14) -> str | None:
-    """Daily earnings per protocol over the last ``days`` days as an embedded PNG (markdown)."""
-    if raw.empty:
-        return None
-    plt = pyplot()
-    recent = raw.loc[raw["ts"] >= raw["ts"].max() - pd.Timedelta(days=days)]
-    daily = recent.assign(day=recent["ts"].dt.floor("D")).pivot_table(index="day", columns="protocol", values="earnings_usd", aggfunc="sum")
-    fig, ax = plt.subplots(figsize=(8, 3.5), dpi=80)
-    daily.plot(ax=ax, legend=True, linewidth=1.2)
-    ax.set_ylabel("USD / day")
-    ax.set_xlabel("")
-    ax.set_title(f"Daily earnings, last {days} days")
-    ax.legend(fontsize=6, ncol=3)
-    fig.tight_layout()
-    return figure_markdown(fig, "daily earnings")
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _hour_text(ts: datetime | None) -> str:
+    return "no telemetry yet" if ts is None else f"{pd.Timestamp(ts):%Y-%m-%d %H:%M}"
 
 
 @dg.asset(group_name=GROUP, pool=DUCKDB_POOL, kinds={"duckdb"})
@@ -50,23 +60,19 @@ def raw_earnings(context: dg.AssetExecutionContext, earnopt: EarnoptResource, du
     CSV, Parquet and JSON Lines files (earnings or cumulative ``balance_usd`` polls, differenced per
     series) are validated row by row: bad rows go to ``quarantine`` with the file, row number and reason;
     good rows are upserted on (device, protocol, ts), so a reload adds nothing and a later file updates a
-    key. Unreadable files go to ``landing/rejected/``; every processed file is moved to ``archive/``.
-    Invariant: accepted + quarantined = read, per file and in total. Contract: docs/DATA.md.
+    key (the earlier file's row is counted as superseded). Unreadable files go to ``landing/rejected/``;
+    every processed file is moved to ``archive/``. Invariant, counted and verified per file before the
+    commit (the run fails naming the file otherwise): read = stored + superseded + quarantined.
+    Contract: docs/DATA.md.
     """
-    paths = earnopt.paths
-    catalog = earnopt.catalog()
     with duckdb.get_connection() as conn:
-        report = ingest_landing(conn, paths, catalog)
-        rows, series, latest = conn.execute(
-            "SELECT count(*), count(DISTINCT (device, protocol)), max(ts) FROM raw_earnings"
-        ).fetchone()
-        quarantine_total = conn.execute("SELECT count(*) FROM quarantine").fetchone()[0]
+        report = ingest_landing(conn, earnopt.paths, earnopt.catalog())
+        rows, series, latest = store.telemetry_totals(conn)
+        summary = store.telemetry_summary(conn)
+        quarantine_rows = store.quarantine_total(conn)
     for file in report.files:
         if file.status == "rejected":
             context.log.warning(f"rejected {file.source_file} -> {file.stored_as}: {file.reason}")
-    if report.rows_accepted + report.rows_quarantined != report.rows_read:  # pragma: no cover - invariant
-        raise RuntimeError(f"ingestion invariant broken: {report.rows_accepted} + {report.rows_quarantined} != {report.rows_read}")
-    reasons = pd.DataFrame(list(report.quarantine_reasons.items()), columns=["reason", "rows"])
     return dg.MaterializeResult(
         metadata={
             "files": len(report.files),
@@ -74,17 +80,20 @@ def raw_earnings(context: dg.AssetExecutionContext, earnopt: EarnoptResource, du
             "files_rejected": report.files_rejected,
             "rows_read": report.rows_read,
             "rows_accepted": report.rows_accepted,
+            "rows_stored": report.rows_stored,
+            "rows_superseded": report.rows_superseded,
             "rows_quarantined": report.rows_quarantined,
             "rows_inserted": report.rows_inserted,
             "rows_updated": report.rows_updated,
             "balance_baselines": report.balance_baselines,
-            "per_file": dg.MetadataValue.md(report.markdown_table() if report.files else "_no new files in landing_"),
-            "quarantine_reasons": dg.MetadataValue.md(markdown_table(reasons)),
-            "table_rows": int(rows),
-            "table_series": int(series),
-            "quarantine_rows_total": int(quarantine_total),
-            "latest_ts": str(latest) if latest is not None else "none",
-            "dagster/row_count": int(rows),
+            "per_file": table_metadata(report.per_file_frame(), max_rows=100),
+            "quarantine_reasons": table_metadata(report.quarantine_reasons_frame()),
+            "table_rows": rows,
+            "table_series": series,
+            "quarantine_rows_total": quarantine_rows,
+            "latest_hour_utc": _hour_text(latest),
+            "per_series_latest": table_metadata(ingestion_latest_frame(series_lag(summary, _utc_now()))),
+            "dagster/row_count": rows,
         }
     )
 
@@ -114,12 +123,6 @@ def earnings_features(context: dg.AssetExecutionContext, earnopt: EarnoptResourc
         with duckdb.get_connection() as conn:
             replace_feature_table(conn, arrow)
         written = snapshots.result()
-    per_protocol = (
-        table.groupby("protocol").agg(rows=("ts", "size"), first=("ts", "min"), last=("ts", "max"), mean_earnings=("earnings_usd", "mean")).reset_index()
-        if len(table)
-        else pd.DataFrame(columns=["protocol", "rows", "first", "last", "mean_earnings"])
-    )
-    preview_columns = ["device", "protocol", "ts", "earnings_usd", "lag_24", "ma_24h", "ema_12", "volatility_24h", "hour", "allocation", "failure_rate_24h"]
     metadata: dict[str, object] = {
         "rows": stats.output_rows,
         "series": stats.series,
@@ -127,12 +130,12 @@ def earnings_features(context: dg.AssetExecutionContext, earnopt: EarnoptResourc
         "dropped_warmup_or_gap_rows": stats.warmup_or_gap_rows,
         "missing_hours": stats.missing_hours,
         "feature_columns": len(FEATURE_COLUMNS),
-        "snapshots": dg.MetadataValue.md("\n".join(f"- `{p}` -> `{path}`" for p, path in written.items()) or "_none_"),
-        "per_protocol": dg.MetadataValue.md(markdown_table(per_protocol)),
-        "preview": dg.MetadataValue.md(markdown_table(table[preview_columns].tail(8))),
+        "snapshots": table_metadata(ingestion_snapshots_frame(written)),
+        "per_protocol": table_metadata(ingestion_features_per_protocol(table)),
+        "preview": table_metadata(ingestion_features_preview(table)),
         "dagster/row_count": stats.output_rows,
     }
-    plot = _earnings_plot(raw)
+    plot = ingestion_daily_earnings_plot(raw)
     if plot:
         metadata["daily_earnings_plot"] = dg.MetadataValue.md(plot)
     context.log.info(f"built {stats.output_rows} feature rows for {stats.series} series")
@@ -142,89 +145,102 @@ def earnings_features(context: dg.AssetExecutionContext, earnopt: EarnoptResourc
 # ----------------------------------------------------------------------------- checks
 
 
-def _no_duplicate_keys(duckdb: DuckDBResource, table: str) -> dg.AssetCheckResult:
-    """Pass when no (device, protocol, ts) appears twice in ``table``; show the worst offenders."""
+@dg.asset_check(asset=raw_earnings, pool=DUCKDB_POOL, blocking=True)
+def raw_earnings_hour_grid(duckdb: DuckDBResource) -> dg.AssetCheckResult:
+    """Every stored row sits on the hour grid: ``ts`` exactly on the hour, not later than now + 1 h
+    (wall clock, UTC), and earnings finite and non-negative. Fails naming the first offending rows."""
     with duckdb.get_connection() as conn:
-        if not table_exists(conn, table):
-            return dg.AssetCheckResult(passed=False, description=f"table {table} does not exist")
-        # ``table`` is one of two literals below, never outside input.
-        dupes = conn.execute(
-            f"SELECT device, protocol, ts, count(*) AS copies FROM {table} GROUP BY device, protocol, ts "
-            "HAVING count(*) > 1 ORDER BY copies DESC LIMIT 10"
-        ).df()
-        total = int(
-            conn.execute(
-                f"SELECT count(*) FROM (SELECT 1 FROM {table} GROUP BY device, protocol, ts HAVING count(*) > 1)"
-            ).fetchone()[0]
-        )
-    return dg.AssetCheckResult(passed=total == 0, metadata={"duplicate_keys": total, "examples": dg.MetadataValue.md(markdown_table(dupes))})
+        counts, examples = store.hour_grid_violations(conn, _utc_now(), future_slack_hours=FUTURE_SLACK_HOURS)
+    bad = sum(counts.values())
+    if not examples.empty:
+        examples = examples.assign(ts=pd.to_datetime(examples["ts"]).dt.strftime("%Y-%m-%d %H:%M:%S")).rename(
+            columns={"ts": "ts_utc", "earnings_usd": "earnings_usd_per_h"})
+    return dg.AssetCheckResult(
+        passed=bad == 0,
+        description="every row on the hour grid" if bad == 0 else f"{bad} rows off the hour grid",
+        metadata={
+            "off_hour_rows": counts["off_hour"],
+            "future_rows": counts["future"],
+            "negative_or_non_finite_rows": counts["negative_or_non_finite"],
+            "future_slack_h": FUTURE_SLACK_HOURS,
+            "examples": table_metadata(examples),
+        },
+    )
 
 
 @dg.asset_check(asset=raw_earnings, pool=DUCKDB_POOL, blocking=True)
-def raw_earnings_no_duplicate_keys(duckdb: DuckDBResource) -> dg.AssetCheckResult:
-    """No (device, protocol, ts) appears twice in ``raw_earnings``."""
-    return _no_duplicate_keys(duckdb, "raw_earnings")
+def raw_earnings_rows_accounted(duckdb: DuckDBResource) -> dg.AssetCheckResult:
+    """Every logged landing file accounts for each row it carried: read = stored + superseded + quarantined
+    (``ingested_files``). Fails naming the files that do not add up."""
+    with duckdb.get_connection() as conn:
+        broken = store.row_accounting_violations(conn)
+    return dg.AssetCheckResult(
+        passed=broken.empty,
+        description="every file accounts for its rows" if broken.empty else "rows unaccounted for in: " + ", ".join(broken["file"]),
+        metadata={"files_not_adding_up": len(broken), "files": table_metadata(broken)},
+    )
 
 
 @dg.asset_check(asset=earnings_features, pool=DUCKDB_POOL, blocking=True)
 def earnings_features_no_duplicate_keys(duckdb: DuckDBResource) -> dg.AssetCheckResult:
-    """No (device, protocol, ts) appears twice in ``earnings_features``."""
-    return _no_duplicate_keys(duckdb, "earnings_features")
+    """No (device, protocol, ts) appears twice in ``earnings_features`` (a plain table, no primary key)."""
+    with duckdb.get_connection() as conn:
+        total, examples = feature_key_duplicates(conn)
+    if not examples.empty:
+        examples = examples.assign(ts=pd.to_datetime(examples["ts"]).dt.strftime("%Y-%m-%d %H:%M")).rename(columns={"ts": "hour_utc"})
+    return dg.AssetCheckResult(passed=total == 0, metadata={"duplicate_keys": total, "examples": table_metadata(examples)})
 
 
 @dg.asset_check(asset=earnings_features, pool=DUCKDB_POOL, blocking=True)
 def earnings_features_finite(duckdb: DuckDBResource) -> dg.AssetCheckResult:
-    """Every feature value is finite (no NULL, NaN or Inf) in ``earnings_features``."""
+    """Every feature value is finite (no NULL, NaN or Inf) in ``earnings_features``. An empty table is a
+    failed check with WARN severity (nothing to train on yet: not an error, but never a silent pass)."""
     with duckdb.get_connection() as conn:
-        if not table_exists(conn, "earnings_features"):
-            return dg.AssetCheckResult(passed=False, description="table earnings_features does not exist")
-        present = {name for (name,) in conn.execute("SELECT column_name FROM information_schema.columns WHERE table_name = 'earnings_features'").fetchall()}
-        missing = [c for c in FEATURE_COLUMNS if c not in present]
-        if missing:
-            return dg.AssetCheckResult(passed=False, description=f"missing feature columns: {', '.join(missing)}")
-        counts = ", ".join(f"count(*) FILTER (WHERE {c} IS NULL OR NOT isfinite({c})) AS {c}" for c in FEATURE_COLUMNS)
-        row = conn.execute(f"SELECT count(*) AS rows, {counts} FROM earnings_features").df().iloc[0]
-    bad = {c: int(row[c]) for c in FEATURE_COLUMNS if int(row[c]) > 0}
-    table = pd.DataFrame(sorted(bad.items()), columns=["feature", "non_finite_rows"])
-    return dg.AssetCheckResult(
-        passed=not bad,
-        metadata={"rows": int(row["rows"]), "non_finite_values": sum(bad.values()), "bad_columns": dg.MetadataValue.md(markdown_table(table))},
-    )
+        rows, bad, missing = feature_non_finite_counts(conn)
+    if missing:
+        return dg.AssetCheckResult(passed=False, description=f"missing feature columns: {', '.join(missing)}")
+    table = pd.DataFrame({"feature": list(bad), "non_finite_rows": pd.Series(list(bad.values()), dtype="int64")})
+    metadata = {"rows": rows, "non_finite_values": sum(bad.values()), "bad_columns": table_metadata(table)}
+    if rows == 0:
+        return dg.AssetCheckResult(
+            passed=False, severity=dg.AssetCheckSeverity.WARN, description="earnings_features has no rows", metadata=metadata
+        )
+    return dg.AssetCheckResult(passed=not bad, metadata=metadata)
 
 
-def freshness_lag_hours(latest_telemetry: datetime | None, newest_landing: datetime | None) -> float | None:
-    """Hours by which the newest stored telemetry trails the newest landed data (None if either is missing)."""
-    if latest_telemetry is None or newest_landing is None:
-        return None
-    return max((pd.Timestamp(newest_landing) - pd.Timestamp(latest_telemetry)).total_seconds() / 3600.0, 0.0)
+class FreshnessConfig(dg.Config):
+    """How far (hours) a series' newest hour may trail the wall clock before it counts as stale."""
+
+    max_lag_hours: float = DEFAULT_MAX_LAG_HOURS
 
 
 @dg.asset_check(asset=raw_earnings, pool=DUCKDB_POOL)
-def raw_earnings_freshness(duckdb: DuckDBResource) -> dg.AssetCheckResult:
-    """The latest telemetry in ``raw_earnings`` is no more than 2 h behind the newest landing data,
-    i.e. the max ts seen in any ingested file (``ingested_files.max_ts``, including rows that were
-    quarantined). Fails if the newest landed hours were all rejected, or nothing was ingested."""
+def raw_earnings_freshness(config: FreshnessConfig, earnopt: EarnoptResource, duckdb: DuckDBResource) -> dg.AssetCheckResult:
+    """Each (device, protocol) series has telemetry no more than ``max_lag_hours`` (default 3 h) behind
+    the wall clock (UTC); every enabled catalog protocol of the host device must have some. Warns naming
+    the stale series."""
+    catalog = earnopt.catalog()
     with duckdb.get_connection() as conn:
-        ensure_ingestion_tables(conn)
-        latest = conn.execute("SELECT max(ts) FROM raw_earnings").fetchone()[0]
-        newest = conn.execute("SELECT max(max_ts) FROM ingested_files WHERE status = 'ingested'").fetchone()[0]
-        per_protocol = conn.execute(
-            "SELECT protocol, max(ts) AS latest_ts FROM raw_earnings GROUP BY protocol ORDER BY protocol"
-        ).df()
-    lag = freshness_lag_hours(latest, newest)
-    metadata = {
-        "latest_telemetry_ts": str(latest),
-        "newest_landing_ts": str(newest),
-        "max_lag_hours": FRESHNESS_MAX_LAG_HOURS,
-        "per_protocol_latest": dg.MetadataValue.md(markdown_table(per_protocol)),
-    }
-    if lag is None:
-        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN, description="no telemetry ingested yet", metadata=metadata)
+        summary = store.telemetry_summary(conn)
+    lags = series_lag(summary, _utc_now(), expected=[(catalog.host.device, name) for name in catalog.enabled_names])
+    stale = stale_series(lags, config.max_lag_hours)
+    description = (
+        f"all {len(lags)} series within {config.max_lag_hours:g} h of now"
+        if stale.empty
+        else f"{len(stale)} of {len(lags)} series stale: " + ", ".join(f"{d}/{p}" for d, p in zip(stale["device"], stale["protocol"]))
+    )
     return dg.AssetCheckResult(
-        passed=lag <= FRESHNESS_MAX_LAG_HOURS,
+        passed=stale.empty,
         severity=dg.AssetCheckSeverity.WARN,
-        description=f"latest telemetry is {lag:.1f} h behind the newest landing data",
-        metadata={**metadata, "lag_hours": float(lag)},
+        description=description[:500],
+        metadata={
+            "max_lag_h": float(config.max_lag_hours),
+            "series": len(lags),
+            "stale_series": len(stale),
+            "worst_lag_h": float(lags["lag_h"].max()) if lags["lag_h"].notna().any() else 0.0,
+            "stale": table_metadata(ingestion_latest_frame(stale)),
+            "per_series_latest": table_metadata(ingestion_latest_frame(lags)),
+        },
     )
 
 
@@ -260,8 +276,15 @@ def landing_sensor(context: dg.SensorEvaluationContext, earnopt: EarnoptResource
         cursor=run_key,
     )
 
+
 assets: list = [raw_earnings, earnings_features]
-asset_checks: list = [raw_earnings_no_duplicate_keys, earnings_features_no_duplicate_keys, earnings_features_finite, raw_earnings_freshness]
+asset_checks: list = [
+    raw_earnings_hour_grid,
+    raw_earnings_rows_accounted,
+    earnings_features_no_duplicate_keys,
+    earnings_features_finite,
+    raw_earnings_freshness,
+]
 jobs: list = [ingestion_job]
 schedules: list = []
 sensors: list = [landing_sensor]

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from earnopt_assets.atomic import atomic_write_bytes
 from earnopt_assets.catalog import Catalog
 from earnopt_assets.ingestion.features import FEATURE_COLUMNS, KEY_COLUMNS
+from earnopt_assets.ingestion.store import read_telemetry
 from earnopt_assets.warehouse import TELEMETRY_COLUMNS, table_exists
 
 # The telemetry contract minus the optional latency, which no feature uses.
@@ -28,16 +29,7 @@ RAW_FEATURE_INPUT_COLUMNS: tuple[str, ...] = tuple(c for c in TELEMETRY_COLUMNS 
 
 def load_raw_for_features(conn: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     """Every ``raw_earnings`` row the feature builder needs, ordered by series and hour."""
-    if not table_exists(conn, "raw_earnings"):
-        return pd.DataFrame({c: pd.Series(dtype="float64") for c in RAW_FEATURE_INPUT_COLUMNS})
-    columns = ", ".join(RAW_FEATURE_INPUT_COLUMNS)
-    # Through Arrow: about twice as fast as .df() for a million rows with text keys.
-    # (a cursor: the relation API refuses a connection that still holds an unfetched execute() result)
-    cursor = conn.cursor()
-    try:
-        return cursor.sql(f"SELECT {columns} FROM raw_earnings ORDER BY device, protocol, ts").to_arrow_table().to_pandas()
-    finally:
-        cursor.close()
+    return read_telemetry(conn, columns=RAW_FEATURE_INPUT_COLUMNS)
 
 
 def to_arrow(table: pd.DataFrame | pa.Table) -> pa.Table:
@@ -45,6 +37,31 @@ def to_arrow(table: pd.DataFrame | pa.Table) -> pa.Table:
     if isinstance(table, pa.Table):
         return table.select([*KEY_COLUMNS, *FEATURE_COLUMNS])
     return pa.Table.from_pandas(table[[*KEY_COLUMNS, *FEATURE_COLUMNS]].reset_index(drop=True), preserve_index=False)
+
+
+def feature_key_duplicates(conn: duckdb.DuckDBPyConnection, limit: int = 10) -> tuple[int, pd.DataFrame]:
+    """Keys (device, protocol, ts) stored more than once in ``earnings_features``: (count, worst examples)."""
+    if not table_exists(conn, "earnings_features"):
+        return 0, pd.DataFrame(columns=["device", "protocol", "ts", "copies"])
+    grouped = "SELECT device, protocol, ts, count(*) AS copies FROM earnings_features GROUP BY device, protocol, ts HAVING count(*) > 1"
+    total = int(conn.execute(f"SELECT count(*) FROM ({grouped})").fetchone()[0])
+    examples = conn.execute(f"{grouped} ORDER BY copies DESC, device, protocol, ts LIMIT ?", [limit]).df()
+    return total, examples
+
+
+def feature_non_finite_counts(conn: duckdb.DuckDBPyConnection) -> tuple[int, dict[str, int], list[str]]:
+    """(rows, non-finite values per feature column, missing feature columns) of ``earnings_features``."""
+    if not table_exists(conn, "earnings_features"):
+        return 0, {}, list(FEATURE_COLUMNS)
+    present = {name for (name,) in conn.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'earnings_features'").fetchall()}
+    missing = [c for c in FEATURE_COLUMNS if c not in present]
+    if missing:
+        return 0, {}, missing
+    # Identifiers come from the fixed FEATURE_COLUMNS list, never from input.
+    counts = ", ".join(f"count(*) FILTER (WHERE {c} IS NULL OR NOT isfinite({c}))" for c in FEATURE_COLUMNS)
+    row = conn.execute(f"SELECT count(*), {counts} FROM earnings_features").fetchone()
+    return int(row[0]), {c: int(n) for c, n in zip(FEATURE_COLUMNS, row[1:]) if int(n) > 0}, []
 
 
 def replace_feature_table(conn: duckdb.DuckDBPyConnection, table: pd.DataFrame | pa.Table) -> None:

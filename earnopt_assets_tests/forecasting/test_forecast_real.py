@@ -13,7 +13,7 @@ from earnopt_assets.ingestion.feature_store import load_raw_for_features  # noqa
 from earnopt_assets.ingestion.features import build_feature_table  # noqa: E402
 from earnopt_assets.forecasting.real_data import load_series, real_series_catalog, write_landing_file  # noqa: E402
 from earnopt_assets.forecasting.training import TrainingSettings, forecast_protocol, train_protocol  # noqa: E402
-from earnopt_assets.ingestion.pipeline import ingest_landing  # noqa: E402
+from earnopt_assets.ingestion.run import ingest_landing  # noqa: E402
 from earnopt_assets.settings import EarnoptPaths  # noqa: E402
 from earnopt_assets.warehouse import connect  # noqa: E402
 from earnopt_assets_tests.conftest import DEFAULT_CATALOG  # noqa: E402

@@ -7,8 +7,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
-from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -18,13 +16,16 @@ import yaml
 
 from earnopt_assets.defs import ingestion
 from earnopt_assets.defs.ingestion import (
-    earnings_features,
-    freshness_lag_hours,
+    FreshnessConfig,
+    earnings_features_finite,
+    earnings_features_no_duplicate_keys,
     landing_run_key,
     landing_sensor,
-    raw_earnings,
+    raw_earnings_freshness,
+    raw_earnings_hour_grid,
+    raw_earnings_rows_accounted,
 )
-from earnopt_assets.ingestion.feature_store import read_feature_snapshot
+from earnopt_assets.ingestion.feature_store import read_feature_snapshot, replace_feature_table
 from earnopt_assets.ingestion.features import FEATURE_COLUMNS
 from earnopt_assets.settings import EarnoptPaths
 from earnopt_assets.simulator import simulate_to_dir
@@ -32,7 +33,9 @@ from earnopt_assets.warehouse import DUCKDB_POOL
 
 from earnopt_assets_tests.conftest import REPO_ROOT
 
-END = "2026-01-20T23:00:00"
+# Freshness is measured against the wall clock: the simulated telemetry ends one hour before now.
+END_TS = pd.Timestamp.now(tz="UTC").tz_localize(None).floor("h") - pd.Timedelta(hours=1)
+END = f"{END_TS:%Y-%m-%dT%H:%M:%S}"
 ALL = [*ingestion.assets, *ingestion.asset_checks]
 
 
@@ -49,12 +52,17 @@ def _checks(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
     return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
 
 
+def _records(table) -> list[dict]:
+    """The rows of a TableMetadataValue as plain dicts."""
+    return [dict(record.data) for record in table.records]
+
+
 def test_materialize_ingestion_assets_end_to_end(data_dir, small_catalog, small_resources):
     paths = EarnoptPaths(data_dir).ensure()
     simulate_to_dir(small_catalog, days=10, seed=4, out_dir=paths.landing, end=END, file_format="csv")
     (paths.landing / "bad.csv").write_text(
         "protocol,ts,earnings_usd,cpu_cores,memory_gb,bandwidth_mbps,storage_gb,allocation,connection_failures\n"
-        "storj,2026-01-20T23:00:00Z,-1,1,2,5,600,0.6,0\nmystery,2026-01-20T22:00:00Z,1,1,2,5,600,0.6,0\n"
+        f"storj,{END}Z,-1,1,2,5,600,0.6,0\nmystery,{END_TS - pd.Timedelta(hours=1):%Y-%m-%dT%H:%M:%S}Z,1,1,2,5,600,0.6,0\n"
     )
     (paths.landing / "broken.parquet").write_bytes(b"PAR1 nope")
 
@@ -63,16 +71,23 @@ def test_materialize_ingestion_assets_end_to_end(data_dir, small_catalog, small_
     assert raw["rows_read"] == 3 * 240 + 2 and raw["rows_quarantined"] == 2
     assert raw["rows_accepted"] + raw["rows_quarantined"] == raw["rows_read"]
     assert raw["files_rejected"] == 1 and raw["table_rows"] == 720 and raw["table_series"] == 3
-    assert "| bad.csv | ingested | csv | earnings | 2 | 0 | 2 |" in raw["per_file"]
-    assert "broken.parquet | rejected" in raw["per_file"]
-    assert "unknown protocol mystery" in raw["quarantine_reasons"]
+    per_file = {row["file"]: row for row in _records(raw["per_file"])}
+    assert {k: per_file["bad.csv"][k] for k in ("status", "format", "kind", "read_rows", "stored_rows", "quarantined_rows")} == {
+        "status": "ingested", "format": "csv", "kind": "earnings", "read_rows": 2, "stored_rows": 0, "quarantined_rows": 2}
+    assert per_file["broken.parquet"]["status"] == "rejected"
+    assert any("unknown protocol mystery" in row["reason"] for row in _records(raw["quarantine_reasons"]))
+    assert raw["rows_stored"] + raw["rows_superseded"] + raw["rows_quarantined"] == raw["rows_read"]
+    latest = _records(raw["per_series_latest"])
+    assert len(latest) == 3 and {row["latest_hour_utc"] for row in latest} == {f"{END_TS:%Y-%m-%d %H:%M}"}
+    assert all(1.0 <= row["lag_h"] < 2.5 for row in latest)
 
     feats = _metadata(result, "earnings_features")
     assert feats["series"] == 3 and feats["rows"] == 3 * (240 - 168)
     assert feats["dropped_warmup_or_gap_rows"] == 3 * 168
     assert "daily_earnings_plot" in feats and "data:image/png;base64," in feats["daily_earnings_plot"]
     assert _checks(result) == {
-        "raw_earnings_no_duplicate_keys": True,
+        "raw_earnings_hour_grid": True,
+        "raw_earnings_rows_accounted": True,
         "earnings_features_no_duplicate_keys": True,
         "earnings_features_finite": True,
         "raw_earnings_freshness": True,
@@ -94,20 +109,43 @@ def test_materialize_ingestion_assets_end_to_end(data_dir, small_catalog, small_
     assert all(_checks(again).values())
 
 
-def test_freshness_check_fails_when_the_newest_landed_hours_were_rejected(data_dir, small_catalog, small_resources):
+def test_freshness_check_warns_naming_series_behind_the_wall_clock(data_dir, small_catalog, small_resources):
+    """Telemetry that ended 6 h ago is stale at the default 3 h; a configured 24 h lag accepts it. The
+    newest landed hour being quarantined does not make it fresh."""
     paths = EarnoptPaths(data_dir).ensure()
-    simulate_to_dir(small_catalog, days=8, seed=4, out_dir=paths.landing, end=END)
-    late = pd.Timestamp(END) + pd.Timedelta(hours=5)
+    old_end = END_TS - pd.Timedelta(hours=5)
+    simulate_to_dir(small_catalog, days=8, seed=4, out_dir=paths.landing, end=f"{old_end:%Y-%m-%dT%H:%M:%S}")
     (paths.landing / "late.csv").write_text(
         "protocol,ts,earnings_usd,cpu_cores,memory_gb,bandwidth_mbps,storage_gb,allocation,connection_failures\n"
-        f"storj,{late:%Y-%m-%dT%H:%M:%S},-3,1,2,5,600,0.6,0\n"
+        f"storj,{END},-3,1,2,5,600,0.6,0\n"
     )
     result = _materialize(small_resources)
     evaluation = [e for e in result.get_asset_check_evaluations() if e.check_name == "raw_earnings_freshness"][0]
     assert evaluation.passed is False
     assert evaluation.severity == dg.AssetCheckSeverity.WARN
-    assert evaluation.metadata["lag_hours"].value == pytest.approx(5.0)
-    assert freshness_lag_hours(None, late) is None
+    assert evaluation.metadata["stale_series"].value == 3 and evaluation.metadata["max_lag_h"].value == 3.0
+    assert 6.0 <= evaluation.metadata["worst_lag_h"].value < 7.5
+    stale = _records(evaluation.metadata["stale"].value)
+    assert {(row["device"], row["protocol"]) for row in stale} == {(small_catalog.host.device, p) for p in small_catalog.names}
+    assert "/storj" in evaluation.description
+
+    relaxed = dg.materialize(
+        ALL, resources=small_resources, raise_on_error=True,
+        run_config={"ops": {"raw_earnings_raw_earnings_freshness": {"config": {"max_lag_hours": 24.0}}}},
+    )
+    assert _checks(relaxed)["raw_earnings_freshness"] is True
+
+
+def test_freshness_check_names_a_catalog_protocol_without_telemetry(data_dir, small_catalog, small_resources):
+    paths = EarnoptPaths(data_dir).ensure()
+    simulate_to_dir(small_catalog, days=2, seed=4, out_dir=paths.landing, end=END)
+    for path in paths.landing.glob("*honeygain*"):
+        path.unlink()
+    _materialize(small_resources)
+    result = raw_earnings_freshness(config=FreshnessConfig(), earnopt=small_resources["earnopt"], duckdb=small_resources["duckdb"])
+    assert result.passed is False and "honeygain" in result.description
+    (row,) = _records(result.metadata["stale"])
+    assert row["protocol"] == "honeygain" and row["latest_hour_utc"] == "" and row["lag_h"] is None
 
 
 def test_empty_landing_materializes_empty_tables(small_resources):
@@ -116,7 +154,66 @@ def test_empty_landing_materializes_empty_tables(small_resources):
     assert _metadata(result, "earnings_features")["rows"] == 0
     checks = _checks(result)
     assert checks["raw_earnings_freshness"] is False  # nothing ingested yet: a warning
-    assert checks["earnings_features_finite"] and checks["raw_earnings_no_duplicate_keys"]
+    assert checks["raw_earnings_hour_grid"] and checks["raw_earnings_rows_accounted"]
+    finite = [e for e in result.get_asset_check_evaluations() if e.check_name == "earnings_features_finite"][0]
+    assert finite.passed is False and finite.severity == dg.AssetCheckSeverity.WARN  # zero rows never pass silently
+    assert finite.description == "earnings_features has no rows"
+
+
+def test_hour_grid_check_fails_on_future_off_hour_and_negative_rows(data_dir, small_resources):
+    paths = EarnoptPaths(data_dir).ensure()
+    future = END_TS + pd.Timedelta(hours=6)
+    (paths.landing / "future.csv").write_text(
+        "protocol,ts,earnings_usd,cpu_cores,memory_gb,bandwidth_mbps,storage_gb,allocation,connection_failures\n"
+        f"storj,{END},0.1,1,2,5,600,0.6,0\nstorj,{future:%Y-%m-%dT%H:%M:%S},0.1,1,2,5,600,0.6,0\n"
+    )
+    result = dg.materialize([*ingestion.assets, raw_earnings_hour_grid], resources=small_resources, raise_on_error=False)
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert evaluation.passed is False and evaluation.metadata["future_rows"].value == 1
+    assert evaluation.severity == dg.AssetCheckSeverity.ERROR  # blocking: downstream stops
+
+    # Rows no ingestion can produce (written behind the store's back) fail it too.
+    with duckdb.connect(str(paths.warehouse)) as conn:
+        conn.execute("INSERT INTO raw_earnings SELECT device, protocol, ts + INTERVAL 30 MINUTE, earnings_usd, cpu_cores, memory_gb, "
+                     "bandwidth_mbps, storage_gb, allocation, connection_failures, latency_ms, source_file, ingested_at "
+                     "FROM raw_earnings WHERE ts = ?", [END_TS.to_pydatetime()])
+        conn.execute("UPDATE raw_earnings SET earnings_usd = -1 WHERE ts = ?", [END_TS.to_pydatetime()])
+    check = raw_earnings_hour_grid(duckdb=small_resources["duckdb"])
+    assert check.passed is False
+    assert {k: check.metadata[k].value for k in ("off_hour_rows", "future_rows", "negative_or_non_finite_rows")} == {
+        "off_hour_rows": 1, "future_rows": 1, "negative_or_non_finite_rows": 1}
+    assert {row["problem"] for row in _records(check.metadata["examples"])} == {"off_hour", "future", "negative_or_non_finite"}
+
+
+def test_rows_accounted_check_fails_naming_the_file(data_dir, small_catalog, small_resources):
+    paths = EarnoptPaths(data_dir).ensure()
+    simulate_to_dir(small_catalog, days=1, seed=4, out_dir=paths.landing, end=END)
+    _materialize(small_resources)
+    assert raw_earnings_rows_accounted(duckdb=small_resources["duckdb"]).passed is True
+    with duckdb.connect(str(paths.warehouse)) as conn:
+        broken = conn.execute("SELECT min(source_file) FROM ingested_files").fetchone()[0]
+        conn.execute("UPDATE ingested_files SET rows_stored = rows_stored - 1 WHERE source_file = ?", [broken])
+    check = raw_earnings_rows_accounted(duckdb=small_resources["duckdb"])
+    assert check.passed is False and broken in check.description
+    assert [row["file"] for row in _records(check.metadata["files"])] == [broken]
+
+
+def test_feature_checks_fail_on_duplicate_keys_and_non_finite_values(data_dir, small_catalog, small_resources):
+    paths = EarnoptPaths(data_dir).ensure()
+    simulate_to_dir(small_catalog, days=8, seed=4, out_dir=paths.landing, end=END)
+    _materialize(small_resources)
+    with duckdb.connect(str(paths.warehouse)) as conn:
+        table = conn.execute("SELECT * FROM earnings_features ORDER BY device, protocol, ts").df()
+    broken = table.copy()
+    broken.loc[0, "lag_24"] = float("nan")
+    broken.loc[1, "ma_24h"] = float("inf")
+    with duckdb.connect(str(paths.warehouse)) as conn:
+        replace_feature_table(conn, pd.concat([broken, broken.head(2)], ignore_index=True))
+    duplicates = earnings_features_no_duplicate_keys(duckdb=small_resources["duckdb"])
+    assert duplicates.passed is False and duplicates.metadata["duplicate_keys"].value == 2
+    finite = earnings_features_finite(duckdb=small_resources["duckdb"])
+    assert finite.passed is False and finite.metadata["non_finite_values"].value == 4  # 2 bad cells, each twice
+    assert {row["feature"] for row in _records(finite.metadata["bad_columns"])} == {"lag_24", "ma_24h"}
 
 
 def test_landing_sensor_run_keys(data_dir, small_resources):
@@ -192,6 +289,7 @@ _WRITER = textwrap.dedent(
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_overlapping_writers_do_not_fail_on_the_duckdb_lock(data_dir, small_catalog, small_catalog_path, tmp_path):
     """Two processes materialize ingestion on the same DuckDB file at the same moment. DuckDB lets one
     process write at a time: DuckDBResource retries the lock (in Dagster the pool queues the steps) and
@@ -238,6 +336,7 @@ _HOLDER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.slow
 def test_warehouse_connect_waits_for_another_process_then_times_out(tmp_path):
     """Outside Dagster (API, CLI, benchmarks) ``warehouse.connect`` retries while another process holds
