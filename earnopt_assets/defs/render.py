@@ -457,3 +457,76 @@ def anomaly_cycle_metadata(result) -> dict:
         "state_changes": table_metadata(anomaly_state_changes_frame(result.state_changes)),
         "protocol_states": table_metadata(anomaly_states_frame(result.states)),
     }
+
+
+# ---- ingestion
+# Plots and tables of the ingestion assets (raw_earnings, earnings_features). Times are UTC hours,
+# earnings in US dollars.
+
+
+def ingestion_daily_earnings_plot(raw: pd.DataFrame, days: int = 14) -> str | None:
+    """Daily earnings per protocol over the last ``days`` days as an embedded PNG (markdown); None when
+    there is no telemetry. The legend sits outside the axes so it never hides data."""
+    if raw.empty:
+        return None
+    plt = pyplot()
+    recent = raw.loc[raw["ts"] >= raw["ts"].max() - pd.Timedelta(days=days)]
+    daily = recent.assign(day=recent["ts"].dt.floor("D")).pivot_table(index="day", columns="protocol", values="earnings_usd", aggfunc="sum")
+    fig, ax = plt.subplots(figsize=(11, 4.8), dpi=100)
+    daily.plot(ax=ax, legend=False, linewidth=1.6)
+    ax.set_ylabel("earnings (USD per day)", fontsize=11)
+    ax.set_xlabel("day (UTC)", fontsize=11)
+    ax.set_title(f"Daily earnings per protocol, last {days} days", fontsize=12)
+    ax.grid(alpha=0.3)
+    ax.legend(title="protocol", fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    return figure_markdown(fig, "daily earnings per protocol")
+
+
+def ingestion_latest_frame(lags: pd.DataFrame) -> pd.DataFrame:
+    """Per (device, protocol): newest stored hour and its lag behind the wall clock (hours)."""
+    return lags[["device", "protocol", "latest_hour_utc", "lag_h"]].reset_index(drop=True)
+
+
+def ingestion_features_per_protocol(table: pd.DataFrame) -> pd.DataFrame:
+    """Feature rows per protocol with their hour range and mean hourly earnings."""
+    columns = ["protocol", "rows", "first_hour_utc", "last_hour_utc", "mean_earnings_usd_per_h"]
+    if table.empty:
+        return pd.DataFrame(columns=columns)
+    grouped = table.groupby("protocol").agg(rows=("ts", "size"), first=("ts", "min"), last=("ts", "max"), mean=("earnings_usd", "mean")).reset_index()
+    return pd.DataFrame(
+        {
+            "protocol": grouped["protocol"].astype(str),
+            "rows": grouped["rows"].astype("int64"),
+            "first_hour_utc": grouped["first"].dt.strftime("%Y-%m-%d %H:%M"),
+            "last_hour_utc": grouped["last"].dt.strftime("%Y-%m-%d %H:%M"),
+            "mean_earnings_usd_per_h": grouped["mean"].astype(float).round(6),
+        }
+    )
+
+
+INGESTION_PREVIEW_COLUMNS: dict[str, str] = {
+    "device": "device",
+    "protocol": "protocol",
+    "ts": "hour_utc",
+    "earnings_usd": "earnings_usd_per_h",
+    "lag_24": "lag_24h_usd",
+    "ma_24h": "ma_24h_usd",
+    "ema_12": "ema_12h_usd",
+    "volatility_24h": "volatility_24h_usd",
+    "hour": "local_hour",
+    "allocation": "allocation_share",
+    "failure_rate_24h": "failure_rate_24h_per_h",
+}
+
+
+def ingestion_features_preview(table: pd.DataFrame, rows: int = 8) -> pd.DataFrame:
+    """The newest feature rows, a few columns, renamed with their units."""
+    preview = table[list(INGESTION_PREVIEW_COLUMNS)].tail(rows).rename(columns=INGESTION_PREVIEW_COLUMNS).reset_index(drop=True)
+    preview["hour_utc"] = pd.to_datetime(preview["hour_utc"]).dt.strftime("%Y-%m-%d %H:%M")
+    return preview
+
+
+def ingestion_snapshots_frame(written: dict) -> pd.DataFrame:
+    """Protocol -> Parquet snapshot path written by earnings_features."""
+    return pd.DataFrame({"protocol": [str(p) for p in written], "snapshot_path": [str(path) for path in written.values()]})
