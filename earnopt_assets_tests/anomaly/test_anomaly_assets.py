@@ -15,7 +15,8 @@ from earnopt_assets.anomaly.store import read_degraded
 from earnopt_assets.defs.anomalies import alerts, anomalies, anomaly_model
 from earnopt_assets.ingestion.features import build_feature_table
 from earnopt_assets.settings import EarnoptPaths
-from earnopt_assets.warehouse import TELEMETRY_COLUMNS, ensure_raw_earnings
+from earnopt_assets.ingestion.store import ensure_raw_earnings
+from earnopt_assets.warehouse import TELEMETRY_COLUMNS
 from earnopt_assets_tests.anomaly.helpers import Receiver
 
 ASSETS = [anomaly_model, anomalies, alerts]
@@ -102,6 +103,12 @@ def test_materialize_anomaly_assets_end_to_end(small_catalog_path, small_catalog
     assert scored == (3 * small_catalog.alerts.score_hours, 3)
 
     alert_meta = metadata(result, "alerts")
+    changes = {r.data["protocol"]: r.data for r in alert_meta["state_changes"].records}
+    assert changes["storj"]["from_state"] == "untracked" and changes["storj"]["to_state"] == "degraded"
+    assert [c.name for c in alert_meta["state_changes"].schema.columns] == ["protocol", "device", "from_state", "to_state", "reason", "alert_id", "at_utc"]
+    assert alert_meta["degraded_protocols"] == "storj"
+    assert "sent" in alert_meta["delivery"] and "webhook:http://127.0.0.1:" in alert_meta["delivery"]
+    assert all(r.data["outcome"] == "sent" for r in alert_meta["deliveries"].records)
     storj = query(data_dir, "SELECT severity, status, notify_status FROM alerts WHERE protocol = 'storj' AND rule = 'connection_failures' AND notify_status <> 'backfill' ORDER BY hour")
     assert [s for s, _, _ in storj] == ["critical"] * 3
     assert [n for _, _, n in storj] == ["sent", "cooldown", "cooldown"]  # one notification for the fault
@@ -187,11 +194,45 @@ def test_automation_triggers_every_anomaly_asset():
     assert "cron_schedule='20 * * * *'" in repr(alerts_condition)
 
 
+def test_automation_refreshes_after_new_telemetry_and_alerts_run_hourly():
+    """Evaluated for real: new telemetry requests all three assets in one tick; an hour without telemetry
+    still requests ``alerts`` (so silence can be noticed) and nothing else."""
+    from datetime import datetime, timedelta
+
+    upstream = [dg.AssetSpec("raw_earnings"), dg.AssetSpec("earnings_features", deps=["raw_earnings"])]
+    definitions = dg.Definitions(
+        assets=[*upstream, *ASSETS],
+        resources={"duckdb": dg.ResourceDefinition.none_resource(), "earnopt": dg.ResourceDefinition.none_resource()},
+    )
+    instance = dg.DagsterInstance.ephemeral()
+    t0 = datetime(2026, 1, 1, 0, 5)
+
+    def requested(result) -> set[str]:
+        return {key for key in ("anomaly_model", "anomalies", "alerts") if result.get_num_requested(dg.AssetKey(key))}
+
+    first = dg.evaluate_automation_conditions(defs=definitions, instance=instance, evaluation_time=t0)
+    assert requested(first) == set()
+    for key in ("raw_earnings", "earnings_features"):
+        instance.report_runless_asset_event(dg.AssetMaterialization(key))
+    landed = dg.evaluate_automation_conditions(defs=definitions, instance=instance, cursor=first.cursor,
+                                               evaluation_time=t0 + timedelta(minutes=1))
+    assert requested(landed) == {"anomaly_model", "anomalies", "alerts"}
+    for key in ("anomaly_model", "anomalies", "alerts"):
+        instance.report_runless_asset_event(dg.AssetMaterialization(key))
+    quiet = dg.evaluate_automation_conditions(defs=definitions, instance=instance, cursor=landed.cursor,
+                                              evaluation_time=t0 + timedelta(minutes=2))
+    assert requested(quiet) == set()
+    hourly = dg.evaluate_automation_conditions(defs=definitions, instance=instance, cursor=quiet.cursor,
+                                               evaluation_time=t0 + timedelta(hours=1, minutes=20))
+    assert requested(hourly) == {"alerts"}
+
+
 def test_misconfigured_channel_env_is_reported_not_fatal(small_resources, small_catalog, data_dir, telemetry, monkeypatch):
     monkeypatch.setenv("EARNOPT_NTFY_URL", "not-a-url")
     write_warehouse(data_dir, small_catalog, telemetry)
     result = materialize(small_resources)
     meta = metadata(result, "alerts")
-    assert "EARNOPT_NTFY_URL" in meta["channel_config_error"]
+    assert "EARNOPT_NTFY_URL" in meta["channel_config_error"] and "not-a-url" not in meta["channel_config_error"]
+    assert meta["delivery"].startswith("alert channels misconfigured, nothing sent")
     assert meta["deliveries_no_channel"] == meta["notified"] >= 1
     assert query(data_dir, "SELECT count(*) FROM alerts WHERE protocol = 'storj'")[0][0] >= 3
