@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,80 @@ def test_invalid_reserve_names_the_field(tmp_path, reserved, field, message):
     text = str(excinfo.value)
     assert f"  {field}: " in text
     assert message in text
+
+
+# --- the allocator plans over what the reserve leaves ---------------------------------------------------
+
+
+def _with_host(catalog, **host):
+    """``host`` fields replaced and validated again (model_copy alone would skip the validators)."""
+    return parse_catalog({**catalog.model_dump(exclude={"source"}, mode="json"), "host": {**catalog.host.model_dump(mode="json"), **host}})
+
+
+def test_initial_allocation_leaves_the_reserve_free(small_catalog):
+    from earnopt_assets.allocation.allocator import ProtocolRequirements, ResourceConstraints, check_constraints
+    from earnopt_assets.allocation.plan import initial_allocation
+
+    # 3 protocols on 4 cores / 6 GB do not all fit at full allocation, so the initial shares fill a resource
+    unreserved = _with_host(small_catalog, cpu_cores=4.0, memory_gb=6.0, reserved={"cpu_cores": 0, "memory_gb": 0})
+    reserved = _with_host(small_catalog, cpu_cores=4.0, memory_gb=6.0, reserved={"cpu_cores": 1.0, "memory_gb": 1.5})
+    requirements = {p.name: ProtocolRequirements.from_spec(p) for p in small_catalog.enabled}
+    without, with_reserve = initial_allocation(unreserved), initial_allocation(reserved)
+    assert sum(with_reserve.values()) < sum(without.values())
+    # what fitted the whole machine does not fit what the reserve leaves; the new shares do
+    assert not check_constraints(without, requirements, ResourceConstraints.from_totals(reserved.host.available())).passed
+    assert check_constraints(with_reserve, requirements, ResourceConstraints.from_totals(reserved.host.available())).passed
+
+
+def test_a_plan_that_fitted_the_machine_is_infeasible_within_the_reserve(data_dir, small_catalog):
+    from earnopt_assets.allocation.cycle import run_allocation_cycle
+    from earnopt_assets.simulator import simulate
+    from earnopt_assets.ingestion.store import ensure_raw_earnings
+    from earnopt_assets.warehouse import connect
+
+    telemetry = simulate(small_catalog, days=3, seed=1, end="2026-11-20T12:00:00", inject_anomalies=False).telemetry
+    db = data_dir / "earnopt.duckdb"
+    with connect(db) as conn:
+        ensure_raw_earnings(conn)
+        conn.register("telemetry", telemetry)
+        conn.execute(
+            "INSERT INTO raw_earnings SELECT device, protocol, ts, earnings_usd, cpu_cores, memory_gb, bandwidth_mbps,"
+            " storage_gb, allocation, connection_failures, latency_ms, NULL, NULL FROM telemetry"
+        )
+    now = datetime(2026, 11, 20, 12, 20)
+    # the minimum shares need 0.05 x 0.25 + 0.55 x 2.0 = 1.11 GB of memory: 2 GB fits them, 2 - 1 GB does not
+    fits = _with_host(small_catalog, memory_gb=2.0, reserved={"cpu_cores": 0.25, "memory_gb": 0})
+    squeezed = _with_host(small_catalog, memory_gb=2.0, reserved={"cpu_cores": 0.25, "memory_gb": 1.0})
+
+    plan, _ = run_allocation_cycle(lambda: connect(db), fits, data_dir / "fits.json", now=now)
+    assert plan.result.solver_status == "optimal" and plan.checks["constraints_satisfied"].passed
+
+    plan, _ = run_allocation_cycle(lambda: connect(db), squeezed, data_dir / "squeezed.json", now=now)
+    assert plan.status == "rejected" and not plan.applied
+    assert plan.result.solver_status == "infeasible"
+    assert "memory_gb" in plan.checks["solver_status_optimal"].description
+
+
+def test_utilisation_table_shows_the_reserve_and_adds_up_to_the_machine(data_dir, small_catalog):
+    from earnopt_assets.allocation.cycle import run_allocation_cycle
+    from earnopt_assets.allocation.plan import initial_allocation
+    from earnopt_assets.defs.render import utilisation_frame
+    from earnopt_assets.warehouse import connect
+
+    catalog = _with_host(small_catalog, cpu_cores=4.0, memory_gb=6.0, reserved={"cpu_cores": 0.5, "memory_gb": 1.25})
+    plan, _ = run_allocation_cycle(lambda: connect(data_dir / "earnopt.duckdb"), catalog, data_dir / "latest.json")
+    frame = utilisation_frame(plan, catalog)
+    assert list(frame.columns) == ["resource", "part", "amount", "unit", "share_of_machine_%", "proposal"]
+    for resource, rows in frame.groupby("resource"):
+        amounts = dict(zip(rows["part"], rows["amount"]))
+        assert set(amounts) == {"protocols", "earnopt reserve", "free", "machine total"}
+        assert amounts["machine total"] == catalog.host.totals()[resource]
+        assert amounts["protocols"] + amounts["earnopt reserve"] + amounts["free"] == pytest.approx(amounts["machine total"], abs=1e-3)
+        assert amounts["earnopt reserve"] == catalog.host.reserved.vector()[resource]
+        assert amounts["protocols"] <= catalog.host.available()[resource] + 1e-6
+        assert rows.loc[rows["part"] == "machine total", "share_of_machine_%"].item() == 100.0
+    # the initial shares fill what the reserve leaves of some resource, so that resource has nothing free
+    initial = initial_allocation(catalog)
+    assert plan.target == pytest.approx(initial)
+    free = frame.loc[frame["part"] == "free"].set_index("resource")["amount"]
+    assert free.min() == pytest.approx(0.0, abs=1e-3)

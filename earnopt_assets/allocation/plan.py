@@ -106,7 +106,7 @@ def initial_allocation(catalog: Catalog) -> dict[str, float]:
     at 0 (if the minimums alone do not fit, start at the minimums and let the checks report it).
     """
     specs = catalog.enabled
-    totals = catalog.host.totals()
+    totals = catalog.host.available()  # T_r = host total - earnopt's reserve
     theta = 1.0
     for resource in RESOURCES:
         base = sum(s.min_allocation * s.resource_vector()[resource] for s in specs)
@@ -435,7 +435,8 @@ def compute_plan(
 ) -> AllocationPlan:
     """Phase 2 (pure): optimise, check, decide and derive the per-protocol actions."""
     settings = catalog.allocation
-    constraints = ResourceConstraints.from_totals(catalog.host.totals())
+    # protocols share what earnopt's own reserve leaves of the host (catalog host.reserved)
+    constraints = ResourceConstraints.from_totals(catalog.host.available())
     allocator = allocator or shared_allocator(constraints)
     specs = {n: catalog.require(n) for n in inputs.protocols}
     requirements = {n: ProtocolRequirements.from_spec(s) for n, s in specs.items()}

@@ -168,23 +168,35 @@ def allocation_frame(plan, catalog) -> pd.DataFrame:
 
 
 def utilisation_frame(plan, catalog) -> pd.DataFrame:
-    """Per resource: used by the allocation that runs after the cycle, host total, unit, used %, and the
-    used % of the proposal (empty when the solver found no solution)."""
-    totals = catalog.host.totals()
+    """Per resource, how the whole machine splits after the cycle: the protocols (the allocation that runs
+    after the cycle), earnopt's own ``reserved`` share (catalog ``host.reserved``), what is free, and the
+    machine total; the first three add up to the total. The optimiser plans only over total - reserve, so
+    the plan's utilisation percentages (% of that) are converted back to amounts of it here.
+    ``proposal`` is the protocols' amount in the optimiser's proposal (protocols row only; empty when
+    the solver found no solution)."""
+    totals, available, reserved = catalog.host.totals(), catalog.host.available(), catalog.host.reserved.vector()
     rows = []
     for resource, unit in ALLOCATION_RESOURCE_UNITS.items():
-        used_pct = float(plan.target_utilization.get(resource, 0.0))
+        total = float(totals[resource])
+        used = available[resource] * float(plan.target_utilization.get(resource, 0.0)) / 100.0
         proposed = plan.result.resource_utilization.get(resource) if plan.result.allocations else None
-        rows.append(
-            {
-                "resource": resource,
-                "used": round(totals[resource] * used_pct / 100.0, 4),
-                "total": float(totals[resource]),
-                "unit": unit,
-                "used_%": round(used_pct, 2),
-                "proposed_used_%": None if proposed is None else round(float(proposed), 2),
-            }
-        )
+        parts = [
+            ("protocols", used, None if proposed is None else available[resource] * float(proposed) / 100.0),
+            ("earnopt reserve", reserved[resource], None),
+            ("free", total - used - reserved[resource], None),
+            ("machine total", total, None),
+        ]
+        for part, amount, proposal in parts:
+            rows.append(
+                {
+                    "resource": resource,
+                    "part": part,
+                    "amount": round(amount, 4),
+                    "unit": unit,
+                    "share_of_machine_%": round(100.0 * amount / total, 2),
+                    "proposal": None if proposal is None else round(proposal, 4),
+                }
+            )
     return pd.DataFrame(rows)
 
 

@@ -248,7 +248,7 @@ class ServiceState:
 
         with self._allocator_lock:
             if self._allocator is None:
-                self._allocator = ResourceAllocator(ResourceConstraints.from_totals(self.catalog.host.totals()))
+                self._allocator = ResourceAllocator(ResourceConstraints.from_totals(self.catalog.host.available()))
             return self._allocator
 
     @property

@@ -113,7 +113,7 @@ def test_failed_blocking_check_fails_the_run_and_leaves_the_plan_unapplied(
     data_dir: Path, small_catalog_path: Path, small_catalog, small_resources
 ) -> None:
     load_simulated(data_dir, small_catalog, days=3)
-    rewrite_catalog(small_catalog_path, host={"memory_gb": 1.0}, allocation={"min_net_benefit_usd_per_hour": 0.0, "min_improvement_pct": 0.0})
+    rewrite_catalog(small_catalog_path, host={"memory_gb": 1.0, "reserved": {"cpu_cores": 0.25, "memory_gb": 0.5}}, allocation={"min_net_benefit_usd_per_hour": 0.0, "min_improvement_pct": 0.0})
     result = dg.materialize([resource_allocation], resources=small_resources, raise_on_error=False)
     assert not result.success
     evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}

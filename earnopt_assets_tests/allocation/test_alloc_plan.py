@@ -61,10 +61,10 @@ def test_initial_allocation_is_feasible_and_uses_the_headroom(catalog, small_cat
     for cat in (catalog, small_catalog):
         initial = initial_allocation(cat)
         reqs = {p.name: ProtocolRequirements.from_spec(p) for p in cat.enabled}
-        assert check_constraints(initial, reqs, ResourceConstraints.from_totals(cat.host.totals())).passed
+        assert check_constraints(initial, reqs, ResourceConstraints.from_totals(cat.host.available())).passed
         assert all(initial[p.name] >= p.min_allocation for p in cat.enabled)
     # The default catalog does not fit at full allocation, so some resource is nearly full.
-    used = check_constraints(initial_allocation(catalog), {p.name: ProtocolRequirements.from_spec(p) for p in catalog.enabled}, ResourceConstraints.from_totals(catalog.host.totals())).metadata
+    used = check_constraints(initial_allocation(catalog), {p.name: ProtocolRequirements.from_spec(p) for p in catalog.enabled}, ResourceConstraints.from_totals(catalog.host.available())).metadata
     assert max(used[f"used_{r}"] / used[f"total_{r}"] for r in ("cpu_cores", "memory_gb", "bandwidth_mbps", "storage_gb")) > 0.99
 
 
@@ -173,7 +173,7 @@ def test_default_thresholds_keep_the_running_allocation(warehouse: Path, small_c
 
 
 def test_infeasible_catalog_is_rejected_and_not_applied(data_dir: Path, small_catalog) -> None:
-    crowded = small_catalog.model_copy(update={"host": small_catalog.host.model_copy(update={"memory_gb": 1.0})})
+    crowded = small_catalog.model_copy(update={"host": small_catalog.host.model_copy(update={"memory_gb": 1.0, "reserved": small_catalog.host.reserved.model_copy(update={"memory_gb": 0.5})})})
     crowded = with_settings(crowded, **LOOSE)
     load_telemetry(data_dir / "earnopt.duckdb", simulate(small_catalog, days=3, seed=1, end=END).telemetry)
     latest = data_dir / "latest.json"
@@ -208,7 +208,7 @@ def test_failed_constraints_check_blocks_an_otherwise_wanted_reallocation(wareho
     catalog = with_settings(tight_catalog, **LOOSE)
     with connect(warehouse) as conn:
         inputs = read_cycle_inputs(conn, catalog, NOW)
-    allocator = OverAllocating(ResourceConstraints.from_totals(catalog.host.totals()))
+    allocator = OverAllocating(ResourceConstraints.from_totals(catalog.host.available()))
     plan = compute_plan(inputs, catalog, allocator)
     assert plan.decision.reallocate and plan.checks["solver_status_optimal"].passed
     assert not plan.checks["constraints_satisfied"].passed and "uses" in plan.checks["constraints_satisfied"].description
@@ -317,7 +317,7 @@ def test_inaccurate_solve_warns_and_is_not_applied(warehouse: Path, tight_catalo
     catalog = with_settings(tight_catalog, **LOOSE)
     with connect(warehouse) as conn:
         inputs = read_cycle_inputs(conn, catalog, NOW)
-    plan = compute_plan(inputs, catalog, Inaccurate(ResourceConstraints.from_totals(catalog.host.totals())))
+    plan = compute_plan(inputs, catalog, Inaccurate(ResourceConstraints.from_totals(catalog.host.available())))
     assert plan.decision.reallocate and plan.checks["constraints_satisfied"].passed
     assert plan.status == "rejected" and not plan.applied
     results = {r.check_name: r for r in _check_results(plan)}
