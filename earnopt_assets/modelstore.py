@@ -153,12 +153,14 @@ class ModelStore:
     # ----------------------------------------------------------------- writing
 
     @contextmanager
-    def stage(self, name: str, version: str | None = None) -> Iterator[StagedVersion]:
+    def stage(self, name: str, version: str | None = None, mutable: tuple[str, ...] = ()) -> Iterator[StagedVersion]:
         """Write a new version: ``with store.stage(name) as staged: (staged / "file").write_bytes(...)``.
 
         On a clean exit ``MANIFEST.json`` is written and the directory renamed into ``versions/`` (one
         ``os.rename``); ``staged.version`` / ``staged.path`` then name it. On an exception the staging
         directory is removed and nothing else changes. ``CURRENT`` is never moved here (see :meth:`promote`).
+        Files named in ``mutable`` (e.g. a metadata file a later governance step annotates) are listed in the
+        manifest but only checked for presence.
         """
         versions = self.model_dir(name) / VERSIONS_DIR
         versions.mkdir(parents=True, exist_ok=True)
@@ -167,7 +169,7 @@ class ModelStore:
         staged = StagedVersion(staging, final_name)
         try:
             yield staged
-            self._write_manifest(staging, name, final_name)
+            self._write_manifest(staging, name, final_name, mutable)
             final = versions / final_name
             if final.exists():
                 raise ModelStoreError(f"{final} already exists; versions are never overwritten")
@@ -178,9 +180,11 @@ class ModelStore:
         staged.path = final
 
     @staticmethod
-    def _write_manifest(directory: Path, name: str, version: str) -> None:
+    def _write_manifest(directory: Path, name: str, version: str, mutable: tuple[str, ...] = ()) -> None:
         files = {
-            str(p.relative_to(directory)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+            str(p.relative_to(directory)): (
+                {"mutable": True} if str(p.relative_to(directory)) in mutable else {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+            )
             for p in sorted(directory.rglob("*"))
             if p.is_file() and p.name != MANIFEST_FILE
         }
@@ -211,7 +215,7 @@ class ModelStore:
             path = directory / relative
             if not path.is_file():
                 raise ModelStoreError(f"{self.kind}/{name} {version}: file {relative} listed in the manifest is missing")
-            if sha256_file(path) != entry.get("sha256"):
+            if not entry.get("mutable") and sha256_file(path) != entry.get("sha256"):
                 raise ModelStoreError(f"{self.kind}/{name} {version}: {relative} does not match its sha256 in {MANIFEST_FILE}")
         return manifest
 

@@ -19,9 +19,10 @@ failure_rate             log(1 + connection_failures_t)  (failures in the last h
 Rows whose features cannot be computed yet (first week, gaps) are left out of fitting; at scoring time
 missing features take their neutral value (0) so a recent hour is still scored.
 
-Persistence: a version directory ``<dir>/versions/<version>/`` holds ``model.skops`` (skops, loaded with
+Persistence (the shared :class:`earnopt_assets.modelstore.ModelStore`, kind ``detector``): a version
+directory ``<dir>/detector/isolation_forest/versions/<version>/`` holds ``model.skops`` (skops, loaded with
 an explicit allow-list of types) and ``metadata.json`` (feature list, training window, contamination,
-sha256 of the model file); ``<dir>/latest.json`` points at the current version and is replaced
+sha256 of the model file); it is staged and renamed into place, then ``CURRENT`` is replaced
 atomically last, so a crash mid-save leaves the previous model in use.
 """
 
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from earnopt_assets.atomic import atomic_write_bytes, atomic_write_json
+from earnopt_assets.modelstore import ModelStore
 from earnopt_assets.catalog import ProtocolKind, ProtocolSpec
 from earnopt_assets.ingestion.features import lag, rolling_mean
 from earnopt_assets.anomaly.series import RESOURCES, SeriesContext, iter_series, trailing_stats
@@ -47,12 +48,19 @@ DETECTION_FEATURES: tuple[str, ...] = ("earnings_dev_24h", "earnings_vs_last_wee
 FORMAT_VERSION = 1
 MODEL_FILE = "model.skops"
 METADATA_FILE = "metadata.json"
-LATEST_FILE = "latest.json"
+# Versions live in the shared model store: <dir>/detector/isolation_forest/{CURRENT, versions/<version>/}.
+DETECTOR_KIND = "detector"
+DETECTOR_NAME = "isolation_forest"
 KEEP_VERSIONS = 3
 EPS = 1e-9
 MIN_RELATIVE_STD = 0.1
 # The only non-default type an IsolationForest needs; anything else in the file is refused.
 TRUSTED_SKOPS_TYPES: frozenset[str] = frozenset({"sklearn.tree._tree.Tree"})
+
+
+def detector_store(directory: str | Path) -> ModelStore:
+    """The versioned store of the detector under ``directory`` (the service and the asset share it)."""
+    return ModelStore(directory, DETECTOR_KIND)
 
 
 class DetectorError(ValueError):
@@ -221,30 +229,29 @@ class AnomalyDetector:
         import skops.io as sio
 
         self._require_fitted()
-        root = Path(directory)
-        version_dir = root / "versions" / str(self.version)
+        store = detector_store(directory)
         payload = sio.dumps(self.model)
         digest = hashlib.sha256(payload).hexdigest()
-        atomic_write_bytes(version_dir / MODEL_FILE, payload)
-        atomic_write_json(version_dir / METADATA_FILE, self.metadata(digest))
-        atomic_write_json(root / LATEST_FILE, {"version": self.version})
-        _prune_versions(root, keep=KEEP_VERSIONS, current=str(self.version))
-        return version_dir
+        with store.stage(DETECTOR_NAME, version=str(self.version)) as staged:
+            atomic_write_bytes(staged / MODEL_FILE, payload)
+            atomic_write_json(staged / METADATA_FILE, self.metadata(digest))
+        store.promote(DETECTOR_NAME, staged.version)
+        store.prune(DETECTOR_NAME, keep=KEEP_VERSIONS)
+        return staged.path
 
     @classmethod
     def load(cls, directory: str | Path) -> "AnomalyDetector":
         """Load the version ``latest.json`` names, validating every part before trusting it."""
         import skops.io as sio
 
-        root = Path(directory)
-        latest_path = root / LATEST_FILE
-        if not latest_path.exists():
-            raise FileNotFoundError(f"no anomaly detector saved under {root} (missing {LATEST_FILE})")
-        latest = _read_json(latest_path)
-        version = latest.get("version")
-        if not isinstance(version, str) or not version or "/" in version or version.startswith("."):
-            raise DetectorError(f"{latest_path}: field 'version' is missing or not a plain version name")
-        version_dir = root / "versions" / version
+        store = detector_store(directory)
+        pointer = store.model_dir(DETECTOR_NAME) / "CURRENT"
+        if not pointer.exists():
+            raise FileNotFoundError(f"no anomaly detector saved under {directory} (missing {pointer})")
+        version = store.current(DETECTOR_NAME)
+        if version is None:
+            raise DetectorError(f"{pointer}: missing or not a plain version name")
+        version_dir = store.path(DETECTOR_NAME, version)
         meta = _read_json(version_dir / METADATA_FILE)
         _validate_metadata(meta, version_dir / METADATA_FILE)
         model_path = version_dir / MODEL_FILE
@@ -303,10 +310,3 @@ def _validate_metadata(meta: dict[str, Any], path: Path) -> None:
     digest = meta.get("model_sha256")
     if not isinstance(digest, str) or len(digest) != 64:
         raise DetectorError(f"{path}: field 'model_sha256' must be a sha256 hex digest")
-
-
-def _prune_versions(root: Path, keep: int, current: str) -> None:
-    versions = sorted((p for p in (root / "versions").iterdir() if p.is_dir()), key=lambda p: p.name)
-    for old in versions[:-keep]:
-        if old.name != current:
-            shutil.rmtree(old, ignore_errors=True)

@@ -1,8 +1,8 @@
-"""The service's view of the forecasting package's model store (``earnopt_assets.forecasting.predictor``).
+"""The service's view of the forecasting models, all through the versioned model store.
 
-Kept in one place so the service never guesses file layouts: the predictor owns ``<models>/<protocol>/
-CURRENT`` and ``versions/<version>/`` (model.keras, config/scaler/history/metrics/metadata JSON). Keras is
-only imported when a model is actually loaded.
+``<models>/lstm/<protocol>/CURRENT`` and ``versions/<version>/`` belong to
+:class:`earnopt_assets.modelstore.ModelStore` (via :mod:`earnopt_assets.forecasting.model.persistence`);
+the service never reads the pointer by hand. Loading is NumPy only: TensorFlow is never imported here.
 """
 
 from __future__ import annotations
@@ -16,48 +16,38 @@ from typing import Any
 MAPE_CHECK_KEYS = ("mape_check",)
 
 
-def model_fingerprint(protocol_dir: Path) -> tuple | None:
-    """Changes whenever a new version is saved (the predictor replaces ``CURRENT`` atomically last)."""
-    pointer = protocol_dir / "CURRENT"
-    try:
-        stat = pointer.stat()
-        version = pointer.read_text(encoding="utf-8").strip()
-    except OSError:
+def _store(models_dir: Path):
+    from earnopt_assets.forecasting.model.persistence import model_store
+
+    return model_store(models_dir)
+
+
+def model_fingerprint(models_dir: Path, protocol: str) -> tuple | None:
+    """Changes whenever CURRENT moves or the current version's files are rewritten; None without a model."""
+    store = _store(models_dir)
+    fingerprint = store.fingerprint(protocol)
+    if fingerprint is None:
         return None
-    if not version or "/" in version or version.startswith("."):
-        return None
-    # The MAPE check is written into metadata.json after the save: a change there refreshes the entry too.
+    # The MAPE check / serving decision is written into metadata.json after the save: refresh on it too.
     try:
-        meta_mtime = (protocol_dir / "versions" / version / "metadata.json").stat().st_mtime_ns
+        meta_mtime = (store.path(protocol, fingerprint[0]) / "metadata.json").stat().st_mtime_ns
     except OSError:
         meta_mtime = None
-    return (version, stat.st_mtime_ns, meta_mtime)
+    return (*fingerprint, meta_mtime)
 
 
-def load_predictor(protocol_dir: Path) -> Any:
-    from earnopt_assets.forecasting.predictor import EarningsPredictor
+def load_predictor(models_dir: Path, protocol: str) -> Any:
+    """The CURRENT model of ``protocol`` (NumPy inference; checksums verified by the loader)."""
+    from earnopt_assets.forecasting.model.predictor import EarningsPredictor
 
-    predictor = EarningsPredictor.load(protocol_dir.parent, protocol_dir.name)
-    warm_up(predictor)
-    return predictor
-
-
-def warm_up(predictor: Any) -> None:
-    """Trace the compiled forward pass once at load time, so the first request does not pay for it."""
-    import numpy as np
-
-    call = predictor._compiled_call()
-    call(np.zeros((1, predictor.sequence_length, predictor.n_channels), dtype=np.float32))
+    return EarningsPredictor.load(models_dir, protocol)
 
 
 def batched_forecaster(predictor: Any) -> Any:
-    """The micro-batching front of a loaded predictor, every batch size compiled now (at load, not per
-    request)."""
+    """The micro-batching front of a loaded model (one vectorised NumPy pass per batch)."""
     from earnopt_assets.forecasting.batch import BatchedForecaster
 
-    forecaster = BatchedForecaster(predictor)
-    forecaster.warm_up()
-    return forecaster
+    return BatchedForecaster(predictor)
 
 
 def _parse_time(value: Any) -> datetime | None:
@@ -70,9 +60,9 @@ def _parse_time(value: Any) -> datetime | None:
     return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
 
 
-def read_metadata(protocol_dir: Path, version: str) -> dict[str, Any]:
+def read_metadata(models_dir: Path, protocol: str, version: str) -> dict[str, Any]:
     try:
-        data = json.loads((protocol_dir / "versions" / version / "metadata.json").read_text(encoding="utf-8"))
+        data = json.loads((_store(models_dir).path(protocol, version) / "metadata.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
@@ -95,8 +85,7 @@ def mape_check(metadata: dict[str, Any], metrics: dict[str, Any]) -> tuple[bool 
 
 def describe(predictor: Any) -> dict[str, Any]:
     """Version, training time and saved metadata of a loaded predictor."""
-    protocol_dir = Path(predictor.model_dir) / predictor.protocol
-    metadata = read_metadata(protocol_dir, predictor.version) if predictor.version else {}
+    metadata = read_metadata(Path(predictor.model_dir), predictor.protocol, predictor.version) if predictor.version else {}
     return {
         "version": predictor.version,
         "trained_at": _parse_time(predictor.trained_at) or _parse_time(metadata.get("trained_at")),

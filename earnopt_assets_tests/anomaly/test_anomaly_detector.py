@@ -133,11 +133,9 @@ def test_load_refuses_corrupt_or_mismatched_files(simulated, tmp_path):
         AnomalyDetector.load(root)
 
     model_path.write_bytes(payload)
-    (root / "latest.json").write_text(json.dumps({"version": "../../etc"}))
+    pointer = root / "detector" / "isolation_forest" / "CURRENT"  # the shared ModelStore's pointer
+    pointer.write_text("../../etc\n")
     with pytest.raises(DetectorError, match="version"):
-        AnomalyDetector.load(root)
-    (root / "latest.json").write_text("{not json")
-    with pytest.raises(DetectorError, match="not valid JSON"):
         AnomalyDetector.load(root)
 
 
@@ -168,5 +166,5 @@ def test_save_keeps_the_previous_version_until_latest_is_switched(simulated, tmp
     first.save(root)
     for _ in range(4):
         AnomalyDetector(contamination=0.02, n_estimators=10).fit(features).save(root)
-    assert len(list((root / "versions").iterdir())) == 3  # pruned to the newest 3
+    assert len(list((root / "detector" / "isolation_forest" / "versions").iterdir())) == 3  # pruned to the newest 3
     assert AnomalyDetector.load(root).version != first.version

@@ -1,0 +1,177 @@
+"""NumPy forward pass of the earnings LSTM, from weights exported at save time (no TensorFlow at serve time).
+
+Layers as Keras 3 defines them (checked against keras 3.x, the installed version; a test proves equality
+with Keras within 1e-5 for every architecture the config allows):
+
+* LSTM(u), input x_s (C,), state (h, c) = 0 at s = 0; kernel K (C, 4u), recurrent kernel U (u, 4u),
+  bias b (4u) with the gate blocks in the order i, f, c, o::
+
+      g   = x_s K + h_{s-1} U + b
+      i   = sigmoid(g[0:u]); f = sigmoid(g[u:2u]); c~ = tanh(g[2u:3u]); o = sigmoid(g[3u:4u])
+      c_s = f * c_{s-1} + i * c~;   h_s = o * tanh(c_s)
+
+  (recurrent activation = the exact logistic sigmoid, activation = tanh); ``return_sequences`` passes
+  all h_s to the next layer, else only the last.
+* Dropout: identity at inference.
+* Dense(k): y = h W + b.
+
+Everything is computed in float64 over a whole batch of windows (n, L, C) at once.
+Export format: ``network.json`` = ``{"members": [{"layers": [{"type": "lstm", "units": u,
+"return_sequences": bool} | {"type": "dense", "units": k}], ...}]}`` and ``network.npz`` with arrays
+``m{member}_l{layer}_{kernel|recurrent_kernel|bias}`` (loaded with ``allow_pickle=False``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def lstm_forward(x: np.ndarray, kernel: np.ndarray, recurrent: np.ndarray, bias: np.ndarray, return_sequences: bool) -> np.ndarray:
+    n, steps, _ = x.shape
+    units = recurrent.shape[0]
+    projected = x @ kernel + bias  # (n, L, 4u): the input part of every step in one GEMM
+    h = np.zeros((n, units))
+    c = np.zeros((n, units))
+    outputs = np.empty((n, steps, units)) if return_sequences else None
+    for s in range(steps):
+        g = projected[:, s, :] + h @ recurrent
+        i = sigmoid(g[:, :units])
+        f = sigmoid(g[:, units : 2 * units])
+        candidate = np.tanh(g[:, 2 * units : 3 * units])
+        o = sigmoid(g[:, 3 * units :])
+        c = f * c + i * candidate
+        h = o * np.tanh(c)
+        if outputs is not None:
+            outputs[:, s, :] = h
+    return outputs if outputs is not None else h
+
+
+@dataclass
+class NumpyNetwork:
+    """One exported network: layer specs and their float64 weight arrays."""
+
+    layers: list[dict[str, Any]]
+    weights: list[dict[str, np.ndarray]]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        out = np.asarray(x, dtype=np.float64)
+        for spec, w in zip(self.layers, self.weights):
+            if spec["type"] == "lstm":
+                out = lstm_forward(out, w["kernel"], w["recurrent_kernel"], w["bias"], bool(spec["return_sequences"]))
+            elif spec["type"] == "dense":
+                out = out @ w["kernel"] + w["bias"]
+            else:  # pragma: no cover - rejected at load
+                raise ValueError(f"unknown layer type {spec['type']!r}")
+        return out
+
+    @property
+    def input_channels(self) -> int:
+        return int(self.weights[0]["kernel"].shape[0])
+
+    @property
+    def outputs(self) -> int:
+        return int(self.weights[-1]["kernel"].shape[1])
+
+    def parameter_count(self) -> int:
+        return int(sum(a.size for w in self.weights for a in w.values()))
+
+
+@dataclass
+class Ensemble:
+    """The mean output of several exported networks (a seed ensemble; one member is the plain network)."""
+
+    members: list[NumpyNetwork]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        out = self.members[0](x)
+        for member in self.members[1:]:
+            out = out + member(x)
+        return out / len(self.members)
+
+    def parameter_count(self) -> int:
+        return sum(m.parameter_count() for m in self.members)
+
+    @property
+    def outputs(self) -> int:
+        return self.members[0].outputs
+
+
+def export_keras_model(model: Any) -> NumpyNetwork:
+    """Layer specs + weights of a Keras Sequential of LSTM / Dropout / Dense layers (dropout skipped)."""
+    layers: list[dict[str, Any]] = []
+    weights: list[dict[str, np.ndarray]] = []
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind == "Dropout":
+            continue
+        arrays = [np.asarray(a, dtype=np.float64) for a in layer.get_weights()]
+        if kind == "LSTM":
+            cfg = layer.get_config()
+            if cfg.get("activation") != "tanh" or cfg.get("recurrent_activation") != "sigmoid" or not cfg.get("use_bias", True):
+                raise ValueError(f"layer {layer.name}: only tanh/sigmoid LSTMs with bias are exportable")
+            layers.append({"type": "lstm", "units": int(layer.units), "return_sequences": bool(layer.return_sequences)})
+            weights.append({"kernel": arrays[0], "recurrent_kernel": arrays[1], "bias": arrays[2]})
+        elif kind == "Dense":
+            if layer.get_config().get("activation") not in ("linear", None):
+                raise ValueError(f"layer {layer.name}: only linear Dense heads are exportable")
+            layers.append({"type": "dense", "units": int(layer.units)})
+            weights.append({"kernel": arrays[0], "bias": arrays[1]})
+        else:
+            raise ValueError(f"layer {layer.name}: {kind} has no NumPy forward pass")
+    return NumpyNetwork(layers, weights)
+
+
+def ensemble_to_arrays(ensemble: Ensemble) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(``network.json`` payload, ``network.npz`` arrays) of an ensemble."""
+    spec = {"members": [{"layers": m.layers} for m in ensemble.members]}
+    arrays: dict[str, np.ndarray] = {}
+    for mi, member in enumerate(ensemble.members):
+        for li, w in enumerate(member.weights):
+            for name, array in w.items():
+                arrays[f"m{mi}_l{li}_{name}"] = array
+    return spec, arrays
+
+
+def ensemble_from_arrays(spec: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> Ensemble:
+    """Inverse of :func:`ensemble_to_arrays`, checking every shape against the layer specs."""
+    members = []
+    for mi, member in enumerate(spec["members"]):
+        layers = [dict(layer) for layer in member["layers"]]
+        weights = []
+        previous: int | None = None
+        for li, layer in enumerate(layers):
+            kind, units = layer.get("type"), int(layer.get("units", 0))
+            names = ("kernel", "recurrent_kernel", "bias") if kind == "lstm" else ("kernel", "bias") if kind == "dense" else None
+            if names is None or units < 1:
+                raise ValueError(f"member {mi} layer {li}: unknown layer {layer!r}")
+            w = {}
+            for name in names:
+                key = f"m{mi}_l{li}_{name}"
+                if key not in arrays:
+                    raise ValueError(f"weights array {key} is missing")
+                w[name] = np.asarray(arrays[key], dtype=np.float64)
+            gates = 4 * units if kind == "lstm" else units
+            if w["kernel"].ndim != 2 or w["kernel"].shape[1] != gates or w["bias"].shape != (gates,):
+                raise ValueError(f"member {mi} layer {li}: kernel {w['kernel'].shape} / bias {w['bias'].shape} do not fit {units} units")
+            if previous is not None and w["kernel"].shape[0] != previous:
+                raise ValueError(f"member {mi} layer {li}: takes {w['kernel'].shape[0]} inputs, previous layer gives {previous}")
+            if kind == "lstm" and w["recurrent_kernel"].shape != (units, gates):
+                raise ValueError(f"member {mi} layer {li}: recurrent kernel {w['recurrent_kernel'].shape} does not fit {units} units")
+            previous = units
+            weights.append(w)
+        members.append(NumpyNetwork(layers, weights))
+    if not members:
+        raise ValueError("network.json lists no ensemble member")
+    return Ensemble(members)
+
+
+def stack_members(members: Sequence[NumpyNetwork]) -> Ensemble:
+    return Ensemble(list(members))

@@ -1,0 +1,304 @@
+"""Network inputs, training samples and the NumPy forecast loop (direct 24-output head or recursive).
+
+Per origin ``t`` (z = allocation-normalised earnings, causally filled; b = the statistical base of
+:mod:`.base`; ``scale_t = max(mean(z_{t-167..t}), floor)``, floor = 5 % of the training mean):
+
+* window rows s = t-L+1 .. t, channels (before standardisation with the training mean/std):
+  ``z_s / scale_t``; r_s = log((z_s + eps_t) / (b_{s|s-1} + eps_t)), eps_t = 0.1 scale_t (the base's own
+  one-step relative error, i.e. what the correction can learn from); ``v_s / scale_t`` with v_s = z_{s+24} when s + 24 <= t, else the
+  base forecast b_{s+24|t} (so the window carries the base path the correction applies to); local
+  hour-of-day and day-of-week as sin/cos; the allocation share a_s.
+* target (direct head): ``y_h = (q_h - mu) / sigma``, q_h = clip(log((z_{t+h} + eps_t) / (b_{t+h|t} + eps_t)),
+  -3, 3) for h = 1..24 (a RELATIVE correction: MAPE is relative and nights are near zero), mu/sigma of
+  the training targets; the recursive head learns h = 1 only.
+* forecast: ``z^_{t+h} = max(0, (b_{t+h|t} + eps_t) * exp(g * (mu + sigma * f(x)_h)) - eps_t)`` and
+  ``e^_{t+h} = z^_{t+h} * clip(a_{t+h})**beta`` with a_{t+h} the planned share (default: held at a_t).
+  g is the blend weight chosen on validation. The recursive head runs 24 one-step forecasts, appending
+  each z^ to the history and recomputing the base and the window from it.
+
+Training samples and forecasts use the SAME functions: training gathers windows from the one long
+series at many origins, forecasting from per-origin tails of :data:`TAIL_HOURS` (enough for every lag
+the base and the window read), so both see identical numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from earnopt_assets.forecasting.model.base import (
+    ALLOCATION_FLOOR,
+    FULL_BASE_HISTORY,
+    HORIZON_HOURS,
+    MIN_BASE_HISTORY,
+    StatisticalBase,
+    _gather,
+    allocation_factor,
+    components,
+)
+
+CHANNELS: tuple[str, ...] = ("z", "base_error", "next_day", "hour_sin", "hour_cos", "dow_sin", "dow_cos", "allocation")
+SCALE_HOURS = 168
+LEVEL_FLOOR_FRACTION = 0.05
+# Relative corrections: log((z + eps) / (b + eps)) with eps = EPS_FRACTION * scale_t keeps near-zero
+# night hours from dominating (MAPE is relative; an additive correction of the level's size at a
+# 0.1-level hour is a 1000 % error).
+EPS_FRACTION = 0.1
+LOG_RATIO_CLIP = 3.0
+
+
+def log_ratio(z: np.ndarray, b: np.ndarray, eps: np.ndarray) -> np.ndarray:
+    return np.clip(np.log((np.maximum(z, 0.0) + eps) / (np.maximum(b, 0.0) + eps)), -LOG_RATIO_CLIP, LOG_RATIO_CLIP)
+
+
+def apply_ratio(b: np.ndarray, correction: np.ndarray, eps: np.ndarray) -> np.ndarray:
+    return np.maximum((b + eps) * np.exp(np.clip(correction, -LOG_RATIO_CLIP, LOG_RATIO_CLIP)) - eps, 0.0)
+
+
+def tail_hours(sequence_length: int) -> int:
+    """History a forecast reads at most: the base's 4 weeks behind the first window row's one-step base."""
+    return FULL_BASE_HISTORY + sequence_length + 1
+
+
+def min_history_hours(sequence_length: int) -> int:
+    """History a forecast needs at least: one week of lags behind the window."""
+    return MIN_BASE_HISTORY + sequence_length
+
+
+@dataclass
+class FittedState:
+    """Everything fitted besides the network weights (saved as ``state.json``)."""
+
+    base: StatisticalBase
+    allocation_beta: float | None
+    level_floor: float
+    channel_mean: np.ndarray
+    channel_std: np.ndarray
+    target_mean: float
+    target_std: float
+    blend: float = 1.0
+    allocation_response: dict[str, Any] | None = None
+    validation_scores: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "base": self.base.to_json(),
+            "allocation_beta": self.allocation_beta,
+            "allocation_response": self.allocation_response,
+            "level_floor": self.level_floor,
+            "channels": list(CHANNELS),
+            "channel_mean": self.channel_mean.tolist(),
+            "channel_std": self.channel_std.tolist(),
+            "target_mean": self.target_mean,
+            "target_std": self.target_std,
+            "blend": self.blend,
+            "validation_scores": self.validation_scores,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "FittedState":
+        if list(data.get("channels", [])) != list(CHANNELS):
+            raise ValueError(f"channels {data.get('channels')} differ from this code's {list(CHANNELS)}")
+        mean = np.asarray(data["channel_mean"], dtype=float)
+        std = np.asarray(data["channel_std"], dtype=float)
+        if mean.shape != (len(CHANNELS),) or std.shape != mean.shape or not (std > 0).all():
+            raise ValueError("channel scaler has the wrong shape or a non-positive std")
+        beta = data.get("allocation_beta")
+        if beta is not None and not 0.0 < float(beta) <= 1.0:
+            raise ValueError(f"allocation_beta {beta} is not in (0, 1]")
+        blend = float(data["blend"])
+        if not 0.0 <= blend <= 1.0:
+            raise ValueError(f"blend {blend} is not in [0, 1]")
+        return cls(
+            base=StatisticalBase.from_json(data["base"]),
+            allocation_beta=None if beta is None else float(beta),
+            level_floor=float(data["level_floor"]),
+            channel_mean=mean,
+            channel_std=std,
+            target_mean=float(data["target_mean"]),
+            target_std=float(data["target_std"]),
+            blend=blend,
+            allocation_response=data.get("allocation_response"),
+            validation_scores={str(k): float(v) for k, v in (data.get("validation_scores") or {}).items()},
+        )
+
+
+def calendar_channels(epoch_hours: np.ndarray, timezone: str) -> np.ndarray:
+    """(..., 4) local hour-of-day and day-of-week as sin/cos of UTC epoch hours."""
+    epoch_hours = np.asarray(epoch_hours, dtype=np.int64)
+    if timezone in ("UTC", "Etc/UTC", "utc"):
+        hour = epoch_hours % 24
+        dow = (epoch_hours // 24 + 3) % 7  # 1970-01-01 was a Thursday (pandas dayofweek 3)
+    else:
+        import pandas as pd
+
+        unique, inverse = np.unique(epoch_hours.ravel(), return_inverse=True)
+        local = pd.DatetimeIndex((unique * 3_600_000_000_000).astype("datetime64[ns]")).tz_localize("UTC").tz_convert(timezone)
+        hour = local.hour.to_numpy()[inverse].reshape(epoch_hours.shape)
+        dow = local.dayofweek.to_numpy()[inverse].reshape(epoch_hours.shape)
+    two_pi = 2.0 * np.pi
+    return np.stack(
+        [np.sin(two_pi * hour / 24.0), np.cos(two_pi * hour / 24.0), np.sin(two_pi * dow / 7.0), np.cos(two_pi * dow / 7.0)], axis=-1
+    )
+
+
+def origin_scale(Z: np.ndarray, rows: np.ndarray, origins: np.ndarray, floor: float) -> np.ndarray:
+    recent = _gather(Z, rows[:, None], origins[:, None] - np.arange(SCALE_HOURS)[None, :])
+    with np.errstate(invalid="ignore"):
+        mean = np.nanmean(np.where(np.isfinite(recent), recent, np.nan), axis=1)
+    return np.maximum(np.nan_to_num(mean, nan=floor), floor)
+
+
+def one_step_errors(Z: np.ndarray, base: StatisticalBase, rows: np.ndarray, hours: np.ndarray, eps: np.ndarray) -> np.ndarray:
+    """r_s = log((z_s + eps) / (b_{s|s-1} + eps)) for the given (row, hour) pairs (any shape, eps broadcast)."""
+    shape = hours.shape
+    flat_rows, flat_hours = rows.reshape(-1), hours.reshape(-1)
+    predicted = base.predict(Z, flat_rows, flat_hours - 1, horizon=1)[:, 0].reshape(shape)
+    return log_ratio(np.nan_to_num(_gather(Z, flat_rows, flat_hours).reshape(shape)), predicted, eps)
+
+
+def raw_windows(
+    Z: np.ndarray,
+    A: np.ndarray,
+    E: np.ndarray,
+    rows: np.ndarray,
+    origins: np.ndarray,
+    base_path: np.ndarray,
+    scale: np.ndarray,
+    base: StatisticalBase,
+    sequence_length: int,
+    timezone: str,
+) -> np.ndarray:
+    """Unstandardised windows (n, L, len(CHANNELS)); see the module docstring for each channel."""
+    L = sequence_length
+    offsets = np.arange(-L + 1, 1)[None, :]
+    hours = origins[:, None] + offsets  # (n, L)
+    r2 = rows[:, None]
+    out = np.empty((len(origins), L, len(CHANNELS)))
+    out[..., 0] = _gather(Z, r2, hours) / scale[:, None]
+    out[..., 1] = one_step_errors(Z, base, np.broadcast_to(r2, hours.shape), hours, EPS_FRACTION * scale[:, None])
+    ahead = hours + 24
+    known = ahead <= origins[:, None]
+    future_step = np.clip(ahead - origins[:, None], 1, HORIZON_HOURS) - 1
+    future = np.take_along_axis(base_path, future_step, axis=1)
+    out[..., 2] = np.where(known, _gather(Z, r2, np.minimum(ahead, origins[:, None])), future) / scale[:, None]
+    out[..., 3:7] = calendar_channels(_gather(E, r2, hours).astype(np.int64), timezone)
+    out[..., 7] = np.clip(_gather(A, r2, hours), ALLOCATION_FLOOR, 1.0)
+    return np.nan_to_num(out, nan=0.0)
+
+
+def standardise(X: np.ndarray, state: FittedState) -> np.ndarray:
+    return (X - state.channel_mean) / state.channel_std
+
+
+@dataclass
+class Tails:
+    """Per-origin history tails (n, T) ending at each origin: causally filled z, allocation, epoch hour."""
+
+    Z: np.ndarray
+    A: np.ndarray
+    E: np.ndarray
+
+    @property
+    def origins(self) -> np.ndarray:
+        return np.full(self.Z.shape[0], self.Z.shape[1] - 1, dtype=np.int64)
+
+
+def forecast_z(
+    tails: Tails,
+    state: FittedState,
+    network: Callable[[np.ndarray], np.ndarray] | None,
+    *,
+    head: str,
+    sequence_length: int,
+    timezone: str,
+    future_allocation: np.ndarray,
+    blend: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(base z path, model z path), both (n, 24), for every tail; ``network`` None = base only."""
+    g = state.blend if blend is None else float(blend)
+    n, T = tails.Z.shape
+    rows = np.arange(n)
+    origins = tails.origins
+    base_path = state.base.predict(tails.Z, rows, origins)
+    if network is None or g == 0.0:
+        return base_path, base_path.copy()
+    if head == "direct":
+        scale = origin_scale(tails.Z, rows, origins, state.level_floor)
+        X = raw_windows(tails.Z, tails.A, tails.E, rows, origins, base_path, scale, state.base, sequence_length, timezone)
+        out = np.asarray(network(standardise(X, state)), dtype=float)
+        correction = state.target_mean + state.target_std * out
+        return base_path, apply_ratio(base_path, g * correction, EPS_FRACTION * scale[:, None])
+    # recursive: one step at a time, each prediction appended to the history
+    Z = np.concatenate([tails.Z, np.full((n, HORIZON_HOURS), np.nan)], axis=1)
+    A = np.concatenate([tails.A, np.clip(future_allocation, ALLOCATION_FLOOR, 1.0)], axis=1)
+    E = np.concatenate([tails.E, tails.E[:, -1:] + np.arange(1, HORIZON_HOURS + 1)[None, :]], axis=1)
+    predicted = np.empty((n, HORIZON_HOURS))
+    for k in range(HORIZON_HOURS):
+        o = np.full(n, T - 1 + k, dtype=np.int64)
+        step_base = state.base.predict(Z, rows, o)
+        scale = origin_scale(Z, rows, o, state.level_floor)
+        X = raw_windows(Z, A, E, rows, o, step_base, scale, state.base, sequence_length, timezone)
+        out = np.asarray(network(standardise(X, state)), dtype=float)[:, 0]
+        value = apply_ratio(step_base[:, 0], g * (state.target_mean + state.target_std * out), EPS_FRACTION * scale)
+        predicted[:, k] = value
+        Z[:, T + k] = value
+    return base_path, predicted
+
+
+def build_tails(z_filled: np.ndarray, allocation: np.ndarray, epoch_hours: np.ndarray, origins: np.ndarray, length: int) -> Tails:
+    """Tails of one long series at many origins (NaN before the series starts)."""
+    index = origins[:, None] + np.arange(-length + 1, 1)[None, :]
+    zero = np.zeros(len(origins), dtype=np.int64)[:, None]
+    Z = _gather(z_filled[None, :], zero, index)
+    A = _gather(allocation[None, :], zero, index)
+    E = epoch_hours[origins][:, None] + np.arange(-length + 1, 1)[None, :]
+    return Tails(Z, np.nan_to_num(A, nan=1.0), E)
+
+
+def training_samples(
+    z_filled: np.ndarray,
+    z_raw: np.ndarray,
+    allocation: np.ndarray,
+    epoch_hours: np.ndarray,
+    origins: np.ndarray,
+    state: FittedState,
+    sequence_length: int,
+    timezone: str,
+    outputs: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(X raw (n, L, C), residual targets (n, outputs) in scale units, kept origins) of ``origins``.
+
+    Inputs read only hours <= t (causally filled); targets are the RAW z of hours t+1..t+outputs, and an
+    origin with a missing target hour is dropped.
+    """
+    Z = z_filled[None, :]
+    A = np.nan_to_num(allocation, nan=1.0)[None, :]
+    E = epoch_hours[None, :]
+    rows = np.zeros(len(origins), dtype=np.int64)
+    targets = _gather(z_raw[None, :], rows[:, None], origins[:, None] + np.arange(1, outputs + 1)[None, :])
+    keep = np.isfinite(targets).all(axis=1)
+    origins, rows, targets = origins[keep], rows[keep], targets[keep]
+    base_path = state.base.predict(Z, rows, origins)
+    scale = origin_scale(Z, rows, origins, state.level_floor)
+    X = raw_windows(Z, A, E, rows, origins, base_path, scale, state.base, sequence_length, timezone)
+    Y = log_ratio(targets, base_path[:, :outputs], EPS_FRACTION * scale[:, None])
+    return X, Y, origins
+
+
+def base_components_at(z_filled: np.ndarray, origins: np.ndarray, horizon: int = HORIZON_HOURS) -> np.ndarray:
+    return components(z_filled[None, :], np.zeros(len(origins), dtype=np.int64), origins, horizon)
+
+
+def held_future_allocation(allocation_tail: np.ndarray, path: np.ndarray | None) -> np.ndarray:
+    """(24,) future shares: ``path`` or the last finite share held."""
+    if path is not None:
+        return np.asarray(path, dtype=float)
+    finite = allocation_tail[np.isfinite(allocation_tail)]
+    return np.full(HORIZON_HOURS, float(finite[-1]) if len(finite) else 1.0)
+
+
+def to_earnings(z_path: np.ndarray, future_allocation: np.ndarray, beta: float | None) -> np.ndarray:
+    return np.maximum(z_path * allocation_factor(future_allocation, beta), 0.0)
