@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from earnopt_assets.forecasting.candidates import HORIZON_HOURS, OriginContext, statistical_candidates
-from earnopt_assets.forecasting.predictor import EarningsPredictor, ModelLoadError, SequenceValidationError
+from earnopt_assets.forecasting.model.predictor import EarningsPredictor, ModelLoadError, SequenceValidationError
 from earnopt_assets.forecasting.registry import (
     CHAMPION_KEY,
     DEFAULT_MAPE_TARGET_PCT,

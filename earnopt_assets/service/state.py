@@ -54,15 +54,14 @@ class ModelRegistry:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _load(self, protocol: str, previous: LoadedModel | None) -> LoadedModel:
-        directory = self.models_dir / protocol
-        fingerprint = forecast_adapter.model_fingerprint(directory)
+        fingerprint = forecast_adapter.model_fingerprint(self.models_dir, protocol)
         if fingerprint is None:
             return LoadedModel(protocol, None, None, None, {}, None, error="no trained model")
         try:
-            predictor = forecast_adapter.load_predictor(directory)
+            predictor = forecast_adapter.load_predictor(self.models_dir, protocol)
             forecaster = forecast_adapter.batched_forecaster(predictor)
         except Exception as exc:  # corrupt files must not take the service down
-            log.warning("cannot load model for %s from %s: %s", protocol, directory, exc)
+            log.warning("cannot load model for %s from %s: %s", protocol, self.models_dir, exc)
             if previous is not None and previous.loaded:
                 return LoadedModel(
                     protocol, previous.predictor, previous.version, previous.trained_at, previous.metadata,
@@ -94,7 +93,7 @@ class ModelRegistry:
         with self._lock:
             entry = self.entries.get(protocol)
             self._checked[protocol] = now
-            fingerprint = forecast_adapter.model_fingerprint(self.models_dir / protocol)
+            fingerprint = forecast_adapter.model_fingerprint(self.models_dir, protocol)
             if entry is None or fingerprint != entry.fingerprint:
                 entry = self._load(protocol, entry)
                 self.entries[protocol] = entry
@@ -116,12 +115,9 @@ class DetectorHolder:
     fingerprint: tuple | None = None
 
     def _fingerprint(self) -> tuple | None:
-        latest = self.directory / "latest.json"
-        try:
-            stat = latest.stat()
-        except OSError:
-            return None
-        return (stat.st_mtime_ns, stat.st_size)
+        from earnopt_assets.anomaly.detector import DETECTOR_NAME, detector_store
+
+        return detector_store(self.directory).fingerprint(DETECTOR_NAME)
 
     def load(self) -> None:
         from earnopt_assets.anomaly.detector import AnomalyDetector

@@ -12,7 +12,7 @@ import pytest
 
 from earnopt_assets.numerics.baselines import fallback_forecast, seasonal_naive
 from earnopt_assets.numerics.metrics import forecast_metrics
-from earnopt_assets.forecasting.predictor import SequenceValidationError
+from earnopt_assets.forecasting.model.predictor import SequenceValidationError
 from earnopt_assets.forecasting.registry import MapeCheckOutcome, check_passed, judge_mape, read_model_summary, record_mape_check
 from earnopt_assets.forecasting.retrain import retrain_requests
 from earnopt_assets.forecasting.store import (
@@ -201,7 +201,7 @@ def test_forecast_uses_lstm_only_after_a_passed_check(trained_storj):
 
 
 def test_a_deliberately_bad_model_fails_the_check_and_falls_back(trained_storj, tmp_path):
-    from earnopt_assets.forecasting.predictor import EarningsPredictor
+    from earnopt_assets.forecasting.model.predictor import EarningsPredictor
 
     catalog, telemetry, features, models, _ = trained_storj
     predictor = EarningsPredictor.load(models, "storj")  # a private copy: the fixture's model stays intact

@@ -156,7 +156,7 @@ def test_settings_are_checked():
 def test_concurrent_http_requests_are_batched_and_equal_single_forecasts(tmp_path, small_catalog_path, small_catalog):
     from fastapi.testclient import TestClient
 
-    from earnopt_assets.forecasting.predictor import EarningsPredictor
+    from earnopt_assets.forecasting.model.predictor import EarningsPredictor
     from earnopt_assets.service.app import create_app
     from earnopt_assets.service.settings import ServiceSettings
     from earnopt_assets_tests.service.helpers import rows_payload, simulated, train_tiny_model

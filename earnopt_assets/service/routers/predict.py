@@ -111,7 +111,7 @@ async def _predict(protocol: str, request: PredictionRequest, entry: Any, state:
 def _prepare(protocol: str, request: PredictionRequest, entry: Any, state: ServiceState) -> PredictionResponse | tuple[str, Any]:
     """(device, model origin) for the batcher, or the finished baseline answer; 422/503 on bad input."""
     from earnopt_assets.forecasting.batch import prepare_origin, prepare_origin_from_columns
-    from earnopt_assets.forecasting.predictor import InsufficientHistoryError, SequenceValidationError
+    from earnopt_assets.forecasting.model.predictor import InsufficientHistoryError, SequenceValidationError
 
     reason: str | None = None
     if entry.loaded:
@@ -166,7 +166,7 @@ def evaluate_model(protocol: ProtocolPath, request: EvaluationRequest, state: Se
     baselines on the same hours.
     """
     from earnopt_assets.ingestion.features import WARMUP_HOURS, series_features, to_hourly_grid
-    from earnopt_assets.forecasting.predictor import SequenceValidationError
+    from earnopt_assets.forecasting.model.predictor import SequenceValidationError
 
     state.protocol(protocol)
     frame = rows_to_frame(request.rows, protocol=protocol, default_device=state.catalog.host.device)
