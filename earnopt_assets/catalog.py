@@ -240,11 +240,21 @@ class AllocationSettings(_Strict):
     expected_earnings: Literal["next_hour", "mean_24h"] = "mean_24h"
 
 
+class TrainingResources(_Strict):
+    """How much of the host one retraining may take: it runs beside the earning apps and the 15-minute
+    tick, so it runs niced with TensorFlow's thread pools capped (the model's ``train_threads`` and
+    ``train_nice`` come from here)."""
+
+    threads: int = Field(1, ge=1, le=64, description="TensorFlow intra- and inter-op threads of one training run.")
+    nice: int = Field(10, ge=0, le=19, description="Niceness increment of the training worker (os.nice).")
+
+
 class Catalog(_Strict):
     host: HostSpec
     protocols: list[ProtocolSpec] = Field(min_length=1)
     alerts: AlertSettings = AlertSettings()
     allocation: AllocationSettings = AllocationSettings()
+    training: TrainingResources = TrainingResources()
     source: str | None = Field(None, description="File the catalog was loaded from.")
 
     @model_validator(mode="after")

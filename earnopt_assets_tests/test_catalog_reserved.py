@@ -151,3 +151,30 @@ def test_utilisation_table_shows_the_reserve_and_adds_up_to_the_machine(data_dir
     assert plan.target == pytest.approx(initial)
     free = frame.loc[frame["part"] == "free"].set_index("resource")["amount"]
     assert free.min() == pytest.approx(0.0, abs=1e-3)
+
+
+# --- training's share of the host -------------------------------------------------------------------------
+
+
+def test_training_runs_niced_on_one_thread_by_default():
+    catalog = load_catalog(DEFAULT_CATALOG)
+    assert (catalog.training.threads, catalog.training.nice) == (1, 10)
+    raw = _raw()
+    raw.pop("training", None)
+    assert parse_catalog(raw).training.threads == 1
+
+
+@pytest.mark.parametrize(
+    ("training", "field", "message"),
+    [
+        ({"threads": 0}, "training.threads", "greater than or equal to 1"),
+        ({"nice": 25}, "training.nice", "less than or equal to 19"),
+        ({"cores": 2}, "training.cores", "Extra inputs are not permitted"),
+    ],
+)
+def test_invalid_training_settings_name_the_field(tmp_path, training, field, message):
+    raw = _raw()
+    raw["training"] = training
+    with pytest.raises(CatalogError) as excinfo:
+        load_catalog(_write(tmp_path, raw))
+    assert f"  {field}: " in str(excinfo.value) and message in str(excinfo.value)
