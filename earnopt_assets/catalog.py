@@ -195,6 +195,9 @@ class AlertSettings(_Strict):
     failure_threshold: int = Field(5, ge=1, description="Connection failures in one hour that fire an alert.")
     failure_critical_threshold: int = Field(10, ge=1, description="Failures in one hour that make the alert critical.")
     silent_hours: int = Field(2, ge=1, description="Hours without telemetry that count as a connection failure.")
+    silent_lag_hours: float = Field(
+        3.0, ge=0, description="A series with no row for more than this many hours behind the wall clock raises a critical 'silent' alert (0 = off)."
+    )
     resource_zscore_threshold: float = Field(3.0, gt=0, description="z-score vs the trailing 7 days that fires.")
     resource_share_tolerance: float = Field(
         0.25, ge=0, description="Usage above (1 + tolerance) x allocated share fires the resource rule."

@@ -27,7 +27,7 @@ import pandas as pd
 from earnopt_assets.anomaly import store
 from earnopt_assets.anomaly.detector import AnomalyDetector, detection_features
 from earnopt_assets.anomaly.notify import ENV_CHANNELS, DeliveryAttempt, Notifier, redact_text
-from earnopt_assets.anomaly.rules import Alert, evaluate_rules, evaluated_until
+from earnopt_assets.anomaly.rules import Alert, evaluate_rules, evaluated_until, silent_alerts
 from earnopt_assets.anomaly.state import StateChange
 from earnopt_assets.anomaly.store import NotificationDecision, RecordResult
 from earnopt_assets.catalog import Catalog
@@ -173,15 +173,25 @@ class AnomalyCycleResult:
         return f"{len(self.notified)} alert(s) to notify via {', '.join(self.channels)}: " + ", ".join(parts)
 
 
+def last_seen_hours(telemetry: pd.DataFrame) -> pd.DataFrame:
+    """(device, protocol, latest_ts) of every series in ``telemetry``."""
+    if telemetry.empty:
+        return pd.DataFrame({"device": pd.Series(dtype=object), "protocol": pd.Series(dtype=object), "latest_ts": pd.Series(dtype="datetime64[us]")})
+    return telemetry.groupby(["device", "protocol"], as_index=False)["ts"].max().rename(columns={"ts": "latest_ts"})
+
+
 def run_anomaly_cycle(open_connection: OpenConnection, catalog: Catalog, telemetry: pd.DataFrame,
-                      scores: pd.DataFrame | None, *, first_run: bool, now: datetime | None = None,
+                      scores: pd.DataFrame | None, *, first_run: bool, last_seen: pd.DataFrame | None = None,
+                      now: datetime | None = None,
                       environ: Mapping[str, str] | None = None, log: Log | None = None,
                       warn: Log | None = None) -> AnomalyCycleResult:
     """Rules -> record alerts (dedupe, cooldown, auto-resolve) -> protocol state -> notifications.
 
     ``telemetry``: raw rows of the evaluation window plus ``HISTORY_HOURS`` (the whole backfill on a first
     run). On a first run every hour is evaluated and recorded, only the last ``evaluation_hours`` may be
-    sent. Delivery happens with no connection open; it is bounded and never raises.
+    sent. ``last_seen`` (device, protocol, latest_ts over all stored history; default: from ``telemetry``)
+    feeds the ``silent`` rule, measured against the wall clock ``now``. Delivery happens with no
+    connection open; it is bounded and never raises.
     """
     settings = catalog.alerts
     log = log or (lambda message: None)
@@ -193,7 +203,10 @@ def run_anomaly_cycle(open_connection: OpenConnection, catalog: Catalog, telemet
         scores = known_protocols(scores, catalog)
     notify_since = newest - timedelta(hours=settings.evaluation_hours - 1) if newest is not None else None
     candidates = evaluate_rules(telemetry, catalog, settings, scores=scores, start=None if first_run else notify_since)
-    devices = sorted(set(telemetry["device"].astype(str))) or [catalog.host.device]
+    last_seen = known_protocols(last_seen if last_seen is not None else last_seen_hours(telemetry), catalog)
+    candidates += silent_alerts(last_seen, now, settings.silent_lag_hours)
+    candidates.sort(key=lambda a: (a.hour, a.protocol, a.rule))
+    devices = sorted(set(telemetry["device"].astype(str)) | set(last_seen["device"].astype(str))) or [catalog.host.device]
     with open_connection() as conn:
         recorded = store.record_evaluation(
             conn, candidates, evaluated_until(telemetry), settings, devices, list(catalog.names),

@@ -12,6 +12,7 @@ a 30.0001 % drop and not at 30 %.
 | connection_failures | failures_t >= failure_threshold, or no telemetry for >= silent_hours | critical if failures_t >= failure_critical_threshold or silent >= 2 * silent_hours |
 | performance_degradation | for >= degradation_hours consecutive hours: x_t < ratio * B'_t or latency_t > median_7d(latency) / ratio | warning |
 | isolation_forest | the detector flags the row (decision_function < 0) | info |
+| silent | a series that reported before has no row for more than ``silent_lag_hours``: now_wallclock - last_ts > lag (evaluated at the wall-clock hour) | critical |
 
 ``x_t`` is allocation-adjusted earnings (earnings per unit of allocation^g, see ``series.py``), so a
 deliberate allocation cut is not an earnings drop; compute protocols compare busy (leased) hours with busy
@@ -35,9 +36,11 @@ from earnopt_assets.anomaly.detector import resource_zscore
 
 Severity = Literal["info", "warning", "critical"]
 SEVERITY_RANK: dict[str, int] = {"info": 0, "warning": 1, "critical": 2}
-RULES: tuple[str, ...] = ("earnings_drop", "resource_usage", "connection_failures", "performance_degradation", "isolation_forest")
+RULES: tuple[str, ...] = ("earnings_drop", "resource_usage", "connection_failures", "performance_degradation", "isolation_forest", "silent")
 # Rules whose critical alerts mark a protocol degraded (see state.py).
-DEGRADING_RULES: frozenset[str] = frozenset({"earnings_drop", "connection_failures"})
+DEGRADING_RULES: frozenset[str] = frozenset({"earnings_drop", "connection_failures", "silent"})
+# Default of the silent rule's lag when the catalog does not set alerts.silent_lag_hours.
+DEFAULT_SILENT_LAG_HOURS = 3.0
 _TOL = 1e-9  # float slack so that "at the threshold" means at it
 
 
@@ -317,6 +320,38 @@ def evaluate_rules(telemetry: pd.DataFrame, catalog: Catalog, settings: AlertSet
         known = scores.loc[scores["protocol"].isin(list(specs))]
         alerts.extend(isolation_forest_alerts(known, start, end))
     alerts.sort(key=lambda a: (a.hour, a.protocol, a.rule))
+    return alerts
+
+
+def silent_alerts(last_seen: pd.DataFrame, now: datetime, lag_hours: float) -> list[Alert]:
+    """"Silence is an alert": one critical ``silent`` alert per (device, protocol) whose newest row
+    (``last_seen`` columns device, protocol, latest_ts; naive UTC) is more than ``lag_hours`` behind the
+    WALL CLOCK ``now``. The alert's hour is the current wall-clock hour, so an ongoing silence fires once
+    per hour (deduped, cooldown as every rule) and resolves ``resolve_after_hours`` after the series
+    reports again. ``lag_hours <= 0`` turns the rule off.
+    """
+    if lag_hours <= 0 or last_seen is None or last_seen.empty:
+        return []
+    now_ts = pd.Timestamp(now)
+    now_ts = now_ts.tz_convert("UTC").tz_localize(None) if now_ts.tzinfo is not None else now_ts
+    hour = now_ts.floor("h")
+    alerts = []
+    for row in last_seen.itertuples(index=False):
+        if pd.isna(row.latest_ts):
+            continue
+        latest = pd.Timestamp(row.latest_ts)
+        lag = (now_ts - latest).total_seconds() / 3600.0
+        if lag <= lag_hours + _TOL:
+            continue
+        alerts.append(
+            make_alert(
+                str(row.device), str(row.protocol), "silent", "critical", hour,
+                f"{row.protocol} on {row.device} has sent no telemetry for {lag:.1f} h "
+                f"(last hour {latest:%Y-%m-%d %H:00} UTC; threshold {lag_hours:g} h)",
+                {"last_seen": latest, "lag_hours": lag, "lag_threshold_hours": lag_hours, "checked_at": now_ts},
+            )
+        )
+    alerts.sort(key=lambda a: (a.hour, a.protocol))
     return alerts
 
 

@@ -155,7 +155,8 @@ def alerts(context: dg.AssetExecutionContext, earnopt: EarnoptResource, duckdb: 
     """Runs the alert rules over the last ``alerts.evaluation_hours`` hours and records every alert in DuckDB
     ``alerts`` (deduped per device/protocol/rule/hour; status open/acknowledged/resolved; auto-resolved after
     ``resolve_after_hours`` quiet hours). In the same transaction updates ``protocol_state``: a protocol with an
-    open critical alert of a degrading rule is degraded. New alerts outside their cooldown are delivered to the
+    open critical alert of a degrading rule (earnings_drop, connection_failures, silent) is degraded; ``silent``
+    fires when a series has no row for more than ``alerts.silent_lag_hours`` (3 h) behind the wall clock. New alerts outside their cooldown are delivered to the
     configured channels after the warehouse connection is closed; attempts go to ``alert_deliveries``
     (URLs redacted). The metadata says plainly where the alerts went (or that no channel is configured).
     Trigger: automation — ``eager()`` after ``anomalies``, and an hourly cron tick (``20 * * * *``).
@@ -166,10 +167,11 @@ def alerts(context: dg.AssetExecutionContext, earnopt: EarnoptResource, duckdb: 
             first_run = not anomaly_store.has_alert_history(conn)
             telemetry, newest = _recent_telemetry(conn, cycle_window_hours(catalog, first_run))
             scores = anomaly_store.read_scores(conn, scores_since(catalog, newest))
+            last_seen = ingestion_store.telemetry_summary(conn)
     except _NoTelemetry:
         raise dg.Failure(description=NO_TELEMETRY) from None
     result = run_anomaly_cycle(
-        lambda: _warehouse(duckdb), catalog, telemetry, scores, first_run=first_run,
+        lambda: _warehouse(duckdb), catalog, telemetry, scores, first_run=first_run, last_seen=last_seen,
         log=context.log.info, warn=context.log.warning,
     )
     return dg.MaterializeResult(metadata=anomaly_cycle_metadata(result))

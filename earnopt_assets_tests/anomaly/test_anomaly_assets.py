@@ -54,6 +54,13 @@ def set_alert_settings(catalog_path, **settings) -> None:
     catalog_path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
+@pytest.fixture(autouse=True)
+def replayed_history(small_catalog_path):
+    """These tests replay a past fortnight: wall-clock silence (alerts.silent_lag_hours) is off here and
+    tested on data ending now in test_silent_protocol_alerts_and_degrades."""
+    set_alert_settings(small_catalog_path, silent_lag_hours=0)
+
+
 @pytest.fixture
 def telemetry(small_catalog):
     from earnopt_assets.simulator import simulate
@@ -236,3 +243,21 @@ def test_misconfigured_channel_env_is_reported_not_fatal(small_resources, small_
     assert meta["delivery"].startswith("alert channels misconfigured, nothing sent")
     assert meta["deliveries_no_channel"] == meta["notified"] >= 1
     assert query(data_dir, "SELECT count(*) FROM alerts WHERE protocol = 'storj'")[0][0] >= 3
+
+
+def test_silent_protocol_alerts_and_degrades(small_catalog_path, small_catalog, small_resources, data_dir):
+    """Against the real wall clock: telemetry up to the current hour, except akash, silent for 5 hours."""
+    from earnopt_assets.simulator import simulate
+
+    set_alert_settings(small_catalog_path, silent_lag_hours=3)
+    now_hour = pd.Timestamp.now(tz="UTC").tz_localize(None).floor("h")
+    frame = simulate(small_catalog, days=10, seed=3, end=now_hour, inject_anomalies=False).telemetry
+    frame = frame.loc[~((frame["protocol"] == "akash") & (frame["ts"] > now_hour - pd.Timedelta(hours=5)))]
+    write_warehouse(data_dir, small_catalog, frame)
+
+    meta = metadata(materialize(small_resources), "alerts")
+    silent = query(data_dir, "SELECT protocol, severity, status, notify_status FROM alerts WHERE rule = 'silent'")
+    assert silent == [("akash", "critical", "open", "no_channel")]
+    assert "akash" in meta["degraded_protocols"].split(", ")
+    assert any(r.data["rule"] == "silent" and r.data["degrades_protocol"] for r in meta["new_alert_list"].records)
+    assert meta["delivery"].startswith("no alert channel configured: the alert went nowhere")

@@ -21,6 +21,8 @@ from earnopt_assets.defs.render import anomaly_cycle_metadata
 from earnopt_assets_tests.anomaly.helpers import Receiver
 
 T0 = datetime(2026, 1, 1)
+# The simulated telemetry ends at T0 00:00; the wall clock of these cycles is an hour later.
+NOW = T0 + timedelta(hours=1)
 
 
 @pytest.fixture
@@ -108,7 +110,7 @@ def _text_of(value) -> str:
 
 def test_cycle_without_channel_says_where_the_alerts_went(small_catalog, telemetry, db_path, open_connection):
     messages: list[str] = []
-    result = run_anomaly_cycle(open_connection, small_catalog, telemetry, None, first_run=True, environ={},
+    result = run_anomaly_cycle(open_connection, small_catalog, telemetry, None, first_run=True, environ={}, now=NOW,
                                log=messages.append)
 
     # The state agrees with the alerts of this run: an open critical degrading alert = degraded.
@@ -149,8 +151,8 @@ def test_cycle_without_channel_says_where_the_alerts_went(small_catalog, telemet
 
 
 def test_second_cycle_records_nothing_twice(small_catalog, telemetry, open_connection):
-    run_anomaly_cycle(open_connection, small_catalog, telemetry, None, first_run=True, environ={})
-    again = run_anomaly_cycle(open_connection, small_catalog, telemetry, None, first_run=False, environ={})
+    run_anomaly_cycle(open_connection, small_catalog, telemetry, None, first_run=True, environ={}, now=NOW)
+    again = run_anomaly_cycle(open_connection, small_catalog, telemetry, None, first_run=False, environ={}, now=NOW)
     assert again.record.new == [] and again.notified == [] and again.state_changes == []
     assert again.delivery_note.startswith("nothing to send")
 
@@ -203,7 +205,7 @@ def test_secrets_never_reach_deliveries_table_or_logs(small_catalog, telemetry, 
         catalog = small_catalog.model_copy(update={"alerts": small_catalog.alerts.model_copy(update={
             "channels": [], "delivery_timeout_seconds": 0.5, "delivery_backoff_seconds": 0.01, "delivery_attempts": 2})})
         messages: list[str] = []
-        result = run_anomaly_cycle(open_connection, catalog, telemetry, None, first_run=True, log=messages.append,
+        result = run_anomaly_cycle(open_connection, catalog, telemetry, None, first_run=True, log=messages.append, now=NOW,
                                    environ={"EARNOPT_WEBHOOK_URL": failing, "EARNOPT_SLACK_WEBHOOK_URL": dead})
     finally:
         receiver.stop()
@@ -242,3 +244,48 @@ def test_notifier_logs_are_redacted():
     assert attempts and not attempts[0].ok
     text = " ".join(logged) + " ".join(a.channel + (a.error or "") for a in attempts)
     assert "letmein" not in text and "carol" not in text and "t0k3nPath" not in text
+
+
+# ------------------------------------------------------------------------------ silence is an alert
+
+
+def test_silent_rule_threshold_is_exclusive_and_zero_turns_it_off():
+    from earnopt_assets.anomaly.rules import silent_alerts
+
+    last_seen = pd.DataFrame({"device": ["local", "local"], "protocol": ["storj", "akash"],
+                              "latest_ts": [T0, T0 - timedelta(minutes=1)]})
+    now = T0 + timedelta(hours=3)
+    [alert] = silent_alerts(last_seen, now, 3.0)  # storj exactly 3 h behind: not yet
+    assert (alert.protocol, alert.rule, alert.severity, alert.hour) == ("akash", "silent", "critical", now)
+    assert "3.0 h" in alert.message and alert.evidence["lag_threshold_hours"] == 3.0
+    assert silent_alerts(last_seen, now, 0) == []
+
+
+def test_silent_protocol_fires_degrades_cools_down_and_resolves(small_catalog, telemetry, db_path, open_connection):
+    newest = telemetry["ts"].max()
+    quiet = telemetry.loc[~((telemetry["protocol"] == "akash") & (telemetry["ts"] > newest - pd.Timedelta(hours=5)))]
+
+    first = run_anomaly_cycle(open_connection, small_catalog, quiet, None, first_run=True, environ={}, now=NOW)
+    silent = [d for d in first.decisions if d.alert.rule == "silent"]
+    assert [(d.alert.protocol, d.alert.severity, d.notify) for d in silent] == [("akash", "critical", True)]
+    assert "no telemetry for 6.0 h" in silent[0].alert.message
+    assert first.states[("local", "akash")]["state"] == "degraded"
+    assert "critical silent alert" in first.states[("local", "akash")]["reason"]
+    with open_connection() as conn:
+        assert store.read_degraded(conn, "local") == {"storj", "akash"}
+
+    # An hour later, still silent: recorded, not sent again (cooldown like every rule).
+    later = run_anomaly_cycle(open_connection, small_catalog, quiet, None, first_run=False, environ={}, now=NOW + timedelta(hours=1))
+    assert [(d.alert.protocol, d.reason) for d in later.decisions if d.alert.rule == "silent"] == [("akash", "cooldown")]
+
+    # akash reports again (with its backlog) and everyone reports 5 more hours: resolve_after_hours (3) quiet
+    # evaluated hours after the last silent firing (02:00), the silent alert resolves.
+    last = telemetry.loc[telemetry["ts"] == newest]
+    resumed = pd.concat(
+        [telemetry, *(last.assign(ts=newest + pd.Timedelta(hours=h), connection_failures=0) for h in range(1, 6))], ignore_index=True
+    )
+    back = run_anomaly_cycle(open_connection, small_catalog, resumed, None, first_run=False, environ={}, now=NOW + timedelta(hours=5))
+    assert not [d for d in back.decisions if d.alert.rule == "silent"]
+    assert query(db_path, "SELECT DISTINCT status FROM alerts WHERE rule = 'silent'") == [("resolved",)]
+    assert back.states[("local", "akash")]["state"] == "healthy"
+    assert [(c.from_state, c.to_state) for c in back.state_changes if c.protocol == "akash"] == [("degraded", "healthy")]

@@ -104,6 +104,10 @@ def simulated(small_catalog):
 @pytest.fixture
 def pipeline(data_dir, small_catalog_path, simulated) -> Pipeline:
     """Everything but the last few hours has landed and been materialized."""
+    # A replay ending in the past: wall-clock silence (alerts.silent_lag_hours) would flag every protocol.
+    raw = yaml.safe_load(small_catalog_path.read_text())
+    raw.setdefault("alerts", {})["silent_lag_hours"] = 0
+    small_catalog_path.write_text(yaml.safe_dump(raw, sort_keys=False))
     pipe = Pipeline(data_dir, small_catalog_path)
     telemetry = simulated.telemetry
     cutoff = END - pd.Timedelta(hours=HELD_BACK_HOURS)
