@@ -19,6 +19,8 @@ import duckdb
 # Every Dagster asset/check that opens the warehouse declares pool=DUCKDB_POOL.
 DUCKDB_POOL = "duckdb_warehouse"
 
+# The telemetry contract (column order of raw_earnings). The table itself (DDL, reads, writes) belongs to
+# earnopt_assets.ingestion.store.
 TELEMETRY_COLUMNS: tuple[str, ...] = (
     "device",
     "protocol",
@@ -32,30 +34,6 @@ TELEMETRY_COLUMNS: tuple[str, ...] = (
     "connection_failures",
     "latency_ms",
 )
-
-RAW_EARNINGS_DDL = """
-CREATE TABLE IF NOT EXISTS raw_earnings (
-    device              VARCHAR   NOT NULL,
-    protocol            VARCHAR   NOT NULL,
-    ts                  TIMESTAMP NOT NULL,  -- UTC hour
-    earnings_usd        DOUBLE    NOT NULL,
-    cpu_cores           DOUBLE    NOT NULL,
-    memory_gb           DOUBLE    NOT NULL,
-    bandwidth_mbps      DOUBLE    NOT NULL,
-    storage_gb          DOUBLE    NOT NULL,
-    allocation          DOUBLE    NOT NULL,
-    connection_failures INTEGER   NOT NULL,
-    latency_ms          DOUBLE,
-    source_file         VARCHAR,
-    ingested_at         TIMESTAMP,
-    PRIMARY KEY (device, protocol, ts)
-)
-"""
-
-
-def ensure_raw_earnings(conn: duckdb.DuckDBPyConnection) -> None:
-    conn.execute(RAW_EARNINGS_DDL)
-
 
 def table_exists(conn: duckdb.DuckDBPyConnection, name: str) -> bool:
     row = conn.execute(

@@ -35,7 +35,7 @@ from earnopt_assets.allocation.plan import (
 )
 from earnopt_assets.atomic import atomic_write_json
 from earnopt_assets.catalog import Catalog
-from earnopt_assets.warehouse import table_exists
+from earnopt_assets.ingestion import store as ingestion_store
 
 logger = logging.getLogger("earnopt.allocation")
 
@@ -69,15 +69,12 @@ def read_cycle_inputs(conn: duckdb.DuckDBPyConnection, catalog: Catalog, now: da
     notes: list[str] = []
 
     history: dict[str, pd.DataFrame] = {}
-    if table_exists(conn, "raw_earnings"):
-        raw = conn.execute(
-            """
-            SELECT protocol, ts, earnings_usd, allocation FROM raw_earnings
-            WHERE device = ? AND ts >= (SELECT max(ts) FROM raw_earnings WHERE device = ?) - to_days(CAST(? AS INTEGER))
-            ORDER BY protocol, ts
-            """,
-            [device, device, CURVE_WINDOW_DAYS],
-        ).df()
+    newest = ingestion_store.latest_ts(conn, device=device)
+    if newest is not None:
+        raw = ingestion_store.read_telemetry(
+            conn, device=device, start=pd.Timestamp(newest) - pd.Timedelta(days=CURVE_WINDOW_DAYS),
+            columns=["protocol", "ts", "earnings_usd", "allocation"],
+        )
         history = {str(n): g for n, g in raw.groupby("protocol", sort=False) if n in name_set}
     forecasts = _latest_forecasts(conn, device, name_set)
     state = store.read_allocation_state(conn, device, names)

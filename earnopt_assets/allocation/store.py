@@ -188,8 +188,14 @@ def update_realised_earnings(conn: duckdb.DuckDBPyConnection, device: str, now: 
     realised_vs_expected_pct = 100 * (realised - expected_target) / expected_target. Cycles whose window
     is complete (24 observed hours) or older than 7 days are left alone. Returns the cycles updated.
     """
-    if not table_exists(conn, "raw_earnings"):
+    from earnopt_assets.ingestion.store import has_telemetry, read_telemetry
+
+    if not has_telemetry(conn):
         return 0
+    # Telemetry comes through its owner (ingestion.store) as a frame; the join runs on that frame.
+    since = now - timedelta(days=REALISED_LOOKBACK_DAYS)
+    telemetry = read_telemetry(conn, device=device, start=pd.Timestamp(since).floor("h"), columns=["device", "protocol", "ts", "earnings_usd"])
+    conn.register("__realised_telemetry", telemetry)
     before = conn.execute(
         "SELECT count(*) FROM optimization_cycles WHERE device = ? AND realised_updated_at = ?", [device, now]
     ).fetchone()[0]
@@ -207,7 +213,7 @@ def update_realised_earnings(conn: duckdb.DuckDBPyConnection, device: str, now: 
                 SELECT p.cycle_id, r.ts, sum(r.earnings_usd) AS total
                 FROM optimization_cycles p
                 JOIN allocations a ON a.cycle_id = p.cycle_id
-                JOIN raw_earnings r
+                JOIN __realised_telemetry r
                   ON r.device = p.device AND r.protocol = a.protocol
                  AND r.ts >= date_trunc('hour', p.created_at) + INTERVAL 1 HOUR
                  AND r.ts < date_trunc('hour', p.created_at) + INTERVAL 1 HOUR + to_hours(CAST(? AS BIGINT))
@@ -218,8 +224,9 @@ def update_realised_earnings(conn: duckdb.DuckDBPyConnection, device: str, now: 
         ) s
         WHERE c.cycle_id = s.cycle_id AND s.hours > coalesce(c.realised_hours, 0)
         """,
-        [now, REALISED_WINDOW_HOURS, device, REALISED_WINDOW_HOURS, now - timedelta(days=REALISED_LOOKBACK_DAYS)],
+        [now, REALISED_WINDOW_HOURS, device, REALISED_WINDOW_HOURS, since],
     )
+    conn.unregister("__realised_telemetry")
     after = conn.execute(
         "SELECT count(*) FROM optimization_cycles WHERE device = ? AND realised_updated_at = ?", [device, now]
     ).fetchone()[0]

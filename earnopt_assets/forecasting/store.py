@@ -157,23 +157,14 @@ def forecasts_of_version(
 
 
 def read_recent_telemetry(conn: duckdb.DuckDBPyConnection, device: str, protocols: list[str], hours: int) -> pd.DataFrame:
-    """The last ``hours`` hours (relative to each protocol's newest row) of raw telemetry."""
-    if not protocols or not table_exists(conn, "raw_earnings"):
+    """The last ``hours`` hours (relative to each protocol's newest row) of raw telemetry, through the
+    ingestion store (the table's one owner)."""
+    from earnopt_assets.ingestion.store import read_telemetry_tail
+
+    if not protocols:
         return pd.DataFrame(columns=["protocol", "ts"])
-    return conn.execute(
-        """
-        WITH latest AS (
-            SELECT protocol, max(ts) AS last_ts FROM raw_earnings
-            WHERE device = ? AND list_contains(?, protocol) GROUP BY protocol
-        )
-        SELECT r.protocol, r.ts, r.earnings_usd, r.cpu_cores, r.memory_gb, r.bandwidth_mbps, r.storage_gb,
-               r.allocation, r.connection_failures
-        FROM raw_earnings r JOIN latest l USING (protocol)
-        WHERE r.device = ? AND r.ts > l.last_ts - to_hours(CAST(? AS BIGINT))
-        ORDER BY r.protocol, r.ts
-        """,
-        [device, protocols, device, hours],
-    ).df()
+    columns = ["protocol", "ts", "earnings_usd", "cpu_cores", "memory_gb", "bandwidth_mbps", "storage_gb", "allocation", "connection_failures"]
+    return read_telemetry_tail(conn, hours=hours, device=device, protocols=protocols, columns=columns)
 
 
 def read_planned_allocations(conn: duckdb.DuckDBPyConnection, device: str, protocols: list[str]) -> dict[str, float]:

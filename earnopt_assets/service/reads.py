@@ -68,7 +68,9 @@ def ping(db_path: Path) -> str:
 
 
 def latest_telemetry_ts(db_path: Path) -> datetime | None:
-    return with_tables(db_path, ("raw_earnings",), lambda c: _utc(c.execute("SELECT max(ts) FROM raw_earnings").fetchone()[0]), None)
+    from earnopt_assets.ingestion.store import latest_ts  # the telemetry table's one owner
+
+    return with_tables(db_path, (), lambda c: _utc(latest_ts(c)), None)
 
 
 def latest_forecasts(db_path: Path, device: str) -> dict[str, tuple[float, str | None]]:

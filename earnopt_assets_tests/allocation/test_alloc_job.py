@@ -17,7 +17,8 @@ import yaml
 from earnopt_assets.defs.allocation import allocation_job, allocation_schedule, resource_allocation
 from earnopt_assets.definitions import build_definitions
 from earnopt_assets.simulator import simulate
-from earnopt_assets.warehouse import connect, ensure_raw_earnings
+from earnopt_assets.ingestion.store import ensure_raw_earnings
+from earnopt_assets.warehouse import connect
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

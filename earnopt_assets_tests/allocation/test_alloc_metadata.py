@@ -17,7 +17,8 @@ from earnopt_assets.allocation.cycle import run_allocation_cycle
 from earnopt_assets.anomaly.store import ensure_state_tables
 from earnopt_assets.defs.allocation import allocation_metadata
 from earnopt_assets.simulator import simulate
-from earnopt_assets.warehouse import connect, ensure_raw_earnings
+from earnopt_assets.ingestion.store import ensure_raw_earnings
+from earnopt_assets.warehouse import connect
 
 END = datetime(2026, 11, 20, 12)
 NOW = END + timedelta(minutes=20)

@@ -19,7 +19,8 @@ from earnopt_assets.allocation.allocator import ProtocolRequirements, ResourceCo
 from earnopt_assets.anomaly.store import ensure_state_tables
 from earnopt_assets.forecasting.store import ensure_forecasts_table
 from earnopt_assets.simulator import simulate
-from earnopt_assets.warehouse import connect, ensure_raw_earnings
+from earnopt_assets.ingestion.store import ensure_raw_earnings
+from earnopt_assets.warehouse import connect
 
 END = datetime(2026, 11, 20, 12)
 NOW = END + timedelta(minutes=20)

@@ -12,7 +12,8 @@ from earnopt_assets.allocation import store
 from earnopt_assets.allocation.cycle import read_cycle_inputs
 from earnopt_assets.allocation.plan import compute_plan
 from earnopt_assets.simulator import simulate
-from earnopt_assets.warehouse import connect, ensure_raw_earnings
+from earnopt_assets.ingestion.store import ensure_raw_earnings
+from earnopt_assets.warehouse import connect
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 END = datetime(2026, 11, 20, 12)

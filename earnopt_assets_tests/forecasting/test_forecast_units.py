@@ -25,7 +25,8 @@ from earnopt_assets.forecasting.store import (
 )
 from earnopt_assets.forecasting.training import TrainingSettings, forecast_protocol, holdout_plot_markdown, metrics_table, split_holdout, train_protocol
 from earnopt_assets.settings import EarnoptPaths
-from earnopt_assets.warehouse import connect, ensure_raw_earnings
+from earnopt_assets.ingestion.store import ensure_raw_earnings
+from earnopt_assets.warehouse import connect
 from earnopt_assets_tests.forecasting.helpers import simulated
 
 TINY = TrainingSettings(epochs=2, lstm_units=(8, 4))

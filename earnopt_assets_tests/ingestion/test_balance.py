@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pandas as pd
 
 from earnopt_assets_tests.ingestion.helpers import poll, query
@@ -35,3 +34,24 @@ def test_balance_polls_are_differenced_with_payout_reset(paths, ingest):
     ingest()
     rows = dict((h, round(e, 10)) for h, e in query(paths, "SELECT hour(ts), earnings_usd FROM raw_earnings ORDER BY ts"))
     assert rows[2] == 0.65 and rows[3] == 0.10
+
+
+def test_derive_hourly_earnings_unit():
+    """Differencing in plain pandas: first poll is a baseline, a drop is a payout (reset, never negative),
+    only hours from the batch's earliest poll on are derived."""
+    from earnopt_assets.ingestion.balance import derive_hourly_earnings
+
+    ts = pd.date_range("2026-01-01", periods=5, freq="h")
+    base = {"cpu_cores": 0.1, "memory_gb": 0.2, "bandwidth_mbps": 2.0, "storage_gb": 0.1, "allocation": 0.5,
+            "connection_failures": 0, "latency_ms": None}
+    series = pd.DataFrame({"device": "local", "protocol": "honeygain", "ts": ts, "balance_usd": [1.0, 1.5, 0.2, 0.2, 0.7],
+                           **base, "since": ts[2], "file_index": [-1, -1, 0, 0, 0]})
+    other = pd.DataFrame({"device": "local", "protocol": "storj", "ts": ts[:2], "balance_usd": [3.0, 3.25], **base,
+                          "since": ts[0], "file_index": [1, 1]})
+    derived, baselines = derive_hourly_earnings(pd.concat([series, other], ignore_index=True))
+    assert baselines == 1  # storj's first poll is in this batch; honeygain's baseline was stored before
+    assert [(p, t.hour, v) for p, t, v in zip(derived["protocol"], derived["ts"], derived["value"])] == [
+        ("honeygain", 2, 0.2), ("honeygain", 3, 0.0), ("honeygain", 4, 0.5), ("storj", 1, 0.25)]
+    assert (derived["value"] >= 0).all() and "balance_usd" not in derived and "file_index" in derived
+    empty, none = derive_hourly_earnings(series.iloc[:0])
+    assert empty.empty and none == 0

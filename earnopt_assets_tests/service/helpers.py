@@ -72,7 +72,7 @@ def seed_warehouse(db_path: Path, catalog: Catalog, telemetry: pd.DataFrame, *, 
 
     from earnopt_assets.anomaly.store import ensure_alert_tables
     from earnopt_assets.forecasting.store import ensure_forecasts_table, write_forecasts
-    from earnopt_assets.warehouse import ensure_raw_earnings
+    from earnopt_assets.ingestion.store import ensure_raw_earnings
 
     conn = duckdb.connect(str(db_path))
     try:
