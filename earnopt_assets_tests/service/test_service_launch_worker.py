@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from earnopt_assets.atomic import atomic_write_json
 from earnopt_assets.service import launch_worker
 
@@ -18,6 +20,7 @@ def _record(tmp: Path, **overrides) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_unknown_job_fails_the_launch(data_dir, small_catalog_path, monkeypatch):
     monkeypatch.setenv("DAGSTER_HOME", str(data_dir / "dagster_home"))
     (data_dir / "dagster_home").mkdir()
@@ -28,6 +31,7 @@ def test_unknown_job_fails_the_launch(data_dir, small_catalog_path, monkeypatch)
     assert "no_such_job" in record["detail"]
 
 
+@pytest.mark.slow
 def test_failed_ingestion_stops_before_training(data_dir, small_catalog_path, monkeypatch):
     monkeypatch.setenv("DAGSTER_HOME", str(data_dir / "dagster_home"))
     (data_dir / "dagster_home").mkdir()

@@ -95,6 +95,7 @@ def test_train_runs_dagster_and_the_new_model_is_served(data_dir, small_catalog,
         assert forecast.status_code == 200 and forecast.json()["model_version"] == model["version"]
 
 
+@pytest.mark.slow
 def test_a_failed_run_reports_the_failing_step(data_dir):
     """FAILURE comes with the failing step's error from the run's event log, not just a status."""
     import dagster as dg
