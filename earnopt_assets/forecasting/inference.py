@@ -170,6 +170,8 @@ def ensemble_from_arrays(spec: Mapping[str, Any], arrays: Mapping[str, np.ndarra
         members.append(NumpyNetwork(layers, weights))
     if not members:
         raise ValueError("network.json lists no ensemble member")
+    if len({(m.input_channels, m.outputs) for m in members}) != 1:
+        raise ValueError("ensemble members disagree on input channels or outputs")
     return Ensemble(members)
 
 
