@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from earnopt_assets.anomaly.rules import DEGRADING_RULES
 
@@ -84,16 +83,3 @@ def next_state(previous_state: str | None, previous_alert: str | None, cause: De
     elif previous_state == "degraded" and previous_alert:
         reason += f"; alert {previous_alert} resolved"
     return TargetState("healthy", reason, None, now)
-
-
-_MOVED_TO_STORE = {"ensure_state_tables", "update_protocol_state", "read_degraded", "read_state",
-                   "PROTOCOL_STATE_DDL", "PROTOCOL_STATE_HISTORY_DDL"}
-
-
-def __getattr__(name: str) -> Any:
-    """The table code moved to ``anomaly.store`` (the one owner of the anomaly tables); old imports keep working."""
-    if name in _MOVED_TO_STORE:
-        from earnopt_assets.anomaly import store
-
-        return getattr(store, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
