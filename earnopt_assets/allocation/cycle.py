@@ -2,7 +2,8 @@
 
 Phases (the warehouse connection is held only in 1 and 3):
 
-1. :func:`read_cycle_inputs` - telemetry (``raw_earnings``), the latest forecasts
+1. :func:`read_cycle_inputs` - telemetry (``raw_earnings``, which also reports the share each protocol ran
+   at), the latest forecasts
    (:func:`earnopt_assets.forecasting.store.latest_forecasts`), the allocation in force
    (:mod:`earnopt_assets.allocation.store`) and the degraded set (:mod:`earnopt_assets.anomaly.store`);
    :func:`earnopt_assets.allocation.plan.assemble_inputs` (pure) turns them into :class:`CycleInputs`.
@@ -77,9 +78,17 @@ def read_cycle_inputs(conn: duckdb.DuckDBPyConnection, catalog: Catalog, now: da
         )
         history = {str(n): g for n, g in raw.groupby("protocol", sort=False) if n in name_set}
     forecasts = _latest_forecasts(conn, device, name_set)
-    state = store.read_allocation_state(conn, device, names)
+    plans = {n: row for n, row in store.read_allocation_state_rows(conn, device, names).items() if row["source"] == "optimizer"}
+    # The share each forecast was conditioned on: the applied plan in force when it was made (the forecast
+    # asset reads allocation_state), else the forecast held the last reported share (assemble_inputs).
+    forecast_times = {n: pd.Timestamp(f["forecast_time"].iloc[0]).to_pydatetime() for n, f in forecasts.items() if len(f)}
+    applied_then = {t: store.applied_shares_at(conn, device, t) for t in set(forecast_times.values())}
+    forecast_plans = {n: applied_then[t][n] for n, t in forecast_times.items() if n in applied_then[t]}
     degraded = _degraded(conn, device, notes)
-    return assemble_inputs(catalog, now, history=history, forecasts=forecasts, state=state, degraded=degraded, notes=notes)
+    return assemble_inputs(
+        catalog, now, history=history, forecasts=forecasts, state=plans, degraded=degraded, notes=notes,
+        forecast_plans=forecast_plans,
+    )
 
 
 def write_latest_plan(path: Path, plan: AllocationPlan) -> Path:

@@ -24,7 +24,7 @@ import math
 import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import numpy as np
@@ -60,6 +60,10 @@ ForecastSource = Literal["lstm", "seasonal_naive_fallback", "no_data", "request"
 Action = Literal["restart", "adjust", "keep"]
 PlanStatus = Literal["applied", "kept", "rejected"]
 EarningsBasis = Literal["current_allocation", "full_allocation"]
+CurrentSource = Literal["applied_plan", "applied_plan_unconfirmed", "telemetry", "catalog_initial", "request"]
+
+CONFIRM_TOLERANCE = 0.01  # a reported share within 1 pp of the plan's confirms it
+CONFIRM_GRACE = timedelta(hours=2)  # telemetry is hourly: a fresh plan waits this long for its first reported hour
 
 
 def utc_now() -> datetime:
@@ -82,12 +86,20 @@ class ProtocolInputs:
     curve: ResponseCurve
     potential_usd_per_hour: float  # p_i, at allocation 1.0
     current_allocation: float
-    state_source: Literal["state", "initial"]
+    state_source: Literal["state", "initial"]  # whether an applied plan's allocation_state row exists
     degraded_reason: str | None = None
+    current_source: CurrentSource = "catalog_initial"  # how current_allocation is known (allocation_in_force)
+    current_detail: str = "catalog initial share (nothing reported, no plan applied; not in force)"
+    disagreement: str | None = None  # the applied plan and telemetry disagree: what telemetry says instead
 
     @property
     def degraded(self) -> bool:
         return self.degraded_reason is not None
+
+    @property
+    def in_force(self) -> bool:
+        """True when current_allocation is known to run (an applied plan or telemetry), not a catalog guess."""
+        return self.current_source != "catalog_initial"
 
 
 @dataclass(frozen=True)
@@ -126,6 +138,58 @@ def _expected_from_forecast(values: np.ndarray, targets: np.ndarray, now: dateti
     return float(np.mean(values))
 
 
+def _hour(value: Any) -> str:
+    return f"{pd.Timestamp(value):%Y-%m-%d %H:%M}"
+
+
+def allocation_in_force(
+    plan_row: Mapping[str, Any] | None, series: pd.DataFrame | None, initial: float, now: datetime
+) -> tuple[float, CurrentSource, str, str | None]:
+    """The share a protocol actually runs at: (share, source, detail, disagreement or None).
+
+    Telemetry reports the share every protocol ran at each hour (``allocation``). With a plan applied at t
+    (its ``allocation_state`` row) the hours from floor_h(t) + 1 h on show whether it was put in force:
+
+    1. the plan's share when the newest such hour reports it (within 0.01): ``applied_plan``;
+    2. the plan's share while no such hour exists and the plan is younger than 2 h: ``applied_plan_unconfirmed``;
+    3. otherwise the last reported share: ``telemetry`` (with a disagreement when a plan exists: the
+       orchestrator did not apply it);
+    4. nothing reported and no plan: the catalog's initial share, ``catalog_initial``, which is NOT in force.
+    """
+    has_series = series is not None and len(series) > 0
+    reported = float(series["allocation"].iloc[-1]) if has_series else None
+    reported_at = series["ts"].iloc[-1] if has_series else None
+    if plan_row is not None:
+        share, applied_at, cycle = float(plan_row["allocation"]), pd.Timestamp(plan_row["updated_at"]), plan_row.get("cycle_id")
+        plan_text = f"plan {cycle} ({_pct(share)}, applied {_hour(applied_at)})"
+        after = series[pd.to_datetime(series["ts"]) >= applied_at.floor("h") + pd.Timedelta(hours=1)] if has_series else None
+        if after is not None and len(after):
+            seen, seen_at = float(after["allocation"].iloc[-1]), after["ts"].iloc[-1]
+            if abs(seen - share) <= CONFIRM_TOLERANCE:
+                return share, "applied_plan", f"{plan_text} confirmed by telemetry at {_hour(seen_at)}", None
+            disagreement = (f"telemetry reports {_pct(seen)} at {_hour(seen_at)}, not the {_pct(share)} of {plan_text}: "
+                            "the orchestrator did not apply the plan")
+            return seen, "telemetry", f"reported at {_hour(seen_at)} (differs from {plan_text})", disagreement
+        if pd.Timestamp(now) - applied_at <= pd.Timedelta(CONFIRM_GRACE):
+            return share, "applied_plan_unconfirmed", f"{plan_text}; its first telemetry hour has not arrived yet", None
+        if reported is not None:
+            disagreement = (f"no telemetry since {plan_text}; the last reported share {_pct(reported)} "
+                            f"({_hour(reported_at)}) is used")
+            return reported, "telemetry", f"reported at {_hour(reported_at)} (before {plan_text})", disagreement
+        return share, "applied_plan_unconfirmed", f"{plan_text}; no telemetry at all to confirm it", None
+    if reported is not None:
+        return reported, "telemetry", f"reported at {_hour(reported_at)} (no plan applied yet)", None
+    return initial, "catalog_initial", "catalog initial share (nothing reported, no plan applied; not in force)", None
+
+
+def _reported_at(series: pd.DataFrame | None, when: Any) -> float | None:
+    """The share reported at the newest hour <= ``when`` (the forecast's origin), else None."""
+    if series is None or not len(series) or when is None:
+        return None
+    before = series[pd.to_datetime(series["ts"]) <= pd.Timestamp(when)]
+    return float(before["allocation"].iloc[-1]) if len(before) else None
+
+
 def potential_from_forecast(expected_usd_per_hour: float, at_allocation: float | None, curve: ResponseCurve) -> tuple[float, str]:
     """Full-allocation potential p = f / a**beta of a forecast f made for allocation a, and how it was got.
 
@@ -143,15 +207,23 @@ def assemble_inputs(
     *,
     history: Mapping[str, pd.DataFrame],
     forecasts: Mapping[str, pd.DataFrame],
-    state: Mapping[str, float],
+    state: Mapping[str, Mapping[str, Any]],
     degraded: Mapping[str, str],
     notes: list[str] | None = None,
+    forecast_plans: Mapping[str, float] | None = None,
 ) -> CycleInputs:
     """Turn what the stores returned into the cycle's inputs (pure).
 
     ``history``: per protocol the last 30 days of telemetry (ts, earnings_usd, allocation);
-    ``forecasts``: per protocol the rows of its newest forecast (target_ts, value, source, forecast_time);
-    ``state``: the shares set by the last applied plan; ``degraded``: protocol -> reason.
+    ``forecasts``: per protocol the rows of its newest forecast (target_ts, value, source, forecast_time,
+    origin_ts); ``state``: per protocol the last applied plan's ``allocation_state`` row (allocation,
+    updated_at, cycle_id); ``degraded``: protocol -> reason; ``forecast_plans``: per protocol the applied
+    plan's share in force when its forecast was made.
+
+    The current allocation is the one in force (:func:`allocation_in_force`). The potential divides the
+    forecast by the response at the share the forecast was made for: the planned share it was conditioned
+    on (``forecast_plans``), else the share reported at its origin hour (held); the seasonal-naive fallback
+    repeats the last 24 hours, so it is divided at their mean reported share.
     """
     from earnopt_assets.numerics.baselines import fallback_forecast
 
@@ -172,6 +244,7 @@ def assemble_inputs(
             curve, observed = ResponseCurve(method="no_data"), None
 
         forecast = forecasts.get(name)
+        basis = observed  # the share the expected earnings were made for (see the docstring)
         last_target = forecast["target_ts"].max() if forecast is not None and len(forecast) else None
         if last_target is not None and pd.Timestamp(last_target) >= pd.Timestamp(now) - pd.Timedelta(hours=1):
             values = forecast["value"].to_numpy(float)
@@ -179,6 +252,13 @@ def assemble_inputs(
             sources = set(forecast["source"].astype(str))
             source: ForecastSource = "lstm" if sources == {"lstm"} else "seasonal_naive_fallback"
             detail = f"forecast of {pd.Timestamp(forecast['forecast_time'].iloc[0])} ({', '.join(sorted(sources))})"
+            planned = (forecast_plans or {}).get(name)
+            origin = forecast["origin_ts"].iloc[0] if "origin_ts" in forecast else None
+            held = _reported_at(series, origin)
+            if planned is not None:
+                basis, detail = planned, f"{detail}, conditioned on the planned share {_pct(planned)}"
+            elif held is not None:
+                basis, detail = held, f"{detail}, share held at {_pct(held)} from its origin hour"
         elif series is not None and len(series):
             _, values = fallback_forecast(series["ts"], series["earnings_usd"].to_numpy(float))
             value = float(values[0] if settings.expected_earnings == "next_hour" else np.mean(values))
@@ -192,8 +272,10 @@ def assemble_inputs(
             notes.append(f"{name}: forecast {what}; 0 used")
             value = 0.0
 
-        basis = observed if source != "no_data" else None
-        potential, _ = potential_from_forecast(value, basis, curve)
+        potential, _ = potential_from_forecast(value, basis if source != "no_data" else None, curve)
+        current, current_source, current_detail, disagreement = allocation_in_force(state.get(name), series, initial[name], now)
+        if disagreement:
+            notes.append(f"{name}: {disagreement}")
         protocols[name] = ProtocolInputs(
             name=name,
             forecast_usd_per_hour=value,
@@ -202,9 +284,12 @@ def assemble_inputs(
             observed_allocation=observed,
             curve=curve,
             potential_usd_per_hour=float(potential),
-            current_allocation=state.get(name, initial[name]),
+            current_allocation=current,
             state_source="state" if name in state else "initial",
             degraded_reason=degraded.get(name),
+            current_source=current_source,
+            current_detail=current_detail,
+            disagreement=disagreement,
         )
     unknown_degraded = sorted(set(degraded) - set(names))
     if unknown_degraded:
@@ -259,6 +344,8 @@ def request_inputs(
                 notes.append(f"{name}: prediction at allocation ~0 without telemetry treated as its full-allocation potential")
             item = replace(item, forecast_usd_per_hour=predicted, forecast_source="request", forecast_detail=detail,
                            potential_usd_per_hour=float(potential))
+        if name in current_allocations:
+            item = replace(item, current_source="request", current_detail="posted in the request")
         protocols[name] = replace(item, current_allocation=current)
     return replace(inputs, protocols=protocols, notes=notes)
 
@@ -334,7 +421,8 @@ class AllocationPlan:
             "status": self.status,
             "applied": self.applied,
             "decision": "reallocate" if self.decision.reallocate else "keep",
-            "allocations": self.target,
+            # Only shares known to run after the cycle: a catalog initial share nobody applied is not in force.
+            "allocations": {n: p.target for n, p in self.protocols.items() if self.applied or self.inputs.protocols[n].in_force},
             "actions": {
                 n: {
                     "action": p.action,
@@ -372,6 +460,8 @@ class AllocationPlan:
                     "potential_usd_per_hour": p.potential_usd_per_hour,
                     "response_curve": p.curve.to_dict(),
                     "state_source": p.state_source,
+                    "current_source": p.current_source,
+                    "current_detail": p.current_detail,
                     "degraded_reason": p.degraded_reason,
                 }
                 for n, p in self.inputs.protocols.items()
@@ -481,6 +571,9 @@ def compute_plan(
         action, reason = _action(
             current[name], target[name], result.allocations.get(name), item.degraded_reason, settings.change_threshold, status
         )
+        if not applied and not item.in_force and action == "keep":
+            reason = (f"share not known (nothing reported, no plan applied): nothing to keep; the catalog initial "
+                      f"{_pct(current[name])} was only the optimiser's starting point")
         protocols[name] = ProtocolPlan(
             name=name,
             current=current[name],

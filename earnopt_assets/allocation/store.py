@@ -4,7 +4,8 @@ This module is their ONE owner: the DDL, every read and every write. Nobody else
 other areas (the API service, the forecast asset) call the read functions here.
 
 * ``allocation_state`` - per (device, protocol) the share the orchestrator was told to run by the last
-  applied plan (``source = 'optimizer'``).
+  applied plan (``source = 'optimizer'``). Kept and rejected cycles write no row here (earlier versions
+  wrote catalog initial shares as ``source = 'initial'``; the reads ignore those rows).
 * ``allocations`` - per cycle and protocol: current, proposed and after-cycle shares, action, expected $/h.
 * ``optimization_cycles`` - per cycle: decision, status, checks, expected $/h and, once telemetry has
   arrived, the realised $/h of the 24 hours after the cycle.
@@ -177,6 +178,22 @@ def last_applied_cycle(conn: duckdb.DuckDBPyConnection, device: str) -> dict | N
     return {"cycle_id": row[0], "created_at": row[1], "allocations": {str(p): float(a) for p, a in shares}}
 
 
+def applied_shares_at(conn: duckdb.DuckDBPyConnection, device: str, when: datetime) -> dict[str, float]:
+    """The after-cycle shares of the newest applied cycle recorded at or before ``when`` (empty if none):
+    what ``allocation_state`` held at that moment, e.g. the share a forecast made then was conditioned on."""
+    if not table_exists(conn, "optimization_cycles"):
+        return {}
+    rows = conn.execute(
+        """
+        SELECT a.protocol, a.target_allocation FROM allocations a
+        JOIN (SELECT cycle_id FROM optimization_cycles WHERE device = ? AND applied AND created_at <= ?
+              ORDER BY created_at DESC LIMIT 1) c USING (cycle_id)
+        """,
+        [device, when],
+    ).fetchall()
+    return {str(p): float(a) for p, a in rows}
+
+
 # ---------------------------------------------------------------------------------------------- writes
 
 
@@ -279,11 +296,7 @@ def write_plan(conn: duckdb.DuckDBPyConnection, plan: AllocationPlan) -> int:
                 """,
                 [[plan.device, p.name, p.target, now, plan.cycle_id] for p in plan.protocols.values()],
             )
-        else:
-            conn.executemany(
-                "INSERT INTO allocation_state VALUES (?, ?, ?, ?, NULL, 'initial') ON CONFLICT (device, protocol) DO NOTHING",
-                [[plan.device, p.name, p.current, now] for p in plan.protocols.values()],
-            )
+        # A kept or rejected plan sets nothing in force: no catalog initial share is recorded as running.
         realised = update_realised_earnings(conn, plan.device, now)
         conn.execute("COMMIT")
     except BaseException:

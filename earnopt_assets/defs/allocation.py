@@ -93,7 +93,9 @@ RECENT_CYCLES_SHOWN = 8
 
 def allocation_metadata(plan: AllocationPlan, catalog, cycles, realised_updates: int, latest_plan) -> dict[str, object]:
     """The asset's metadata. Each figure has one source: the restart list is ``plan.restarts`` (the actions),
-    the expected gain is the plan's (0 unless applied), and the prose is built from the same numbers."""
+    the expected gain is the plan's (0 unless applied), and the prose is built from the same numbers.
+    ``plan_not_in_force`` says where telemetry contradicts the last applied plan (the orchestrator did not
+    apply it), so the cycle started from the reported shares instead."""
     d = plan.decision
     degraded = [p.name for p in plan.protocols.values() if p.degraded]
     metadata: dict[str, object] = {
@@ -103,6 +105,10 @@ def allocation_metadata(plan: AllocationPlan, catalog, cycles, realised_updates:
         "decision": "reallocate" if d.reallocate else "keep",
         "protocols": len(plan.protocols),
         "degraded": ", ".join(degraded) or "none",
+        "plan_not_in_force": dg.MetadataValue.md(
+            "\n".join(f"- {n}: {p.disagreement}" for n, p in plan.inputs.protocols.items() if p.disagreement)
+            or "The last applied plan and telemetry agree (or no plan has been applied yet)."
+        ),
         "restarts": len(plan.restarts),
         "restarted_protocols": ", ".join(plan.restarts) or "none",
         "solver": plan.result.solver or "no solver ran",

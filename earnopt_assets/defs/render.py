@@ -129,6 +129,8 @@ ALLOCATION_COLUMN_DESCRIPTIONS: dict[str, str] = {
     "memory_gb": "memory (GB) used by the share that runs after this cycle",
     "bandwidth_mbps": "bandwidth (Mbit/s) used by the share that runs after this cycle",
     "storage_gb": "storage (GB) used by the share that runs after this cycle",
+    "current_basis": "how the current share is known: applied plan (confirmed by telemetry or awaiting it), "
+    "telemetry (last reported share), or catalog initial (nothing known; not in force)",
     "earnings_source": "where the expected earnings come from",
     "degraded": "the anomaly area marked the protocol degraded",
 }
@@ -154,6 +156,7 @@ def allocation_frame(plan, catalog) -> pd.DataFrame:
                 "potential_usd_per_h": p.potential_usd_per_hour,
                 "response_beta": p.response_beta,
                 **{resource: round(vector[resource] * p.target, 4) for resource in ALLOCATION_RESOURCE_UNITS},
+                "current_basis": plan.inputs.protocols[p.name].current_source.replace("_", " "),
                 "earnings_source": p.forecast_source.replace("_", " "),
                 "degraded": bool(p.degraded),
             }

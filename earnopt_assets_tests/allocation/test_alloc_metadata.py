@@ -14,6 +14,7 @@ import pytest
 
 from earnopt_assets.allocation import store
 from earnopt_assets.allocation.cycle import run_allocation_cycle
+from earnopt_assets.allocation.plan import initial_allocation
 from earnopt_assets.anomaly.store import ensure_state_tables
 from earnopt_assets.defs.allocation import allocation_metadata
 from earnopt_assets.simulator import simulate
@@ -117,10 +118,15 @@ def test_tables_have_units_and_one_row_per_protocol(warehouse: Path, small_catal
     _assert_no_reprs(metadata)
 
 
-def test_kept_plan_restarts_nothing_and_says_so(warehouse: Path, small_catalog) -> None:
+def test_kept_plan_restarts_nothing_and_says_so(data_dir: Path, small_catalog) -> None:
     """The UI bug: `restarts: []` next to a decision text listing restarts. The proposal's restarts are
     the cost of a move that did not happen; what restarts now is the one list behind the actions."""
-    plan, metadata, document = _cycle(warehouse, _catalog(small_catalog, tight=True, min_net_benefit_usd_per_hour=5.0))
+    catalog = _catalog(small_catalog, tight=True, min_net_benefit_usd_per_hour=5.0)
+    db = data_dir / "tight.duckdb"
+    telemetry = simulate(catalog, days=6, seed=5, end=END, inject_anomalies=False).telemetry
+    telemetry["allocation"] = telemetry["protocol"].map(initial_allocation(catalog))  # running shares that fit this host
+    _load(db, telemetry)
+    plan, metadata, document = _cycle(db, catalog)
     assert plan.status == "kept" and plan.decision.reallocation_cost.restarted  # the proposal would restart some
     _restart_figures_agree(plan, metadata, document)
     assert metadata["restarts"] == 0 and metadata["restarted_protocols"] == "none"
@@ -158,8 +164,8 @@ def test_degraded_and_rejected_cycles_stay_legible(warehouse: Path, small_catalo
     assert metadata["degraded"] == "storj"
     _assert_no_reprs(metadata)
 
-    reserve = getattr(getattr(small_catalog.host, "reserved", None), "memory_gb", 0.0)  # earnopt's own share, if any
-    crowded = small_catalog.model_copy(update={"host": small_catalog.host.model_copy(update={"memory_gb": reserve + 1.0})})
+    host = small_catalog.host.model_copy(update={"memory_gb": 1.0, "reserved": small_catalog.host.reserved.model_copy(update={"memory_gb": 0.0})})
+    crowded = small_catalog.model_copy(update={"host": host})
     plan, metadata, document = _cycle(warehouse, crowded, NOW + timedelta(minutes=15))
     assert plan.status == "rejected" and "FAILED" in metadata["decision_analysis"].value
     assert all(r.data["proposed_share_%"] is None for r in metadata["allocation_table"].records)  # empty cells, no 'nan'
