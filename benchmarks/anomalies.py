@@ -32,10 +32,10 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from earnopt_assets.anomaly.detector import AnomalyDetector, detection_features  # noqa: E402
-from earnopt_assets.anomaly.rules import RULES, Alert, evaluate_rules  # noqa: E402
-from earnopt_assets.catalog import load_catalog  # noqa: E402
-from earnopt_assets.simulator import LABEL_TYPES, simulate  # noqa: E402
+from earnopt_assets.anomaly.detector import AnomalyDetector, detection_features
+from earnopt_assets.anomaly.rules import RULES, Alert, evaluate_rules
+from earnopt_assets.catalog import load_catalog
+from earnopt_assets.simulator import LABEL_TYPES, simulate
 
 GRACE_HOURS = 2
 END = "2026-01-01T00:00"

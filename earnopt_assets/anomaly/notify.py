@@ -23,14 +23,14 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
-from earnopt_assets.catalog import AlertSettings
 from earnopt_assets.anomaly.rules import SEVERITY_RANK, Alert
+from earnopt_assets.catalog import AlertSettings
 
 ENV_CHANNELS: dict[str, str] = {
     "EARNOPT_WEBHOOK_URL": "webhook",
@@ -113,7 +113,7 @@ class DeliveryAttempt:
     status_code: int | None
     error: str | None
     elapsed_ms: float
-    attempted_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc).replace(tzinfo=None))
+    attempted_at: datetime = field(default_factory=lambda: datetime.now(UTC).replace(tzinfo=None))
 
     def as_row(self) -> dict[str, Any]:
         return {
@@ -268,7 +268,7 @@ class Notifier:
         self.down: set[str] = set()
 
     @classmethod
-    def from_settings(cls, settings: AlertSettings, environ: Mapping[str, str] | None = None, **kwargs: Any) -> "Notifier":
+    def from_settings(cls, settings: AlertSettings, environ: Mapping[str, str] | None = None, **kwargs: Any) -> Notifier:
         return cls(
             channels_from_settings(settings, environ),
             timeout_seconds=settings.delivery_timeout_seconds,
@@ -278,7 +278,7 @@ class Notifier:
             **kwargs,
         )
 
-    def __enter__(self) -> "Notifier":
+    def __enter__(self) -> Notifier:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -30,9 +30,9 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from earnopt_assets.catalog import AlertSettings, Catalog
-from earnopt_assets.anomaly.series import RESOURCES, SeriesContext, iter_series, trailing_median
 from earnopt_assets.anomaly.detector import resource_zscore
+from earnopt_assets.anomaly.series import RESOURCES, SeriesContext, iter_series, trailing_median
+from earnopt_assets.catalog import AlertSettings, Catalog
 
 Severity = Literal["info", "warning", "critical"]
 SEVERITY_RANK: dict[str, int] = {"info": 0, "warning": 1, "critical": 2}

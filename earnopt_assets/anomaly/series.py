@@ -97,7 +97,7 @@ class SeriesContext:
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, spec: ProtocolSpec, *, elasticity: float = 0.6,
                    end: pd.Timestamp | None = None, device: str | None = None,
-                   level_band: float = 0.25) -> "SeriesContext":
+                   level_band: float = 0.25) -> SeriesContext:
         """Build from telemetry rows of ONE series (any order, gaps allowed)."""
         if frame.empty:
             raise ValueError(f"no telemetry rows for protocol {spec.name!r}")

@@ -16,16 +16,22 @@ import contextlib
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import duckdb
 import pandas as pd
 
-from earnopt_assets.catalog import AlertSettings
 from earnopt_assets.anomaly.detector import DETECTION_FEATURES
 from earnopt_assets.anomaly.notify import DeliveryAttempt, redact_text
-from earnopt_assets.anomaly.rules import DEGRADING_RULES, Alert, NotificationDecision, plan_notifications, split_incidents
+from earnopt_assets.anomaly.rules import (
+    DEGRADING_RULES,
+    Alert,
+    NotificationDecision,
+    plan_notifications,
+    split_incidents,
+)
 from earnopt_assets.anomaly.state import DegradingCause, ResolvedCause, StateChange, next_state
+from earnopt_assets.catalog import AlertSettings
 from earnopt_assets.warehouse import table_exists
 
 ANOMALIES_DDL = f"""
@@ -139,7 +145,7 @@ def ensure_anomalies_table(conn: duckdb.DuckDBPyConnection) -> None:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def write_scores(conn: duckdb.DuckDBPyConnection, scored: pd.DataFrame, model_version: str, now: datetime | None = None) -> int:

@@ -3,7 +3,6 @@ alert delivery to a real local webhook receiver."""
 
 from __future__ import annotations
 
-
 import dagster as dg
 import duckdb as duckdb_lib
 import pandas as pd
@@ -14,8 +13,8 @@ from earnopt_assets.anomaly.detector import AnomalyDetector
 from earnopt_assets.anomaly.store import read_degraded
 from earnopt_assets.defs.anomalies import alerts, anomalies, anomaly_model
 from earnopt_assets.ingestion.features import build_feature_table
-from earnopt_assets.settings import EarnoptPaths
 from earnopt_assets.ingestion.store import ensure_raw_earnings
+from earnopt_assets.settings import EarnoptPaths
 from earnopt_assets.warehouse import TELEMETRY_COLUMNS
 from earnopt_assets_tests.anomaly.helpers import Receiver
 

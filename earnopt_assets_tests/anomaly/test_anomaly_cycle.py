@@ -71,11 +71,10 @@ def test_transaction_rolls_back_everything_on_error(db_path, open_connection):
     alert = make_alert("local", "storj", "connection_failures", "critical", T0, "boom", {})
     with open_connection() as conn:
         store.ensure_tables(conn)
-        with pytest.raises(RuntimeError):
-            with store.transaction(conn):
-                store.record_alerts(conn, [alert], {"local": T0}, AlertSettings())
-                store.update_protocol_state(conn, "local", ["storj"], now=T0)
-                raise RuntimeError("crash between the writes")
+        with pytest.raises(RuntimeError), store.transaction(conn):
+            store.record_alerts(conn, [alert], {"local": T0}, AlertSettings())
+            store.update_protocol_state(conn, "local", ["storj"], now=T0)
+            raise RuntimeError("crash between the writes")
     assert query(db_path, "SELECT count(*) FROM alerts")[0][0] == 0
     assert query(db_path, "SELECT count(*) FROM protocol_state")[0][0] == 0
 

@@ -8,8 +8,13 @@ import duckdb
 import pytest
 
 from earnopt_assets.anomaly.rules import make_alert
-from earnopt_assets.anomaly.store import read_degraded, read_state, update_protocol_state
-from earnopt_assets.anomaly.store import ensure_alert_tables, record_alerts
+from earnopt_assets.anomaly.store import (
+    ensure_alert_tables,
+    read_degraded,
+    read_state,
+    record_alerts,
+    update_protocol_state,
+)
 from earnopt_assets.catalog import AlertSettings
 
 T0 = datetime(2026, 1, 1)
