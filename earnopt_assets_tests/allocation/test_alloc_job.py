@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -87,6 +88,11 @@ def test_scheduled_job_runs_end_to_end_on_fallback_forecasts(data_dir: Path, sma
     cycles = {(r.data["decision"], r.data["status"]) for r in metadata["recent_cycles"].records}
     assert ("keep", "kept") in cycles or ("reallocate", "applied") in cycles
     assert set(metadata["forecast_sources"].value.values()) == {"seasonal_naive_fallback"}
+    columns = {c.name for c in metadata["allocation_table"].schema.columns}
+    assert {"current_share_%", "proposed_share_%", "change_pp", "expected_current_usd_per_h", "cpu_cores", "memory_gb"} <= columns
+    texts = [v if isinstance(v, str) else v.value for v in metadata.values() if isinstance(v, (str, dg.MarkdownMetadataValue, dg.TextMetadataValue))]
+    texts = [re.sub(r"\(data:image/png;base64,[^)]*\)", "", text) for text in texts]
+    assert not [t for t in texts if re.search(r"\b(None|nan)\b|\[\]|\{\}", t)]
 
     plan = json.loads((data_dir / "allocation" / "latest.json").read_text())
     assert set(plan["allocations"]) == {"honeygain", "storj", "akash"}
