@@ -9,7 +9,8 @@ writes only; the alerts cycle delivers notifications with the connection closed.
 Triggers (no job needed): the default automation-condition sensor materializes the three assets.
 ``anomaly_model`` and ``anomalies`` are ``eager()`` — they run after ``earnings_features``/``raw_earnings``
 update (new telemetry landed); ``alerts`` is ``eager()`` after ``anomalies`` and also runs on an hourly cron
-tick, so the wall-clock rules see a protocol that stopped reporting even when no telemetry arrives.
+tick (once its upstream exists), so the wall-clock ``silent`` rule sees a protocol that stopped reporting
+even when no telemetry arrives.
 """
 
 import contextlib
@@ -149,7 +150,9 @@ def anomalies(context: dg.AssetExecutionContext, earnopt: EarnoptResource, duckd
     pool=DUCKDB_POOL,
     kinds={"duckdb"},
     deps=[anomalies],
-    automation_condition=_TELEMETRY_UPDATED | (dg.AutomationCondition.cron_tick_passed(ALERTS_CRON) & ~dg.AutomationCondition.in_progress()),
+    automation_condition=_TELEMETRY_UPDATED | (
+        dg.AutomationCondition.cron_tick_passed(ALERTS_CRON) & ~dg.AutomationCondition.in_progress() & ~dg.AutomationCondition.any_deps_missing()
+    ),
 )
 def alerts(context: dg.AssetExecutionContext, earnopt: EarnoptResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
     """Runs the alert rules over the last ``alerts.evaluation_hours`` hours and records every alert in DuckDB

@@ -218,15 +218,19 @@ def test_automation_refreshes_after_new_telemetry_and_alerts_run_hourly():
 
     first = dg.evaluate_automation_conditions(defs=definitions, instance=instance, evaluation_time=t0)
     assert requested(first) == set()
+    # Fresh install, nothing upstream yet: the hourly tick does not start a run doomed to fail.
+    fresh = dg.evaluate_automation_conditions(defs=definitions, instance=instance, cursor=first.cursor,
+                                              evaluation_time=t0 + timedelta(minutes=20))
+    assert requested(fresh) == set()
     for key in ("raw_earnings", "earnings_features"):
         instance.report_runless_asset_event(dg.AssetMaterialization(key))
-    landed = dg.evaluate_automation_conditions(defs=definitions, instance=instance, cursor=first.cursor,
-                                               evaluation_time=t0 + timedelta(minutes=1))
+    landed = dg.evaluate_automation_conditions(defs=definitions, instance=instance, cursor=fresh.cursor,
+                                               evaluation_time=t0 + timedelta(minutes=21))
     assert requested(landed) == {"anomaly_model", "anomalies", "alerts"}
     for key in ("anomaly_model", "anomalies", "alerts"):
         instance.report_runless_asset_event(dg.AssetMaterialization(key))
     quiet = dg.evaluate_automation_conditions(defs=definitions, instance=instance, cursor=landed.cursor,
-                                              evaluation_time=t0 + timedelta(minutes=2))
+                                              evaluation_time=t0 + timedelta(minutes=22))
     assert requested(quiet) == set()
     hourly = dg.evaluate_automation_conditions(defs=definitions, instance=instance, cursor=quiet.cursor,
                                                evaluation_time=t0 + timedelta(hours=1, minutes=20))
