@@ -545,3 +545,101 @@ def ingestion_features_preview(table: pd.DataFrame, rows: int = 8) -> pd.DataFra
 def ingestion_snapshots_frame(written: dict) -> pd.DataFrame:
     """Protocol -> Parquet snapshot path written by earnings_features."""
     return pd.DataFrame({"protocol": [str(p) for p in written], "snapshot_path": [str(path) for path in written.values()]})
+
+
+# ---- forecasting
+FORECAST_PLOT_SIZE_IN = (12, 5)
+FORECAST_PLOT_DPI = 100
+
+
+def forecast_scores_frame(scores: pd.DataFrame) -> pd.DataFrame:
+    """Candidate scores of one training run (harness table) with units in the column names, best first."""
+    columns = ["candidate", "role", "serves", "mape_%", "mase", "mae_usd", "rmse_usd", "coverage_80_%", "coverage_95_%", "origins_n", "zero_actuals_skipped", "ms_per_origin"]
+    frame = scores[[c for c in columns if c in scores.columns]].copy()
+    return frame.sort_values("mape_%", na_position="last").reset_index(drop=True)
+
+
+def forecast_holdout_plot(holdout: pd.DataFrame, protocol: str, served: str, served_column: str | None = None) -> str:
+    """Holdout forecasts vs actual as an inline PNG: the served source with its 80/95 % intervals, the
+    challenger LSTM and the best other candidates; legend outside the data, axes with units."""
+    if holdout is None or holdout.empty:
+        return "_no holdout forecasts to plot_"
+    plt = pyplot()
+    ordered = holdout.sort_values(["target_ts", "origin_ts"]).drop_duplicates("target_ts", keep="last")
+    x = pd.to_datetime(ordered["target_ts"])
+    fig, ax = plt.subplots(figsize=FORECAST_PLOT_SIZE_IN, dpi=FORECAST_PLOT_DPI)
+    if {"lower_95", "upper_95"} <= set(ordered.columns):
+        ax.fill_between(x, ordered["lower_95"], ordered["upper_95"], color="tab:blue", alpha=0.12, label=f"{served} 95 % interval")
+    if {"lower_80", "upper_80"} <= set(ordered.columns):
+        ax.fill_between(x, ordered["lower_80"], ordered["upper_80"], color="tab:blue", alpha=0.25, label=f"{served} 80 % interval")
+    ax.plot(x, ordered["actual"], color="black", linewidth=1.2, label="actual")
+    served_column = served_column or served
+    if served_column in ordered.columns:
+        ax.plot(x, ordered[served_column], color="tab:blue", linewidth=1.4, label=f"{served} (serves)")
+    styles = {"lstm": ("tab:red", "challenger LSTM"), "champion": ("tab:purple", "champion LSTM"), "seasonal_naive_24": ("tab:orange", "same hour yesterday"), "seasonal_naive_168": ("tab:green", "same hour last week")}
+    for column, (color, label) in styles.items():
+        if column in ordered.columns and column != served_column and ordered[column].notna().any():
+            ax.plot(x, ordered[column], color=color, linewidth=0.9, alpha=0.8, label=label)
+    for origin in pd.to_datetime(ordered["origin_ts"]).unique():
+        ax.axvline(origin, color="grey", linewidth=0.4, alpha=0.5)
+    ax.set_title(f"{protocol}: holdout forecasts, a new 24 h forecast at each grey line")
+    ax.set_xlabel("hour (UTC)")
+    ax.set_ylabel("earnings (USD per hour)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    return figure_markdown(fig, f"{protocol} holdout forecast vs actual")
+
+
+def forecast_serving_frame(rows: list[dict]) -> pd.DataFrame:
+    """Which source serves each protocol and why (one row per protocol)."""
+    columns = ["protocol", "source", "below_target", "mape_%", "next_24h_usd", "allocation_share", "model_version", "reason"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def forecast_rows_frame(rows: pd.DataFrame) -> pd.DataFrame:
+    """The forecast rows just written, in UI units."""
+    if rows.empty:
+        return pd.DataFrame(columns=["protocol", "hour_utc", "earnings_usd_per_h", "lower_80_usd_per_h", "upper_80_usd_per_h", "lower_95_usd_per_h", "upper_95_usd_per_h", "source"])
+    return pd.DataFrame(
+        {
+            "protocol": rows["protocol"].astype(str),
+            "hour_utc": pd.to_datetime(rows["target_ts"]).dt.strftime("%Y-%m-%d %H:%M"),
+            "earnings_usd_per_h": rows["value"].astype(float),
+            "lower_80_usd_per_h": rows["lower_80"].astype(float),
+            "upper_80_usd_per_h": rows["upper_80"].astype(float),
+            "lower_95_usd_per_h": rows["lower_95"].astype(float),
+            "upper_95_usd_per_h": rows["upper_95"].astype(float),
+            "source": rows["source"].astype(str),
+        }
+    )
+
+
+def forecast_decisions_frame(decisions: dict) -> pd.DataFrame:
+    """Latest training verdict of every protocol: check, promotion and what serves (for the summary line)."""
+    rows = []
+    for protocol, decision in decisions.items():
+        training = (decision.training or {}) if decision is not None else {}
+        check = training.get("check") or {}
+        rows.append(
+            {
+                "protocol": protocol,
+                "check_passed": bool(check.get("passed")) if decision is not None else False,
+                "promoted": bool(training.get("promoted")) if decision is not None else False,
+                "serves": decision.source if decision is not None else "not trained",
+                "below_target": bool(decision.below_target) if decision is not None else True,
+                "why": "; ".join(check.get("reasons") or []) if decision is not None else "no training run yet",
+            }
+        )
+    return pd.DataFrame(rows, columns=["protocol", "check_passed", "promoted", "serves", "below_target", "why"])
+
+
+def forecast_check_summary(decisions: dict) -> str:
+    """One line naming the protocols whose latest challenger failed its check (first entry of the metadata)."""
+    frame = forecast_decisions_frame(decisions)
+    failed = frame.loc[~frame["check_passed"]]
+    total = len(frame)
+    if failed.empty:
+        return f"all {total} protocols passed mape_within_target"
+    names = ", ".join(f"{r.protocol} (serves {r.serves})" for r in failed.itertuples())
+    return f"{total - len(failed)} of {total} protocols passed mape_within_target; failing: {names}"

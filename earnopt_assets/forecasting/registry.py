@@ -1,9 +1,10 @@
 """The model store seen without TensorFlow, and the governance of what serves each protocol's forecast.
 
-Layout (the model files are owned by the model package; this module reads JSON only)::
+Layout (the model files are owned by the model package through :class:`earnopt_assets.modelstore.ModelStore`;
+this module reads JSON only and never imports TensorFlow)::
 
-    <models>/<protocol>/CURRENT                      name of the champion version
-    <models>/<protocol>/versions/<version>/          model files + metrics/metadata JSON
+    <models>/lstm/<protocol>/CURRENT                 name of the champion version (moved only by set_current)
+    <models>/lstm/<protocol>/versions/<version>/     model files + metrics/metadata JSON (challengers too)
     <models>/serving/<protocol>.json                 the serving decision (see :class:`ServingDecision`)
 
 Champion / challenger. Every training run produces a challenger (the new LSTM) that is scored by the
@@ -35,10 +36,12 @@ from typing import Any
 
 import pandas as pd
 
-from earnopt_assets.atomic import atomic_write_json, atomic_write_text
+from earnopt_assets.atomic import atomic_write_json
 
 DEFAULT_MAPE_TARGET_PCT = 15.0
 LSTM_SOURCE = "lstm"
+# The LSTM champion whose network correction got weight 0 on validation: its forecast is its statistical base.
+LSTM_BASE_SOURCE = "lstm_base_only"
 CHAMPION_KEY = "champion"  # the current champion re-scored on the challenger's holdout (score tables only)
 FALLBACK_SOURCE = "seasonal_naive_fallback"  # gap-tolerant same-hour-earlier-day; used when no decision applies
 SCORE_COLUMNS: tuple[str, ...] = ("mape_pct", "mase", "mae_usd", "rmse_usd", "coverage_80_pct", "coverage_95_pct", "n_origins")
@@ -208,10 +211,10 @@ def judge_challenger(
     if has_champion and champion_mape is not None and challenger > champion_mape:
         why = f"challenger MAPE {challenger:.2f}% is worse than champion {champion_version} ({champion_mape:.2f}%) on the same holdout; {keep}"
         return ChallengerVerdict(check, False, (why,), best_stat, champion_version, champion_mape)
-    versus = f"champion {champion_version} {champion_mape:.2f}%" if champion_mape is not None else "no champion"
+    versus = f"<= champion {champion_version} {champion_mape:.2f}%" if champion_mape is not None else "no champion yet"
     stat_text = f"{best_stat} {best_stat_mape:.2f}%" if best_stat_mape is not None else "no statistical candidate"
     if check.passed:
-        why = f"promoted: challenger MAPE {challenger:.2f}% < {target_pct:g}% target, <= {stat_text} and <= {versus}"
+        why = f"promoted: challenger MAPE {challenger:.2f}% < {target_pct:g}% target, <= {stat_text}, {versus}"
     else:
         why = (
             f"promoted below target: challenger MAPE {challenger:.2f}% misses the {target_pct:g}% target but is the best "
@@ -253,12 +256,16 @@ def choose_source(
     *,
     target_pct: float = DEFAULT_MAPE_TARGET_PCT,
     champion_version: str | None = None,
+    lstm_name: str = LSTM_SOURCE,
 ) -> ServingDecision:
     """The serving rule (module docstring). ``scores`` holds the statistical candidates and, when a champion
-    exists, its score under ``"lstm"`` (the champion's, not a rejected challenger's)."""
+    exists, its score under ``"lstm"`` (the champion's, not a rejected challenger's). ``lstm_name`` is the
+    name the champion serves under (:data:`LSTM_BASE_SOURCE` when its network correction has weight 0)."""
     eligible = {k: dict(v) for k, v in scores.items() if k != CHAMPION_KEY}
     if LSTM_SOURCE in eligible and champion_version is None:
         eligible.pop(LSTM_SOURCE)  # no champion: the LSTM score is a rejected challenger's
+    if LSTM_SOURCE in eligible and lstm_name != LSTM_SOURCE:
+        eligible[lstm_name] = eligible.pop(LSTM_SOURCE)
     best = best_candidate(eligible)
     table = {k: dict(v) for k, v in scores.items()}
     if best is None:
@@ -275,13 +282,13 @@ def choose_source(
         reason = f"below target: {best} holdout MAPE {mape:.2f}% is the best of {len(ranked)} candidates but none meets the {target_pct:g}% target{after}"
     else:
         reason = f"{best} holdout MAPE {mape:.2f}% < {target_pct:g}% target, best of {len(ranked)} candidates{after}"
-    if best != LSTM_SOURCE and champion_version is not None and LSTM_SOURCE in eligible:
-        reason += f" (champion {champion_version} scored {float(eligible[LSTM_SOURCE]['mape_pct']):.2f}%)"
+    if best != lstm_name and champion_version is not None and lstm_name in eligible:
+        reason += f" (champion {champion_version} scored {float(eligible[lstm_name]['mape_pct']):.2f}%)"
     elif champion_version is None and LSTM_SOURCE in scores:
         reason += " (no LSTM champion: the challenger was not promoted)"
     return ServingDecision(
         protocol, best, reason, below, mape, float(target_pct),
-        champion_version if best == LSTM_SOURCE else None, champion_version, table,
+        champion_version if best == lstm_name else None, champion_version, table,
     )
 
 
@@ -294,29 +301,29 @@ def _check_name(protocol: str) -> str:
     return protocol
 
 
+def _store(models_dir: str | Path):
+    from earnopt_assets.forecasting.model.persistence import model_store
+
+    return model_store(models_dir)
+
+
 def model_root(models_dir: str | Path, protocol: str) -> Path:
-    return Path(models_dir) / _check_name(protocol)
+    """Directory of one protocol's LSTM versions and its CURRENT pointer (the model store's layout)."""
+    return _store(models_dir).model_dir(_check_name(protocol))
 
 
 def current_version(models_dir: str | Path, protocol: str) -> str | None:
     """The champion version the ``CURRENT`` pointer names, or None."""
-    try:
-        version = (model_root(models_dir, protocol) / "CURRENT").read_text(encoding="utf-8").strip()
-    except OSError:
-        return None
-    return version or None
+    return _store(models_dir).current(_check_name(protocol))
 
 
-def set_current(models_dir: str | Path, protocol: str, version: str) -> Path:
-    """Move ``CURRENT`` to ``version`` atomically (the only place governance moves it)."""
-    version_dir(models_dir, protocol, version)
-    return atomic_write_text(model_root(models_dir, protocol) / "CURRENT", version + "\n")
+def set_current(models_dir: str | Path, protocol: str, version: str) -> None:
+    """Move ``CURRENT`` to ``version`` atomically: the only place governance promotes a model."""
+    _store(models_dir).promote(_check_name(protocol), version)
 
 
 def version_dir(models_dir: str | Path, protocol: str, version: str) -> Path:
-    if not version or "/" in version or version.startswith("."):
-        raise ValueError(f"invalid model version {version!r}")
-    return model_root(models_dir, protocol) / "versions" / version
+    return _store(models_dir).path(_check_name(protocol), version)
 
 
 def serving_path(models_dir: str | Path, protocol: str) -> Path:

@@ -20,12 +20,9 @@ its intervals; every row names its source and the reason.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,22 +30,22 @@ import numpy as np
 import pandas as pd
 
 from earnopt_assets.forecasting.candidates import HORIZON_HOURS, OriginContext, statistical_candidates
+from earnopt_assets.forecasting.model.config import ModelConfig
 from earnopt_assets.forecasting.model.predictor import EarningsPredictor, ModelLoadError, SequenceValidationError
 from earnopt_assets.forecasting.registry import (
     CHAMPION_KEY,
     DEFAULT_MAPE_TARGET_PCT,
     FALLBACK_SOURCE,
+    LSTM_BASE_SOURCE,
     LSTM_SOURCE,
     ChallengerVerdict,
     ServingDecision,
     choose_source,
     current_version,
     judge_challenger,
-    model_root,
     read_serving_decision,
     score_row,
     set_current,
-    version_dir,
     write_serving_decision,
 )
 from earnopt_assets.numerics.baselines import fallback_forecast
@@ -58,7 +55,6 @@ log = logging.getLogger(__name__)
 HOLDOUT_FRACTION = 0.2
 MIN_HOLDOUT_DAYS = 7
 CALIBRATION_DAYS = 7
-KEEP_VERSIONS = 3
 
 
 @dataclass
@@ -74,10 +70,31 @@ class TrainingSettings:
     validation_split: float = 0.2
     patience: int = 10
     seed: int = 7
+    head: str = "direct"
+    ensemble_size: int = 1
     holdout_fraction: float = HOLDOUT_FRACTION
     min_holdout_days: int = MIN_HOLDOUT_DAYS
     calibration_days: int = CALIBRATION_DAYS
     mape_target_pct: float = DEFAULT_MAPE_TARGET_PCT
+
+    def model_config(self, protocol: str, timezone: str = "UTC", host_totals: Mapping[str, float] | None = None) -> ModelConfig:
+        """The model's one settings type from these knobs (``validation_split`` = its validation fraction)."""
+        return ModelConfig(
+            protocol=protocol,
+            head=self.head,
+            sequence_length=self.sequence_length,
+            lstm_units=tuple(self.lstm_units),
+            dropout=self.dropout,
+            learning_rate=self.learning_rate,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            patience=self.patience,
+            seed=self.seed,
+            ensemble_size=self.ensemble_size,
+            validation_fraction=self.validation_split,
+            timezone=timezone,
+            host_totals=host_totals,
+        )
 
 
 @dataclass
@@ -85,7 +102,7 @@ class TrainingReport:
     """Everything one training run decided and measured (the asset renders it)."""
 
     protocol: str
-    challenger_version: str
+    challenger_version: str | None  # None when the LSTM could not be trained (see notes)
     verdict: ChallengerVerdict
     decision: ServingDecision
     scores: pd.DataFrame  # one row per candidate: candidate, role, mape_%, mase, mae_usd, ...
@@ -95,6 +112,7 @@ class TrainingReport:
     train_rows: int
     holdout_rows: int
     holdout_start: pd.Timestamp
+    served_column: str | None = None  # the holdout/scores column of the served source ("champion" when a kept champion serves)
     model_facts: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -128,96 +146,6 @@ def hourly_series(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarr
     data = data.reindex(grid)
     allocation = data["allocation"].to_numpy(dtype=float) if "allocation" in data else np.ones(len(data))
     return grid.to_numpy(dtype="datetime64[ns]"), data["earnings_usd"].to_numpy(dtype=float), allocation
-
-
-# ----------------------------------------------------------------------------- the LSTM behind one interface
-# The model package's public surface used here: train, rolling-origin evaluation with the allocation held,
-# save into a directory, load a version, forecast from telemetry.
-
-
-def _new_challenger(protocol: str, settings: TrainingSettings, timezone: str, host_totals: Mapping[str, float] | None) -> EarningsPredictor:
-    return EarningsPredictor(
-        protocol,
-        settings.sequence_length,
-        None,
-        lstm_units=settings.lstm_units,
-        dropout=settings.dropout,
-        learning_rate=settings.learning_rate,
-        epochs=settings.epochs,
-        batch_size=settings.batch_size,
-        validation_split=settings.validation_split,
-        patience=settings.patience,
-        seed=settings.seed,
-        timezone=timezone,
-        host_totals=host_totals,
-    )
-
-
-def lstm_batch_forecaster(model: EarningsPredictor, features: pd.DataFrame) -> Callable[[list[OriginContext]], np.ndarray]:
-    """The model as a harness batch forecaster: its forecasts at the asked origins, allocation held.
-
-    The model reads its own feature channels (not only earnings and allocation), so each run of origins
-    24 h apart is forecast by one rolling-origin evaluation over ``features`` (history up to the first
-    origin as context, allocation held at each origin: the harness headline) and looked up by origin hour.
-    An origin the model cannot forecast (too little clean history) stays NaN; the harness counts it.
-    """
-    frame = features.sort_values("ts").reset_index(drop=True)
-    day = pd.Timedelta(hours=HORIZON_HOURS)
-
-    def forecast(contexts: list[OriginContext]) -> np.ndarray:
-        out = np.full((len(contexts), HORIZON_HOURS), np.nan)
-        origins = [pd.Timestamp(ctx.origin_ts) for ctx in contexts]
-        runs: list[list[int]] = []
-        for i, origin in enumerate(origins):
-            if runs and origin - origins[runs[-1][-1]] == day:
-                runs[-1].append(i)
-            else:
-                runs.append([i])
-        for run in runs:
-            first, last = origins[run[0]], origins[run[-1]]
-            test = frame[(frame["ts"] > first) & (frame["ts"] <= last + day)]
-            try:
-                model.evaluate(test, context=frame[frame["ts"] <= first], condition_on_allocation=False)
-            except SequenceValidationError:
-                continue
-            table = model.last_evaluation
-            position = {origin: i for i in run for origin in [origins[i]]}
-            for origin, rows in table.groupby("origin_ts"):
-                i = position.get(pd.Timestamp(origin))
-                if i is not None:
-                    out[i, rows["horizon_hours"].to_numpy(int) - 1] = rows["model"].to_numpy(float)
-        return out
-
-    return forecast
-
-
-def _save_challenger(model: EarningsPredictor, models_dir: Path, metadata: Mapping[str, Any]) -> str:
-    """Save a new version WITHOUT moving CURRENT: written in a staging store beside the real one, then the
-    finished version directory is renamed into ``versions/`` (atomic); CURRENT moves only via :func:`set_current`."""
-    models_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=models_dir))
-    try:
-        model.model_dir = staging
-        staged = model.save(extra_metadata=metadata)
-        target = version_dir(models_dir, model.protocol, staged.name)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(staged, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        model.model_dir = models_dir
-    return target.name
-
-
-def _prune_versions(models_dir: Path, protocol: str, keep: int = KEEP_VERSIONS) -> None:
-    """Keep the newest ``keep`` versions; never the one CURRENT names."""
-    root = model_root(models_dir, protocol) / "versions"
-    if not root.is_dir():
-        return
-    current = current_version(models_dir, protocol)
-    versions = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    for old in versions[:-keep]:
-        if old.name != current:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def load_model(models_dir: str | Path, protocol: str, version: str) -> EarningsPredictor:
@@ -262,22 +190,29 @@ def train_protocol(
     holdout_start = pd.Timestamp(holdout["ts"].iloc[0])
     notes: list[str] = []
 
-    challenger = _new_challenger(protocol, settings, timezone, host_totals)
+    champion_version = current_version(models_dir, protocol)
+    champion: EarningsPredictor | None = None
+    if champion_version is not None:
+        try:
+            champion = load_model(models_dir, protocol, champion_version)
+        except (ModelLoadError, OSError, ValueError) as exc:
+            notes.append(f"champion {champion_version} could not be loaded ({exc}); judged without it and it cannot serve")
+            champion_version = None
+    challenger: EarningsPredictor | None = EarningsPredictor(settings.model_config(protocol, timezone, host_totals))
     started = time.perf_counter()
-    challenger.train(train, settings.epochs, settings.batch_size, settings.validation_split)
+    try:
+        challenger.fit(train, warm_start=champion)
+    except SequenceValidationError as exc:  # too little clean history for the network: the candidates still compete
+        notes.append(f"no challenger: the LSTM could not be trained on {len(train)} training rows ({exc})")
+        challenger = None
     training_seconds = time.perf_counter() - started
 
     ts, earnings, allocation = hourly_series(features)
     start_index = int(np.searchsorted(ts, holdout_start.to_datetime64()))
     calibration_hours = settings.calibration_days * 24
-    batch = {LSTM_SOURCE: lstm_batch_forecaster(challenger, features)}
-    champion_version = current_version(models_dir, protocol)
-    if champion_version is not None:
-        try:
-            batch[CHAMPION_KEY] = lstm_batch_forecaster(load_model(models_dir, protocol, champion_version), features)
-        except (ModelLoadError, OSError, ValueError) as exc:
-            notes.append(f"champion {champion_version} could not be loaded ({exc}); judged without it and it cannot serve")
-            champion_version = None
+    batch = {LSTM_SOURCE: challenger.batch_forecaster()} if challenger is not None else {}
+    if champion is not None:
+        batch[CHAMPION_KEY] = champion.batch_forecaster()
     started = time.perf_counter()
     result, intervals = score_with_calibrated_intervals(
         ts, earnings, allocation, start_index, statistical_candidates(),
@@ -288,8 +223,9 @@ def train_protocol(
     scores = {name: score_row(score, total) for name, score in result.scores.items()}
 
     verdict = judge_challenger(scores, target_pct=settings.mape_target_pct, champion_version=champion_version)
-    challenger_version = _save_challenger(
-        challenger,
+    if challenger is None:
+        verdict = replace(verdict, reasons=(notes[-1] + "; " + verdict.summary,))
+    saved = None if challenger is None else challenger.save(
         models_dir,
         {
             "mape_check": verdict.check.to_json(),
@@ -301,32 +237,37 @@ def train_protocol(
             "intervals": intervals[LSTM_SOURCE].to_json() if LSTM_SOURCE in intervals else None,
             "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.__dict__.items()},
         },
+        promote=False,  # CURRENT moves only on the verdict, below
     )
-    if verdict.promote:
+    challenger_version = None if saved is None else saved.name
+    if verdict.promote and challenger_version is not None:
         set_current(models_dir, protocol, challenger_version)
     serving_champion = challenger_version if verdict.promote else champion_version
     champion_key = LSTM_SOURCE if verdict.promote else CHAMPION_KEY
     serving_scores = {k: v for k, v in scores.items() if k not in (LSTM_SOURCE, CHAMPION_KEY)}
     if serving_champion is not None and champion_key in scores:
         serving_scores[LSTM_SOURCE] = scores[champion_key]
-    decision = choose_source(protocol, serving_scores, target_pct=settings.mape_target_pct, champion_version=serving_champion)
+    served_model = challenger if verdict.promote else champion
+    # a champion whose network correction got weight 0 on validation serves its statistical base alone: say so
+    lstm_name = LSTM_BASE_SOURCE if served_model is not None and served_model.blend == 0.0 else LSTM_SOURCE
+    decision = choose_source(protocol, serving_scores, target_pct=settings.mape_target_pct, champion_version=serving_champion, lstm_name=lstm_name)
     decision.scores = scores
-    served_key = champion_key if decision.source == LSTM_SOURCE else decision.source
+    served_key = champion_key if decision.source in (LSTM_SOURCE, LSTM_BASE_SOURCE) else decision.source
     if served_key in intervals:
         decision.intervals = intervals[served_key].to_json()
     decision.holdout_start = str(holdout_start)
     decision.training = {**verdict.to_json(), "challenger_version": challenger_version, "trained_at": decision.decided_at, "notes": notes}
     write_serving_decision(models_dir, decision)
-    _prune_versions(models_dir, protocol)
 
     roles = {LSTM_SOURCE: "challenger", CHAMPION_KEY: f"champion {champion_version}" if champion_version else "champion"}
     table = result.table().rename(columns={"origins": "origins_n"})
     table.insert(1, "role", [roles.get(n, "statistical") for n in table["candidate"]])
     table.insert(2, "serves", [(n == served_key) for n in table["candidate"]])
-    facts = {
+    facts = {} if challenger is None else {
         "epochs_run": challenger.epochs_run,
         "parameter_count": challenger.parameter_count(),
-        "best_val_loss": float(min(challenger.history.get("val_loss", [float("nan")]))),
+        "lstm_correction_weight": challenger.blend,
+        "best_val_loss": float(min(challenger.history.get("val_loss") or [float("nan")])),
     }
     return TrainingReport(
         protocol=protocol,
@@ -340,6 +281,7 @@ def train_protocol(
         train_rows=len(train),
         holdout_rows=len(holdout),
         holdout_start=holdout_start,
+        served_column=served_key,
         model_facts=facts,
         notes=notes,
     )
@@ -396,7 +338,7 @@ def forecast_protocol(
     decision = read_serving_decision(models_dir, protocol)
     if decision is None:
         why = "no_decision: no training run has scored candidates for this protocol yet; same hour on an earlier day serves"
-    elif decision.source == LSTM_SOURCE:
+    elif decision.source in (LSTM_SOURCE, LSTM_BASE_SOURCE):
         version = decision.model_version
         try:
             model = (predictor_cache or {}).get(protocol)
@@ -407,13 +349,13 @@ def forecast_protocol(
             frame = model.forecast_frame(telemetry, allocation_path=planned_allocation)
             values = frame["value"].to_numpy(dtype=float)
             return ProtocolForecast(
-                protocol, origin, pd.DatetimeIndex(frame["target_ts"]), values, LSTM_SOURCE, version, decision.reason,
+                protocol, origin, pd.DatetimeIndex(frame["target_ts"]), values, decision.source, version, decision.reason,
                 _intervals(decision, values), decision.below_target, decision.mape_pct,
             )
         except SequenceValidationError as exc:
-            why = f"data_too_short: lstm serves but {exc}"
+            why = f"data_too_short: {decision.source} serves but {exc}"
         except (ModelLoadError, OSError, ValueError) as exc:
-            why = f"model_error: lstm champion {version} unusable: {exc}"
+            why = f"model_error: {decision.source} champion {version} unusable: {exc}"
     elif decision.source != FALLBACK_SOURCE:
         candidate = statistical_candidates().get(decision.source)
         try:

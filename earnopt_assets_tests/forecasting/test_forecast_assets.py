@@ -11,29 +11,26 @@ import pandas as pd
 import pytest
 
 from earnopt_assets.defs import forecasting, ingestion
-from earnopt_assets.forecasting.registry import read_model_summary
+from earnopt_assets.forecasting.registry import current_version, read_serving_decision
 from earnopt_assets.settings import EarnoptPaths
 from earnopt_assets.simulator import simulate_to_dir
 from earnopt_assets.warehouse import connect
-from earnopt_assets_tests.forecasting.helpers import END
 
 TINY_MODEL_CONFIG = {"epochs": 2, "lstm_units_1": 8, "lstm_units_2": 4}
+END = "2026-06-30T23:00"
+# the model needs ~4 weeks of training rows after the feature warm-up and a 7-day holdout
+SIMULATED_DAYS = 42
 
 
 def model_run_config(target: float = 15.0) -> dict:
-    return {
-        "ops": {
-            "earnings_model": {"config": {**TINY_MODEL_CONFIG, "mape_target_pct": target}},
-            "earnings_model_mape_within_target": {"config": {"mape_target_pct": target}},
-        }
-    }
+    return {"ops": {"earnings_model": {"config": {**TINY_MODEL_CONFIG, "mape_target_pct": target}}}}
 
 
 @pytest.fixture
 def pipeline(small_catalog, small_resources, data_dir):
     """Simulated telemetry in landing, ingested and featurised through the real ingestion assets."""
     paths = EarnoptPaths(data_dir).ensure()
-    simulate_to_dir(small_catalog, days=21, seed=7, out_dir=paths.landing, end=END)
+    simulate_to_dir(small_catalog, days=SIMULATED_DAYS, seed=7, out_dir=paths.landing, end=END)
     instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize([ingestion.raw_earnings, ingestion.earnings_features], resources=small_resources, instance=instance)
     assert result.success
@@ -58,24 +55,34 @@ def forecasts(paths: EarnoptPaths) -> pd.DataFrame:
 
 def test_two_partitions_end_to_end(pipeline):
     catalog, resources, paths, instance = pipeline
-    outcomes = {}
+    decisions = {}
     for protocol in ("honeygain", "storj"):
         result = materialize_model(resources, instance, protocol)
         materializations = result.asset_materializations_for_node("earnings_model")
         assert len(materializations) == 1
         metadata = materializations[0].metadata
-        for key in ("model_mape", "naive24_mape", "naive168_mape", "model_r2", "epochs_run", "training_seconds", "parameter_count"):
-            assert key in metadata, key
-        assert metadata["epochs_run"].value == 2
-        assert "| model |" in metadata["metrics"].value
-        assert metadata["holdout_plot"].value.startswith("![")
-        assert "data:image/png;base64," in metadata["holdout_plot"].value
+        # the one-line summary comes first and names the failing partitions (akash has never been trained)
+        assert list(metadata)[0] == "summary"
+        assert "akash (serves not trained)" in metadata["summary"].value
+        scores = metadata["metrics"]
+        assert isinstance(scores, dg.TableMetadataValue)
+        columns = [c.name for c in scores.schema.columns]
+        assert {"candidate", "role", "serves", "mape_%", "mase", "mae_usd", "coverage_80_%", "coverage_95_%"} <= set(columns)
+        candidates = {r.data["candidate"]: r.data for r in scores.records}
+        assert {"seasonal_naive_24", "seasonal_naive_168", "mstl", "ets", "lstm"} <= set(candidates)
+        assert candidates["lstm"]["role"] == "challenger"
+        assert sum(bool(r["serves"]) for r in candidates.values()) == 1
+        assert metadata["holdout_plot"].value.startswith("![") and "data:image/png;base64," in metadata["holdout_plot"].value
+        assert isinstance(metadata["protocols"], dg.TableMetadataValue)
         checks = result.get_asset_check_evaluations()
         assert len(checks) == 1 and checks[0].asset_check_key.name == "mape_within_target"
-        summary = read_model_summary(paths.models, protocol)
-        assert summary is not None and summary["mape_check"]["passed"] == checks[0].passed
-        assert (paths.models / protocol / "versions" / summary["version"] / "model.keras").exists()
-        outcomes[protocol] = checks[0].passed
+        decision = read_serving_decision(paths.models, protocol)
+        assert decision is not None and decision.training["check"]["passed"] == checks[0].passed
+        assert metadata["serves"].value == decision.source and metadata["check_passed"].value == checks[0].passed
+        # CURRENT names the challenger only if it was promoted
+        promoted = decision.training["promoted"]
+        assert (current_version(paths.models, protocol) == decision.training["challenger_version"]) == promoted
+        decisions[protocol] = decision
 
     result = dg.materialize([forecasting.earnings_forecast], resources=resources, instance=instance)
     assert result.success
@@ -86,32 +93,74 @@ def test_two_partitions_end_to_end(pipeline):
         assert np.isfinite(group["value"]).all() and (group["value"] >= 0).all()
         assert group["horizon_hours"].tolist() == list(range(1, 25))
         assert (group["target_ts"] - group["origin_ts"] == group["horizon_hours"].map(lambda h: pd.Timedelta(hours=h))).all()
-    sources = rows.groupby("protocol")["source"].first().to_dict()
-    reasons = rows.groupby("protocol")["reason"].first().to_dict()
-    assert sources["akash"] == "seasonal_naive_fallback" and reasons["akash"].startswith("no_model")
-    for protocol, passed in outcomes.items():
-        assert sources[protocol] == ("lstm" if passed else "seasonal_naive_fallback")
-        if not passed:
-            assert reasons[protocol].startswith("check_failed")
+    first = rows.groupby("protocol").first()
+    assert first.loc["akash", "source"] == "seasonal_naive_fallback" and first.loc["akash", "reason"].startswith("no_decision")
+    for protocol, decision in decisions.items():
+        group = rows.loc[rows["protocol"] == protocol]
+        assert set(group["source"]) == {decision.source}  # named truthfully: the decided source, not "lstm"
+        assert group["reason"].iloc[0] == decision.reason
+        assert group[["lower_80", "upper_80", "lower_95", "upper_95"]].notna().all().all()
+        assert (group["lower_95"] <= group["lower_80"]).all() and (group["upper_80"] <= group["upper_95"]).all()
+        # a model version only where a model (the champion) produced the rows
+        assert set(group["model_version"].dropna()) == ({decision.model_version} if decision.model_version else set())
     metadata = result.asset_materializations_for_node("earnings_forecast")[0].metadata
     assert metadata["rows_written"].value == 72
+    serving = {r.data["protocol"]: r.data for r in metadata["serving"].records}
+    assert serving["storj"]["source"] == decisions["storj"].source and serving["akash"]["below_target"] is True
+    assert [c.name for c in metadata["forecasts"].schema.columns][:4] == ["protocol", "hour_utc", "earnings_usd_per_h", "lower_80_usd_per_h"]
+    # the asset-level check is visible from the asset list and names the protocol below target
+    (check,) = result.get_asset_check_evaluations()
+    assert check.asset_check_key.name == "all_protocols_meet_target" and not check.passed
+    assert check.severity == dg.AssetCheckSeverity.WARN and "akash" in check.description
 
 
-def test_failed_check_blocks_and_forces_the_fallback(pipeline):
-    catalog, resources, paths, instance = pipeline
-    # A target no model can meet: the blocking check fails and says why.
-    result = materialize_model(resources, instance, "storj", target=0.001)
+def sabotage_challengers(monkeypatch):
+    """Every model fitted from now on gets +8 standard deviations of correction on every hour at full blend
+    weight (a deliberately bad challenger, through the real network weights it saves), so it scores far worse
+    than the statistical candidates."""
+    from earnopt_assets.forecasting.model.predictor import EarningsPredictor
+
+    fit = EarningsPredictor.fit
+
+    def bad_fit(self, *args, **kwargs):
+        history = fit(self, *args, **kwargs)
+        for member in self.network.members:
+            member.weights[-1]["bias"] = member.weights[-1]["bias"] + 8.0
+        self.state.blend = 1.0
+        return history
+
+    monkeypatch.setattr(EarningsPredictor, "fit", bad_fit)
+
+
+def test_failing_challenger_is_not_used_by_the_forecast_job(pipeline, monkeypatch):
+    """The blocking check's visible effect, through the real Dagster job: a challenger that fails its check
+    never becomes champion, and earnings_forecast serves the previous champion or the statistical source."""
+    _, resources, paths, instance = pipeline
+    materialize_model(resources, instance, "storj")  # passes or not: it sets the champion or leaves none
+    before = read_serving_decision(paths.models, "storj")
+    champion_before = current_version(paths.models, "storj")
+
+    sabotage_challengers(monkeypatch)
+    result = materialize_model(resources, instance, "storj")
     evaluation = result.get_asset_check_evaluations()[0]
-    assert not evaluation.passed
-    assert evaluation.severity == dg.AssetCheckSeverity.ERROR
-    assert "not below the 0.001% target" in evaluation.metadata["reasons"].value
-    assert read_model_summary(paths.models, "storj")["mape_check"]["passed"] is False
+    assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR
+    assert "is worse than" in evaluation.description
+    after = read_serving_decision(paths.models, "storj")
+    challenger = after.training["challenger_version"]
+    assert challenger != before.training["challenger_version"] and not after.training["promoted"]
+    assert current_version(paths.models, "storj") == champion_before  # CURRENT did not move
+    assert after.model_version != challenger and after.source == before.source
+    metadata = result.asset_materializations_for_node("earnings_model")[0].metadata
+    assert metadata["promoted"].value is False
+    assert ("stays" if champion_before else "statistical candidates serve") in metadata["decision"].value
 
-    dg.materialize([forecasting.earnings_forecast], resources=resources, instance=instance)
+    forecast = dg.materialize([forecasting.earnings_forecast], resources=resources, instance=instance)
+    assert forecast.success
     storj = forecasts(paths).query("protocol == 'storj'")
-    assert set(storj["source"]) == {"seasonal_naive_fallback"}
-    assert storj["reason"].iloc[0].startswith("check_failed: holdout MAPE")
-    assert storj["model_version"].iloc[0] == read_model_summary(paths.models, "storj")["version"]
+    assert set(storj["source"]) == {after.source}
+    assert challenger not in set(storj["model_version"].dropna())
+    if after.source in ("lstm", "lstm_base_only"):
+        assert set(storj["model_version"]) == {champion_before}
 
 
 def test_model_needs_the_feature_snapshot(small_resources, data_dir):
