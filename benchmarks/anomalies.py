@@ -160,8 +160,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{kind:<16}{m['events']:>8}{m['event_recall']:>14.3f}{m['hours']:>8}{m['hour_recall']:>13.3f}")
         print(f"{'rule':<26}{'alerts':>8}{'true':>8}{'precision':>11}")
         for rule, m in res["per_rule"].items():
-            precision = m["true"] / m["alerts"] if m["alerts"] else float("nan")
-            print(f"{rule:<26}{m['alerts']:>8}{m['true']:>8}{precision:>11.3f}")
+            if rule == "silent":  # measured against the wall clock: a replay has no live silence to find
+                print(f"{rule:<26}{'-':>8}{'-':>8}{'-':>11}  (wall-clock rule, not replayed)")
+                continue
+            precision = f"{m['true'] / m['alerts']:.3f}" if m["alerts"] else "-"
+            print(f"{rule:<26}{m['alerts']:>8}{m['true']:>8}{precision:>11}")
         print(f"precision overall (all alerts)          {res['precision']:.3f}")
         print(f"precision of notifiable alerts (>= warning) {res['precision_warning_plus']:.3f}")
         print(f"false alerts per protocol-day           {res['false_per_protocol_day']:.4f}")
