@@ -22,14 +22,19 @@ import resource
 import shutil
 import statistics
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
 
 from earnopt_assets.catalog import load_catalog
-from earnopt_assets.ingestion.feature_store import load_raw_for_features, replace_feature_table, to_arrow, write_feature_snapshots
+from earnopt_assets.ingestion.feature_store import (
+    load_raw_for_features,
+    replace_feature_table,
+    to_arrow,
+    write_feature_snapshots,
+)
 from earnopt_assets.ingestion.features import build_feature_table, validate_features
 from earnopt_assets.ingestion.run import ingest_landing
 from earnopt_assets.settings import EarnoptPaths

@@ -9,7 +9,7 @@ limit of 1 (``deploy/dagster.yaml``) steps queue instead of failing on DuckDB's 
 
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -46,7 +46,7 @@ FUTURE_SLACK_HOURS = 1.0
 
 
 def _utc_now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def _hour_text(ts: datetime | None) -> str:

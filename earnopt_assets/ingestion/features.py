@@ -32,8 +32,8 @@ A row is kept in the feature table only if it was observed and every feature is 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -425,13 +425,13 @@ def build_feature_table_reference(raw: pd.DataFrame, host_totals: Mapping[str, f
 
 # Closed ranges that every feature must respect. None means unbounded on that side.
 FEATURE_RANGES: dict[str, tuple[float | None, float | None]] = {
-    **{name: (0.0, None) for name in ("earnings_usd", "lag_1", "lag_2", "lag_24", "lag_168", "ma_1h", "ma_6h", "ma_24h", "ema_12", "volatility_24h")},
+    **dict.fromkeys(("earnings_usd", "lag_1", "lag_2", "lag_24", "lag_168", "ma_1h", "ma_6h", "ma_24h", "ema_12", "volatility_24h"), (0.0, None)),
     "roc_1": (-2.0, 2.0),
     "hour": (0, 23),
     "day_of_week": (0, 6),
     "day_of_month": (1, 31),
-    **{name: (-1.0, 1.0) for name in ("hour_sin", "hour_cos", "dow_sin", "dow_cos", "dom_sin", "dom_cos")},
-    **{name: (0.0, None) for name in ("cpu_util", "memory_util", "bandwidth_util", "storage_util")},
+    **dict.fromkeys(("hour_sin", "hour_cos", "dow_sin", "dow_cos", "dom_sin", "dom_cos"), (-1.0, 1.0)),
+    **dict.fromkeys(("cpu_util", "memory_util", "bandwidth_util", "storage_util"), (0.0, None)),
     "allocation": (0.0, 1.0),
     "failure_rate_24h": (0.0, None),
 }

@@ -17,7 +17,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -54,9 +54,8 @@ def landing_lock(landing: Path, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[N
     processes alike). The lock file lives beside landing so that landing only ever holds data files."""
     landing.mkdir(parents=True, exist_ok=True)
     lock_path = landing.parent / f".{landing.name}.ingest.lock"
-    handle = open(lock_path, "a+")
     deadline = time.monotonic() + timeout_s
-    try:
+    with open(lock_path, "a+") as handle:
         while True:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -65,11 +64,11 @@ def landing_lock(landing: Path, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[N
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"another ingestion holds {lock_path} for > {timeout_s}s") from None
                 time.sleep(0.05)
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-        handle.close()
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 @dataclass(frozen=True)
@@ -87,7 +86,7 @@ def file_facts(path: Path) -> FileFacts:
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    return FileFacts(stat.st_size, datetime.fromtimestamp(stat.st_mtime, timezone.utc).replace(tzinfo=None), digest.hexdigest())
+    return FileFacts(stat.st_size, datetime.fromtimestamp(stat.st_mtime, UTC).replace(tzinfo=None), digest.hexdigest())
 
 
 def keep_files(moves: list[tuple[Path, Path]]) -> None:

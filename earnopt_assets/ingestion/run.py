@@ -17,7 +17,7 @@ landing ``flock`` also serialises threads of one process, so no file is read by 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
@@ -34,7 +34,7 @@ from earnopt_assets.settings import EarnoptPaths
 
 
 def _utc_now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def ingest_landing(conn: duckdb.DuckDBPyConnection, paths: EarnoptPaths, catalog: Catalog) -> IngestReport:

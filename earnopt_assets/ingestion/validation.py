@@ -25,7 +25,13 @@ import duckdb
 import pyarrow as pa
 
 from earnopt_assets.ingestion import store
-from earnopt_assets.ingestion.readers import FORMATS, UnreadableFileError, read_csv_file, read_jsonl_file, read_parquet_file
+from earnopt_assets.ingestion.readers import (
+    FORMATS,
+    UnreadableFileError,
+    read_csv_file,
+    read_jsonl_file,
+    read_parquet_file,
+)
 
 RESOURCE_COLUMNS: tuple[str, ...] = ("cpu_cores", "memory_gb", "bandwidth_mbps", "storage_gb")
 REQUIRED_COLUMNS: tuple[str, ...] = ("protocol", "ts", *RESOURCE_COLUMNS, "allocation", "connection_failures")
@@ -142,7 +148,7 @@ def _validation_select(
 
     rules: dict[str, tuple[bool, str]] = {
         value_column: (True, "negative"),
-        **{name: (True, "negative") for name in RESOURCE_COLUMNS},
+        **dict.fromkeys(RESOURCE_COLUMNS, (True, "negative")),
         "allocation": (True, "unit"),
         "connection_failures": (True, "count"),
         "latency_ms": (False, "negative"),

@@ -32,7 +32,7 @@ def test_balance_polls_are_differenced_with_payout_reset(paths, ingest):
     # into hour 2, so the later file wins for hour 2 and hour 3 is re-derived from it.
     pd.DataFrame([poll("2026-01-01T02:40:00Z", 4.90)]).to_csv(paths.landing / "late.csv", index=False)
     ingest()
-    rows = dict((h, round(e, 10)) for h, e in query(paths, "SELECT hour(ts), earnings_usd FROM raw_earnings ORDER BY ts"))
+    rows = {h: round(e, 10) for h, e in query(paths, "SELECT hour(ts), earnings_usd FROM raw_earnings ORDER BY ts")}
     assert rows[2] == 0.65 and rows[3] == 0.10
 
 

@@ -8,7 +8,6 @@ import pytest
 import yaml
 
 from earnopt_assets.catalog import CatalogError, UnknownProtocolError, load_catalog
-
 from earnopt_assets_tests.conftest import DEFAULT_CATALOG
 
 

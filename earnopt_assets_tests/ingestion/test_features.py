@@ -167,11 +167,11 @@ def test_validate_features_names_the_column():
         validate_features(bad)
     bad = table.copy()
     bad["allocation"] = 1.5
-    with pytest.raises(FeatureValidationError, match="'allocation' above 1.0"):
+    with pytest.raises(FeatureValidationError, match=r"'allocation' above 1\.0"):
         validate_features(bad)
     bad = table.copy()
     bad["earnings_usd"] = -1.0
-    with pytest.raises(FeatureValidationError, match="'earnings_usd' below 0.0"):
+    with pytest.raises(FeatureValidationError, match=r"'earnings_usd' below 0\.0"):
         validate_features(bad)
     bad = table.copy()
     bad["hour"] = bad["hour"].astype(str)

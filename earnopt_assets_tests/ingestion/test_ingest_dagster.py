@@ -30,7 +30,6 @@ from earnopt_assets.ingestion.features import FEATURE_COLUMNS
 from earnopt_assets.settings import EarnoptPaths
 from earnopt_assets.simulator import simulate_to_dir
 from earnopt_assets.warehouse import DUCKDB_POOL
-
 from earnopt_assets_tests.conftest import REPO_ROOT
 
 # Freshness is measured against the wall clock: the simulated telemetry ends one hour before now.
@@ -120,7 +119,7 @@ def test_freshness_check_warns_naming_series_behind_the_wall_clock(data_dir, sma
         f"storj,{END},-3,1,2,5,600,0.6,0\n"
     )
     result = _materialize(small_resources)
-    evaluation = [e for e in result.get_asset_check_evaluations() if e.check_name == "raw_earnings_freshness"][0]
+    evaluation = next(e for e in result.get_asset_check_evaluations() if e.check_name == "raw_earnings_freshness")
     assert evaluation.passed is False
     assert evaluation.severity == dg.AssetCheckSeverity.WARN
     assert evaluation.metadata["stale_series"].value == 3 and evaluation.metadata["max_lag_h"].value == 3.0
@@ -155,7 +154,7 @@ def test_empty_landing_materializes_empty_tables(small_resources):
     checks = _checks(result)
     assert checks["raw_earnings_freshness"] is False  # nothing ingested yet: a warning
     assert checks["raw_earnings_hour_grid"] and checks["raw_earnings_rows_accounted"]
-    finite = [e for e in result.get_asset_check_evaluations() if e.check_name == "earnings_features_finite"][0]
+    finite = next(e for e in result.get_asset_check_evaluations() if e.check_name == "earnings_features_finite")
     assert finite.passed is False and finite.severity == dg.AssetCheckSeverity.WARN  # zero rows never pass silently
     assert finite.description == "earnings_features has no rows"
 
@@ -289,7 +288,6 @@ _WRITER = textwrap.dedent(
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_overlapping_writers_do_not_fail_on_the_duckdb_lock(data_dir, small_catalog, small_catalog_path, tmp_path):
     """Two processes materialize ingestion on the same DuckDB file at the same moment. DuckDB lets one
     process write at a time: DuckDBResource retries the lock (in Dagster the pool queues the steps) and
@@ -337,16 +335,14 @@ _HOLDER = textwrap.dedent(
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_warehouse_connect_waits_for_another_process_then_times_out(tmp_path):
     """Outside Dagster (API, CLI, benchmarks) ``warehouse.connect`` retries while another process holds
     the DuckDB file, and gives up with the lock error after its timeout."""
     from earnopt_assets.warehouse import connect
 
     db = tmp_path / "w.duckdb"
-    with pytest.raises(FileNotFoundError, match="does not exist yet"):
-        with connect(db, read_only=True):
-            pass
+    with pytest.raises(FileNotFoundError, match="does not exist yet"), connect(db, read_only=True):
+        pass
     holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(db), "1.5"], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
     with connect(db, timeout_s=60) as conn:  # blocks until the holder exits, then works
@@ -356,9 +352,8 @@ def test_warehouse_connect_waits_for_another_process_then_times_out(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(db), "20"], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(duckdb.IOException, match="lock"):
-            with connect(db, timeout_s=0.3):
-                pass
+        with pytest.raises(duckdb.IOException, match="lock"), connect(db, timeout_s=0.3):
+            pass
     finally:
         holder.kill()
         holder.wait(timeout=30)

@@ -3,7 +3,6 @@ of spreadsheet CSVs."""
 
 from __future__ import annotations
 
-
 import pytest
 
 from earnopt_assets.ingestion.landing import landing_files, unique_destination
@@ -75,9 +74,8 @@ def test_landing_lock_excludes_a_second_holder(tmp_path):
     thread = threading.Thread(target=hold)
     thread.start()
     assert entered.wait(10)
-    with pytest.raises(TimeoutError, match="another ingestion holds"):
-        with landing_lock(landing, timeout_s=0.2):
-            pass
+    with pytest.raises(TimeoutError, match="another ingestion holds"), landing_lock(landing, timeout_s=0.2):
+        pass
     release.set()
     thread.join(10)
     with landing_lock(landing, timeout_s=5):

@@ -23,7 +23,7 @@ def test_a_lost_row_fails_the_ingestion_and_commits_nothing(paths, ingest, monke
     write(paths, "a.csv", HEADER + "\n" + "\n".join(good_lines(range(3))) + "\n")
     real = store.stored_rows_per_file
     monkeypatch.setattr(run.store, "stored_rows_per_file", lambda conn: {i: n - 1 for i, n in real(conn).items()})
-    with pytest.raises(RowAccountingError, match="a.csv: read 3 != stored 2"):
+    with pytest.raises(RowAccountingError, match=r"a\.csv: read 3 != stored 2"):
         ingest()
     assert (paths.landing / "a.csv").exists() and not (paths.archive / "a.csv").exists()  # stays for the next run
     assert query(paths, "SELECT count(*) FROM raw_earnings") == [(0,)] and query(paths, "SELECT count(*) FROM ingested_files") == [(0,)]

@@ -16,7 +16,6 @@ END = "2026-01-31T23:00:00"
 @pytest.fixture(scope="module")
 def sim90():
     from earnopt_assets.catalog import load_catalog
-
     from earnopt_assets_tests.conftest import DEFAULT_CATALOG
 
     catalog = load_catalog(DEFAULT_CATALOG)

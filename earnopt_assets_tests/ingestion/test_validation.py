@@ -10,7 +10,6 @@ import pytest
 
 from earnopt_assets_tests.ingestion.helpers import GOOD, HEADER, poll, quarantine_reason, query, write
 
-
 BAD_ROWS = {
     "negative earnings": ("local,honeygain,2026-01-01T05:00:00Z,-0.5,0.1,0.2,3,0.1,0.5,0,50", "earnings_usd: negative earnings"),
     "wrong type": ("local,honeygain,2026-01-01T05:00:00Z,abc,0.1,0.2,3,0.1,0.5,0,50", "earnings_usd: wrong type, not a number (abc)"),
