@@ -23,19 +23,16 @@ import shutil
 import statistics
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
 
 from earnopt_assets.catalog import load_catalog
 from earnopt_assets.ingestion.feature_store import (
+    build_and_publish_features,
     load_raw_for_features,
     replace_feature_table,
-    to_arrow,
-    write_feature_snapshots,
 )
-from earnopt_assets.ingestion.features import build_feature_table, validate_features
 from earnopt_assets.ingestion.run import ingest_landing
 from earnopt_assets.settings import EarnoptPaths
 from earnopt_assets.simulator import simulate
@@ -70,14 +67,12 @@ def run_once(landing_src: Path, workdir: Path) -> tuple[float, float, float, flo
     with duckdb.connect(str(paths.warehouse)) as conn:
         raw = load_raw_for_features(conn)
     t_load = time.perf_counter()
-    table, _stats = build_feature_table(raw, catalog.host.totals(), catalog.host.timezone)
-    validate_features(table)
-    arrow = to_arrow(table)
-    with ThreadPoolExecutor(max_workers=1) as pool:  # as the earnings_features asset does
-        snapshots = pool.submit(write_feature_snapshots, arrow, paths.features_dir, catalog)
+
+    def replace_table(arrow) -> None:
         with duckdb.connect(str(paths.warehouse)) as conn:
             replace_feature_table(conn, arrow)
-        snapshots.result()
+
+    table, _stats, _written = build_and_publish_features(raw, catalog, paths.features_dir, replace_table)  # as the asset does
     t2, c2 = time.perf_counter(), time.process_time()
     assert report.rows_stored + report.rows_superseded + report.rows_quarantined == report.rows_read
     print(f"  (of features: load raw_earnings through ingestion.store {t_load - t1:.2f} s)")

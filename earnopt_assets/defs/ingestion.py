@@ -8,7 +8,6 @@ limit of 1 (``deploy/dagster.yaml``) steps queue instead of failing on DuckDB's 
 
 
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,14 +25,13 @@ from earnopt_assets.defs.render import (
 )
 from earnopt_assets.ingestion import store
 from earnopt_assets.ingestion.feature_store import (
+    build_and_publish_features,
     feature_key_duplicates,
     feature_non_finite_counts,
     load_raw_for_features,
     replace_feature_table,
-    to_arrow,
-    write_feature_snapshots,
 )
-from earnopt_assets.ingestion.features import FEATURE_COLUMNS, build_feature_table, validate_features
+from earnopt_assets.ingestion.features import FEATURE_COLUMNS
 from earnopt_assets.ingestion.freshness import DEFAULT_MAX_LAG_HOURS, series_lag, stale_series
 from earnopt_assets.ingestion.landing import landing_files
 from earnopt_assets.ingestion.run import ingest_landing
@@ -109,20 +107,15 @@ def earnings_features(context: dg.AssetExecutionContext, earnopt: EarnoptResourc
     and atomically to ``data/features/<protocol>.parquet`` (training reads those, never the warehouse).
     Rows without full history (first 168 h of a series, hours near gaps) are dropped and counted.
     """
-    paths = earnopt.paths
-    catalog = earnopt.catalog()
     with duckdb.get_connection() as conn:
         raw = load_raw_for_features(conn)
-    # Feature building is CPU work: no warehouse connection is held meanwhile.
-    table, stats = build_feature_table(raw, catalog.host.totals(), catalog.host.timezone)
-    validate_features(table)
-    arrow = to_arrow(table)
-    # Parquet snapshots and the DuckDB table are written at the same time (both release the GIL).
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        snapshots = pool.submit(write_feature_snapshots, arrow, paths.features_dir, catalog)
+
+    def replace_table(arrow) -> None:
         with duckdb.get_connection() as conn:
             replace_feature_table(conn, arrow)
-        written = snapshots.result()
+
+    # Feature building is CPU work: no warehouse connection is held meanwhile.
+    table, stats, written = build_and_publish_features(raw, earnopt.catalog(), earnopt.paths.features_dir, replace_table)
     metadata: dict[str, object] = {
         "rows": stats.output_rows,
         "series": stats.series,

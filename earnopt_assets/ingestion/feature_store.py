@@ -8,7 +8,8 @@ atomically: a crash leaves the previous snapshot in place.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
@@ -19,7 +20,13 @@ import pyarrow.parquet as pq
 
 from earnopt_assets.atomic import atomic_write_bytes
 from earnopt_assets.catalog import Catalog
-from earnopt_assets.ingestion.features import FEATURE_COLUMNS, KEY_COLUMNS
+from earnopt_assets.ingestion.features import (
+    FEATURE_COLUMNS,
+    KEY_COLUMNS,
+    FeatureBuildStats,
+    build_feature_table,
+    validate_features,
+)
 from earnopt_assets.ingestion.store import read_telemetry
 from earnopt_assets.warehouse import TELEMETRY_COLUMNS, table_exists
 
@@ -101,3 +108,21 @@ def read_feature_snapshot(features_dir: Path, protocol: str, catalog: Catalog) -
     if not path.exists():
         raise FileNotFoundError(f"no feature snapshot {path}; materialize earnings_features first")
     return pd.read_parquet(path)
+
+
+def build_and_publish_features(
+    raw: pd.DataFrame, catalog: Catalog, features_dir: Path, replace_table: Callable[[pa.Table], None]
+) -> tuple[pd.DataFrame, FeatureBuildStats, dict[str, Path]]:
+    """Build the feature table from ``raw`` telemetry, validate it, and publish it twice at the same
+    time: the per-protocol Parquet snapshots (atomic) and, through ``replace_table`` (which opens its own
+    short warehouse connection), the DuckDB table. Returns (table, stats, snapshot paths). Raises
+    ``FeatureValidationError`` before anything is written when a value is out of range."""
+    table, stats = build_feature_table(raw, catalog.host.totals(), catalog.host.timezone)
+    validate_features(table)
+    arrow = to_arrow(table)
+    # Both writers release the GIL, so the snapshots are written while DuckDB ingests the table.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        snapshots = pool.submit(write_feature_snapshots, arrow, features_dir, catalog)
+        replace_table(arrow)
+        written = snapshots.result()
+    return table, stats, written
