@@ -76,6 +76,7 @@ class TrainingSettings:
     min_holdout_days: int = MIN_HOLDOUT_DAYS
     calibration_days: int = CALIBRATION_DAYS
     mape_target_pct: float = DEFAULT_MAPE_TARGET_PCT
+    model_options: dict[str, Any] = field(default_factory=dict)  # any other ModelConfig field (tests: smaller windows)
 
     def model_config(self, protocol: str, timezone: str = "UTC", host_totals: Mapping[str, float] | None = None) -> ModelConfig:
         """The model's one settings type from these knobs (``validation_split`` = its validation fraction)."""
@@ -94,6 +95,7 @@ class TrainingSettings:
             validation_fraction=self.validation_split,
             timezone=timezone,
             host_totals=host_totals,
+            **self.model_options,
         )
 
 

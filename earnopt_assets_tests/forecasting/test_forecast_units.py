@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import json
+import shutil
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
@@ -13,8 +14,17 @@ import pytest
 from earnopt_assets.numerics.baselines import fallback_forecast, seasonal_naive
 from earnopt_assets.numerics.metrics import forecast_metrics
 from earnopt_assets.forecasting.model.predictor import SequenceValidationError
-from earnopt_assets.forecasting.registry import MapeCheckOutcome, check_passed, judge_mape, read_model_summary, record_mape_check
-from earnopt_assets.forecasting.retrain import retrain_requests
+from earnopt_assets.defs import render
+from earnopt_assets.forecasting.registry import (
+    ServingDecision,
+    current_version,
+    judge_mape,
+    read_model_summary,
+    read_serving_decision,
+    version_dir,
+    write_serving_decision,
+)
+from earnopt_assets.forecasting.retrain import retrain_plan, retrain_requests
 from earnopt_assets.forecasting.store import (
     ensure_forecasts_table,
     forecast_rows,
@@ -23,13 +33,13 @@ from earnopt_assets.forecasting.store import (
     realised_mape,
     write_forecasts,
 )
-from earnopt_assets.forecasting.training import TrainingSettings, forecast_protocol, holdout_plot_markdown, metrics_table, split_holdout, train_protocol
+from earnopt_assets.forecasting.training import TrainingSettings, forecast_protocol, split_holdout, train_protocol
 from earnopt_assets.settings import EarnoptPaths
 from earnopt_assets.ingestion.store import ensure_raw_earnings
 from earnopt_assets.warehouse import connect
 from earnopt_assets_tests.forecasting.helpers import simulated
 
-TINY = TrainingSettings(epochs=2, lstm_units=(8, 4))
+TINY = TrainingSettings(epochs=2, lstm_units=(8, 4), model_options={"min_validation_hours": 48, "train_threads": 2})
 
 
 # ----------------------------------------------------------------------------- metrics & baselines
@@ -156,7 +166,7 @@ def test_forecasts_table_of_the_earlier_layout_is_migrated_keeping_rows(tmp_path
         assert write_forecasts(conn, rows) == 24  # the old CHECK on two source names is gone
 
 
-# ----------------------------------------------------------------------------- training, fallback, retrain
+# ----------------------------------------------------------------------------- training, serving, retrain
 
 
 @pytest.fixture(scope="module")
@@ -165,135 +175,142 @@ def trained_storj(tmp_path_factory):
     from earnopt_assets_tests.conftest import DEFAULT_CATALOG
 
     catalog = load_catalog(DEFAULT_CATALOG)
-    telemetry, features = simulated(catalog, ["storj"], days=21)
+    telemetry, features = simulated(catalog, ["storj"], days=42)
     models = tmp_path_factory.mktemp("models")
     report = train_protocol(features, "storj", models, TINY, timezone=catalog.host.timezone, host_totals=catalog.host.totals())
     return catalog, telemetry, features, models, report
 
 
-def test_train_protocol_reports_and_saves(trained_storj):
+def test_train_protocol_scores_every_candidate_and_records_the_decision(trained_storj):
     _, _, _, models, report = trained_storj
-    assert report.version_dir is not None and report.version_dir.exists()
-    assert report.holdout_rows == 7 * 24 and report.evaluation["origins"] == 7
-    summary = read_model_summary(models, "storj")
-    assert summary["mape_check"]["passed"] == report.check.passed
-    assert summary["holdout_rows"] == 168 and summary["settings"]["lstm_units"] == [8, 4]
-    table = metrics_table(report.evaluation)
-    assert table.count("\n") == 4 and "seasonal_naive_168" in table
-    assert holdout_plot_markdown(report.predictor.last_evaluation, "storj").startswith("![storj")
-    assert holdout_plot_markdown(None, "storj").startswith("_no holdout")
+    assert report.holdout_rows == 7 * 24
+    decision = read_serving_decision(models, "storj")
+    assert decision == report.decision
+    assert set(decision.scores) >= {"seasonal_naive_24", "seasonal_naive_168", "mstl", "ets", "lstm"}
+    assert all(row["n_origins"] == 7 for row in decision.scores.values())
+    assert decision.training["challenger_version"] == report.challenger_version
+    assert (version_dir(models, "storj", report.challenger_version) / "metadata.json").exists()
+    # the challenger is saved either way; CURRENT names it only when the verdict promoted it
+    assert (current_version(models, "storj") == report.challenger_version) == report.verdict.promote
+    summary = read_model_summary(models, "storj", report.challenger_version)
+    assert summary["mape_check"]["passed"] == report.check.passed and summary["settings"]["lstm_units"] == [8, 4]
+    assert decision.intervals is not None and decision.intervals["levels"].keys() == {"80", "95"}
+    assert report.scores["serves"].sum() == 1
+    scores = render.forecast_scores_frame(report.scores)
+    assert list(scores.columns[:4]) == ["candidate", "role", "serves", "mape_%"] and scores["mape_%"].is_monotonic_increasing
+    assert {"lower_80", "upper_95", "actual", "mstl"} <= set(report.holdout.columns)
+    assert render.forecast_holdout_plot(report.holdout, "storj", decision.source, report.served_column).startswith("![storj")
+    assert render.forecast_holdout_plot(pd.DataFrame(), "storj", "mstl").startswith("_no holdout")
 
 
-def test_forecast_uses_lstm_only_after_a_passed_check(trained_storj):
-    catalog, telemetry, _, models, report = trained_storj
-    version = report.predictor.version
-    record_mape_check(models, "storj", version, MapeCheckOutcome(True, 5.0, "seasonal_naive_24", 9.0, 15.0, ()))
-    cache: dict = {}
-    result = forecast_protocol(telemetry, "storj", models, cache)
-    assert result.source == "lstm" and result.reason is None and result.model_version == version
-    assert len(result.values) == 24 and "storj" in cache
-    np.testing.assert_allclose(result.values, report.predictor.predict_next_24h(telemetry))
-    # data too short for the window + lag history -> fallback with the reason
-    short = forecast_protocol(telemetry.iloc[-100:], "storj", models, cache)
-    assert short.source == "seasonal_naive_fallback" and short.reason.startswith("data_too_short")
-    gap = forecast_protocol(telemetry.drop(index=telemetry.index[-10]), "storj", models, cache)
-    assert gap.source == "seasonal_naive_fallback"
-    assert len(gap.values) == 24 and np.isfinite(gap.values).all()
+def test_forecast_serves_the_decided_source_with_its_intervals(trained_storj, tmp_path):
+    from earnopt_assets.forecasting.candidates import OriginContext, statistical_candidates
+
+    _, telemetry, _, models, report = trained_storj
+    decision = report.decision
+    result = forecast_protocol(telemetry, "storj", models, {})
+    assert result.source == decision.source and result.reason == decision.reason
+    assert result.below_target == decision.below_target and len(result.values) == 24
+    bands = result.intervals
+    assert bands is not None and (bands["lower_95"] <= bands["lower_80"]).all() and (bands["upper_80"] <= bands["upper_95"]).all()
+
+    # the same protocol decided for a statistical candidate serves that candidate, under its name
+    shutil.copytree(models, tmp_path / "m")
+    statistical = replace(decision, source="seasonal_naive_168", model_version=None, reason="seasonal_naive_168 best")
+    write_serving_decision(tmp_path / "m", statistical)
+    weekly = forecast_protocol(telemetry, "storj", tmp_path / "m")
+    assert weekly.source == "seasonal_naive_168" and weekly.model_version is None and weekly.reason == "seasonal_naive_168 best"
+    expected = statistical_candidates()["seasonal_naive_168"](OriginContext.from_frame(telemetry))
+    np.testing.assert_allclose(weekly.values, expected)
+    # too little history for the decided source: the gap-tolerant fallback serves and says why
+    short = forecast_protocol(telemetry.iloc[-100:], "storj", tmp_path / "m")
+    assert short.source == "seasonal_naive_fallback" and short.reason.startswith("data_too_short: seasonal_naive_168")
+    assert short.below_target and short.intervals is None
+
+    # a decided LSTM champion: its forecast, its version; too short data falls back with the reason
+    write_serving_decision(tmp_path / "m", replace(decision, source="lstm", model_version=current_version(models, "storj") or report.challenger_version))
+    if current_version(models, "storj"):
+        lstm = forecast_protocol(telemetry, "storj", tmp_path / "m")
+        assert lstm.source == "lstm" and lstm.model_version == current_version(models, "storj")
+        short = forecast_protocol(telemetry.iloc[-100:], "storj", tmp_path / "m")
+        assert short.source == "seasonal_naive_fallback" and short.reason.startswith("data_too_short: lstm")
 
 
-def test_a_deliberately_bad_model_fails_the_check_and_falls_back(trained_storj, tmp_path):
-    from earnopt_assets.forecasting.model.predictor import EarningsPredictor
-
-    catalog, telemetry, features, models, _ = trained_storj
-    predictor = EarningsPredictor.load(models, "storj")  # a private copy: the fixture's model stays intact
-    predictor.model_dir = tmp_path
-    dense = predictor.model.get_layer("residual")
-    kernel, bias = dense.get_weights()
-    dense.set_weights([kernel, bias + 8.0])  # +8 standard deviations of residual on every hour
-    predictor._compiled = None
-    train, holdout = split_holdout(features)
-    evaluation = predictor.evaluate(holdout, context=train)
-    outcome = judge_mape(evaluation)
-    assert not outcome.passed and any("worse than" in r for r in outcome.reasons)
-    predictor.save(extra_metadata={"mape_check": outcome.to_json()})
-    result = forecast_protocol(telemetry, "storj", tmp_path)
-    assert result.source == "seasonal_naive_fallback" and result.reason.startswith("check_failed")
-
-
-def test_no_model_means_fallback(tmp_path, small_catalog):
+def test_no_decision_means_fallback(tmp_path, small_catalog):
     telemetry, _ = simulated(small_catalog, ["akash"], days=3)
     result = forecast_protocol(telemetry, "akash", tmp_path)
-    assert result.source == "seasonal_naive_fallback" and result.reason.startswith("no_model")
+    assert result.source == "seasonal_naive_fallback" and result.reason.startswith("no_decision")
     with pytest.raises(ValueError):
         forecast_protocol(telemetry.iloc[:0], "akash", tmp_path)
 
 
-def test_retrain_requests_for_failed_checks_and_drift(trained_storj, tmp_path):
-    catalog, telemetry, _, models, report = trained_storj
-    paths = EarnoptPaths(tmp_path)
-    import shutil
+def decided(models, protocol: str, *, passed: bool, trained_at: datetime, source: str = "lstm", version: str = "v1", mape: float = 5.0) -> ServingDecision:
+    decision = ServingDecision(
+        protocol, source, f"{source} best", False, mape, 15.0, version if source == "lstm" else None, version,
+        training={"check": {"passed": passed, "reasons": [] if passed else ["holdout MAPE 30.00% is not below the 15% target"]},
+                  "challenger_version": "v2", "promoted": passed, "trained_at": trained_at.strftime("%Y-%m-%dT%H:%M:%SZ")},
+    )
+    write_serving_decision(models, decision)
+    return decision
 
-    shutil.copytree(models, paths.models)
-    version = report.predictor.version
+
+def test_retrain_plan_for_failed_checks_and_drift(small_catalog, tmp_path, data_dir):
+    paths = EarnoptPaths(data_dir).ensure()
     now = datetime.now(timezone.utc)
-    holdout_mape = report.evaluation["model"]["mape"]
+    decided(paths.models, "storj", passed=False, trained_at=now - timedelta(hours=2.1))
+    plan = retrain_plan(small_catalog, paths, now)
+    assert plan.requests == []  # the failed run is recent: no tight loop, and the reason says so
+    assert plan.waiting["storj"].startswith("storj failed its check (holdout MAPE 30.00% is not below the 15% target)")
+    assert "trained 2.1 h ago; retrain waits until 6 h" in plan.waiting["storj"]
+    assert plan.waiting["akash"] == "akash has no training run yet (the daily schedule trains it)"
+    later = retrain_requests(small_catalog, paths, now + timedelta(hours=4))
+    assert [(r.protocol, r.reason, r.run_key) for r in later] == [("storj", "check_failed", "retrain:storj:v2:check_failed")]
 
-    record_mape_check(paths.models, "storj", version, MapeCheckOutcome(False, 30.0, "seasonal_naive_24", 9.0, 15.0, ("too high",)))
-    assert check_passed(read_model_summary(paths.models, "storj")) is False
-    assert retrain_requests(catalog, paths, now) == []  # the failed model is brand new: no tight loop
-    later = retrain_requests(catalog, paths, now + timedelta(hours=7))
-    assert [(r.protocol, r.reason) for r in later] == [("storj", "check_failed")]
-    assert later[0].run_key == f"retrain:storj:{version}:check_failed"
+    decided(paths.models, "storj", passed=True, trained_at=now, mape=5.0)
+    decided(paths.models, "honeygain", passed=True, trained_at=now, source="mstl")
+    plan = retrain_plan(small_catalog, paths, now)
+    assert plan.requests == [] and plan.waiting["storj"] == "storj passed its check; no warehouse yet to measure live drift"
+    assert "mstl serves (live drift is tracked for LSTM champions only)" in plan.waiting["honeygain"]
 
-    record_mape_check(paths.models, "storj", version, MapeCheckOutcome(True, holdout_mape, "seasonal_naive_24", 99.0, 15.0, ()))
-    assert retrain_requests(catalog, paths, now) == []  # no warehouse yet
+    telemetry, _ = simulated(small_catalog, ["storj"], days=10)
     last = pd.Timestamp(telemetry["ts"].max())
     actual = telemetry.set_index("ts")["earnings_usd"]
+    targets = pd.date_range(last - pd.Timedelta(hours=47), last, freq="h")
     with connect(paths.warehouse) as conn:
         ensure_raw_earnings(conn)
-        raw = telemetry.assign(source_file="test", ingested_at=pd.Timestamp("2026-07-01"))
-        conn.register("raw", raw)
+        conn.register("raw", telemetry.assign(source_file="test", ingested_at=pd.Timestamp("2026-07-01")))
         conn.execute("INSERT INTO raw_earnings SELECT * FROM raw")
-        ensure_forecasts_table(conn)
-        targets = pd.date_range(last - pd.Timedelta(hours=47), last, freq="h")
-        good = actual.loc[targets].to_numpy() * (1 + holdout_mape / 100)
-        write_forecasts(conn, forecast_rows(datetime(2026, 6, 28), "local", "storj", targets[0] - pd.Timedelta(hours=1), targets, good, "lstm", version, None))
-        live, pairs = realised_mape(conn, "local", "storj", version)
-    assert pairs == 48 and live == pytest.approx(holdout_mape, rel=1e-6)
-    assert retrain_requests(catalog, paths, now) == []  # live error == holdout error: no drift
-
+        few = actual.loc[targets[-10:]].to_numpy()
+        write_forecasts(conn, forecast_rows(datetime(2026, 6, 27), "local", "storj", targets[-11], targets[-10:], few, "lstm", "v1", None))
+    assert retrain_plan(small_catalog, paths, now).waiting["storj"] == "storj passed its check; only 10 live forecast hours (drift needs 24)"
     with connect(paths.warehouse) as conn:
-        bad = actual.loc[targets].to_numpy() * (1 + 2 * holdout_mape / 100 + 0.05)
-        write_forecasts(conn, forecast_rows(datetime(2026, 6, 29), "local", "storj", targets[0] - pd.Timedelta(hours=1), targets, bad, "lstm", version, None))
-    drift = retrain_requests(catalog, paths, now)
-    assert [(r.protocol, r.reason) for r in drift] == [("storj", "drift")]
-    assert "> 1.5 x holdout" in drift[0].detail
+        good = actual.loc[targets].to_numpy() * 1.05
+        write_forecasts(conn, forecast_rows(datetime(2026, 6, 28), "local", "storj", targets[0] - pd.Timedelta(hours=1), targets, good, "lstm", "v1", None))
+        live, pairs = realised_mape(conn, "local", "storj", "v1")
+    # every (forecast, actual) pair of the version counts: the 10 exact ones and the 48 at 5 %
+    assert pairs == 58 and live == pytest.approx(5.0 * 48 / 58, rel=1e-6)
+    plan = retrain_plan(small_catalog, paths, now)
+    assert plan.requests == [] and plan.waiting["storj"] == "storj passed its check; live MAPE 4.14% over 58 h is within 1.5 x holdout 5.00%"
+    with connect(paths.warehouse) as conn:
+        bad = actual.loc[targets].to_numpy() * 1.2
+        write_forecasts(conn, forecast_rows(datetime(2026, 6, 29), "local", "storj", targets[0] - pd.Timedelta(hours=1), targets, bad, "lstm", "v1", None))
+    drift = retrain_requests(small_catalog, paths, now)
+    assert [(r.protocol, r.reason) for r in drift] == [("storj", "drift")] and "> 1.5 x holdout 5.00%" in drift[0].detail
 
 
-def test_retrain_sensor_turns_requests_into_partition_runs(trained_storj, tmp_path, monkeypatch):
-    import shutil
-
+def test_retrain_sensor_skip_reason_is_specific_and_requests_become_runs(small_resources, data_dir):
     from earnopt_assets.defs import forecasting
-    from earnopt_assets.resources import EarnoptResource
 
-    catalog, _, _, models, report = trained_storj
-    data_dir = tmp_path / "data"
-    shutil.copytree(models, data_dir / "models")
-    catalog_path = tmp_path / "catalog.yaml"
-    from earnopt_assets_tests.conftest import DEFAULT_CATALOG
+    paths = EarnoptPaths(data_dir).ensure()
+    now = datetime.now(timezone.utc)
+    decided(paths.models, "akash", passed=False, trained_at=now - timedelta(hours=2.1))
+    context = dg.build_sensor_context(resources={"earnopt": small_resources["earnopt"]})
+    skip = forecasting.model_retrain_sensor(context)
+    assert isinstance(skip, dg.SkipReason)
+    assert "akash failed its check" in skip.skip_message and "retrain waits until 6 h" in skip.skip_message
+    assert "every model passed" not in skip.skip_message
 
-    shutil.copy(DEFAULT_CATALOG, catalog_path)
-    resource = EarnoptResource(data_dir=str(data_dir), catalog_path=str(catalog_path))
-    version = report.predictor.version
-    record_mape_check(data_dir / "models", "storj", version, MapeCheckOutcome(True, 5.0, "seasonal_naive_24", 9.0, 15.0, ()))
-    context = dg.build_sensor_context(resources={"earnopt": resource})
-    assert isinstance(forecasting.model_retrain_sensor(context), dg.SkipReason)
-
-    metadata_path = data_dir / "models" / "storj" / "versions" / version / "metadata.json"
-    metadata = json.loads(metadata_path.read_text())
-    metadata["trained_at"] = "2020-01-01T00:00:00Z"
-    metadata["mape_check"]["passed"] = False
-    metadata_path.write_text(json.dumps(metadata))
-    result = forecasting.model_retrain_sensor(dg.build_sensor_context(resources={"earnopt": resource}))
-    assert [r.partition_key for r in result.run_requests] == ["storj"]
+    decided(paths.models, "akash", passed=False, trained_at=now - timedelta(hours=7))
+    result = forecasting.model_retrain_sensor(dg.build_sensor_context(resources={"earnopt": small_resources["earnopt"]}))
+    assert [r.partition_key for r in result.run_requests] == ["akash"]
     assert result.run_requests[0].tags["earnopt/retrain"] == "check_failed"
