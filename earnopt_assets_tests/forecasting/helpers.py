@@ -8,11 +8,11 @@ import pandas as pd
 
 from earnopt_assets.catalog import Catalog
 from earnopt_assets.ingestion.features import build_feature_table
-from earnopt_assets.forecasting.predictor import EarningsPredictor
+from earnopt_assets.forecasting.model.predictor import EarningsPredictor
 from earnopt_assets.simulator import simulate
 
 END = "2026-06-30T23:00"
-TINY = {"sequence_length": 24, "lstm_units": (8, 4), "epochs": 2, "batch_size": 64}
+TINY = {"sequence_length": 24, "lstm_units": (8, 4), "epochs": 2, "batch_size": 64, "min_validation_hours": 48, "train_threads": 2}
 
 
 def simulated(catalog: Catalog, protocols: list[str], days: int = 21, seed: int = 7) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -28,6 +28,5 @@ def tiny_predictor(catalog: Catalog, protocol: str, model_dir: Path | None, **ov
         protocol,
         model_dir=model_dir,
         timezone=catalog.host.timezone,
-        host_totals=catalog.host.totals(),
         **options,
     )

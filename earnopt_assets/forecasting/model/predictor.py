@@ -138,7 +138,23 @@ def series_from_frame(frame: pd.DataFrame, who: str) -> HourlySeries:
     if ts.tz is not None:
         ts = ts.tz_convert("UTC").tz_localize(None)
     allocation = frame["allocation"].to_numpy(dtype=float) if "allocation" in frame.columns else None
-    return series_from_arrays(ts.as_unit("ns").to_numpy(), frame["earnings_usd"].to_numpy(dtype=float), allocation, who)
+    series = series_from_arrays(ts.as_unit("ns").to_numpy(), frame["earnings_usd"].to_numpy(dtype=float), allocation, who)
+    lags = [(c, k) for c, k in (("lag_168", 168), ("lag_24", 24), ("lag_2", 2), ("lag_1", 1)) if c in frame.columns]
+    if not lags:
+        return series
+    # A feature table starts after its 168 h warm-up but its lag columns hold the earlier earnings
+    # (lag_k at ts is the value at ts - k): recover them, the row's own value winning where both exist.
+    hours = (ts.as_unit("ns").asi8 - series.ts[0].astype(np.int64)) // HOUR_NS + 168
+    earnings = np.full(len(series.ts) + 168, np.nan)
+    for column, k in lags:
+        values = frame[column].to_numpy(dtype=float)
+        known = np.isfinite(values)
+        earnings[hours[known] - k] = values[known]
+    earnings[168:][np.isfinite(series.earnings)] = series.earnings[np.isfinite(series.earnings)]
+    first = int(np.argmax(np.isfinite(earnings))) if np.isfinite(earnings).any() else 168
+    grid_ts = (series.ts[0].astype(np.int64) + np.arange(-168, len(series.ts)) * HOUR_NS).astype("datetime64[ns]")
+    allocation_grid = np.concatenate([np.full(168, series.allocation[0]), series.allocation])
+    return HourlySeries(grid_ts[first:], earnings[first:], allocation_grid[first:])
 
 
 def mape_pct(actual: np.ndarray, predicted: np.ndarray) -> float | None:
