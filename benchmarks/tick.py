@@ -82,7 +82,7 @@ def main() -> int:
         env.pop("DAGSTER_HOME", None)  # ephemeral instance: no run storage to set up
         bin_dir = Path(sys.executable).parent
         commands = {
-            "dagster job execute": [str(bin_dir / "dagster"), "job", "execute", "-m", "earnopt_assets", "-j", "allocation_job"],
+            "dagster job execute": [str(bin_dir / "dagster"), "job", "execute", "-m", "earnopt_assets.definitions", "-j", "allocation_job"],
             "python -c execute_in_process": [
                 sys.executable,
                 "-c",
