@@ -74,8 +74,10 @@ def resource_allocation(context: dg.AssetExecutionContext, earnopt: EarnoptResou
     concave earnings under the host totals, min/max shares and degraded caps (degraded -> its minimum and a
     restart). The reallocation rule (improvement >= 10 %, net benefit after amortised restart cost above the
     threshold, L1 change within tolerance) decides; the plan is applied only if it says yes and both blocking
-    checks pass. Writes `allocations`, `optimization_cycles` (with realised earnings of past cycles),
-    `allocation_state` and `data/allocation/latest.json`.
+    checks pass. The cycle starts from the allocation in force (the last applied plan telemetry confirms,
+    else the last reported share). Writes `allocations`, `optimization_cycles` (with realised earnings of
+    past cycles), `allocation_state` (applied plans only) and `data/allocation/latest.json`, all through
+    `earnopt_assets.allocation.store` and `earnopt_assets.allocation.cycle`.
     """
     catalog = earnopt.catalog()
     paths = earnopt.paths
