@@ -79,7 +79,7 @@ class ProtocolInputs:
     """Everything the cycle knows about one protocol."""
 
     name: str
-    forecast_usd_per_hour: float  # expected $/h at the observed allocation
+    forecast_usd_per_hour: float  # expected $/h at the share the forecast was made for
     forecast_source: ForecastSource
     forecast_detail: str
     observed_allocation: float | None
