@@ -57,7 +57,7 @@ __all__ = [
     "RunStatus",
     "RunStatusResponse",
     "TelemetryRow",
-    "TrainingOptions",
     "TrainRequest",
     "TrainResponse",
+    "TrainingOptions",
 ]

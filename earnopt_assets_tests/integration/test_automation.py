@@ -12,7 +12,7 @@ runs in well under a minute.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -68,7 +68,7 @@ def _automation_ticks(defs: dg.Definitions, instance: dg.DagsterInstance, cursor
     for _ in range(MAX_TICKS):
         result = dg.evaluate_automation_conditions(
             defs=defs, instance=instance, asset_selection=dg.AssetSelection.all(), cursor=cursor,
-            evaluation_time=datetime.now(timezone.utc),
+            evaluation_time=datetime.now(UTC),
         )
         cursor = result.cursor
         requested = _requested(defs, result)
@@ -130,7 +130,7 @@ def test_landed_file_refreshes_everything_downstream_without_a_click(settled) ->
 
     # The next 15-minute tick plans from the refreshed forecasts.
     [schedule_request] = allocation_schedule.evaluate_tick(
-        dg.build_schedule_context(instance=instance, scheduled_execution_time=datetime.now(timezone.utc))
+        dg.build_schedule_context(instance=instance, scheduled_execution_time=datetime.now(UTC))
     ).run_requests
     allocation = defs.resolve_job_def("allocation_job").execute_in_process(
         instance=instance, tags=schedule_request.tags, raise_on_error=False

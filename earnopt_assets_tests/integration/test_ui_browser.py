@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -71,11 +70,11 @@ def test_page_shows_its_real_content(ui_url: str, browser, ui_page) -> None:
     for expected in ui_page.expected_text:
         assert expected in text
     if ui_page.running_switches:
-        expected = {name: True for name in ui_page.running_switches}
+        expected = dict.fromkeys(ui_page.running_switches, True)
         deadline = time.monotonic() + 15  # the switches render after the names
         while (states := switch_states(browser, ui_page.running_switches)) != expected and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert states == {name: True for name in ui_page.running_switches}, f"not RUNNING on a fresh instance: {states}"
+        assert states == dict.fromkeys(ui_page.running_switches, True), f"not RUNNING on a fresh instance: {states}"
 
 
 def test_a_page_without_the_expected_content_fails(ui_url: str, browser) -> None:
