@@ -342,3 +342,20 @@ def test_old_versions_are_pruned_but_current_and_recent_ones_stay_loadable(train
     older = EarningsPredictor.load(tmp_path, "storj", saved[-persistence.KEEP_VERSIONS])
     assert older.version == saved[-persistence.KEEP_VERSIONS]
     assert len(older.predict_next_24h(train)) == 24
+
+
+def test_training_priority_helper_renices_only_the_calling_worker():
+    """The helper the Dagster training step calls: run in a child process so this test process keeps its priority."""
+    import os
+    import subprocess
+    import sys
+
+    before = os.nice(0)
+    script = (
+        "import os; from earnopt_assets.forecasting.model.network import lower_training_priority; "
+        "start = os.nice(0); print(lower_training_priority(5) - start)"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "5"
+    assert os.nice(0) == before
