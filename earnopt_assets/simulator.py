@@ -39,7 +39,6 @@ order), so a seed reproduces the same telemetry byte for byte.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,7 +48,7 @@ import pandas as pd
 
 from earnopt_assets.atomic import atomic_write_bytes
 from earnopt_assets.catalog import Catalog, ProtocolKind, ProtocolSpec
-from earnopt_assets.warehouse import TELEMETRY_COLUMNS
+from earnopt_assets.environment import HostEnvironment, ResponseModel
 
 ANOMALY_TYPES: tuple[str, ...] = ("earnings_drop", "resource_spike", "failure_burst")
 LABEL_TYPES: tuple[str, ...] = (*ANOMALY_TYPES, "outage")
@@ -251,134 +250,6 @@ def _pick_windows(n: int, count: int, min_len: int, max_len: int, start: int, ta
     return windows
 
 
-def _simulate_protocol(
-    spec: ProtocolSpec,
-    ts: pd.DatetimeIndex,
-    local_hour: np.ndarray,
-    local_dow: np.ndarray,
-    device: str,
-    rng: np.random.Generator,
-    inject_anomalies: bool,
-) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
-    n = len(ts)
-    # Random draws keep their original order (price, allocation, noise, ...) so that bandwidth and
-    # storage series are the same as before the compute/sealed-storage models were added.
-    z = np.empty(n)
-    shocks = rng.normal(0.0, spec.simulation.price_volatility, n)
-    level = 0.0
-    for i in range(n):  # 2k-step AR(1) per protocol: cheap, and clearer than a filter call
-        level = PRICE_MEAN_REVERSION * level + shocks[i]
-        z[i] = level
-    price = np.exp(z)
-
-    allocation = _allocation_path(spec, n, rng)
-    if spec.kind is ProtocolKind.compute:
-        # The tenant market fills slots of a fixed size; the allocation sets how large (and how well paid)
-        # each slot is, with diminishing returns (alloc^0.6), so an allocation change acts at once.
-        occupancy, capacity = _lease_occupancy(np.ones(n), local_hour, local_dow, rng)
-        demand = occupancy / _expected_leases_at_full_allocation()
-        activity = 0.1 + 0.9 * occupancy / capacity
-    elif spec.name in SEALED_STORAGE_NETWORKS:
-        demand = np.ones(n)
-    else:
-        demand = _demand(spec.kind, local_hour, local_dow, rng)
-    # per-block lease and per-epoch deal payments are fixed prices: only little hourly noise
-    sigma = DEAL_NOISE_SIGMA if spec.name in SEALED_STORAGE_NETWORKS or spec.kind is ProtocolKind.compute else NOISE_SIGMA
-    noise = np.exp(rng.normal(0.0, sigma, n) - sigma**2 / 2)
-    earnings = spec.simulation.base_hourly_usd * allocation**ALLOCATION_EXPONENT * demand * price * noise
-    if spec.name in SEALED_STORAGE_NETWORKS:
-        earnings += _block_rewards(earnings, allocation, rng)
-
-    if spec.kind is ProtocolKind.storage:
-        activity = np.full(n, 1.0)
-        fill = np.linspace(0.55, 0.75, n)  # the node fills up slowly
-    elif spec.kind is ProtocolKind.bandwidth:
-        activity = 0.35 + 0.65 * np.clip(demand / demand.max(), 0, 1)
-        fill = np.full(n, 0.9)
-    else:
-        fill = np.full(n, 0.9)
-
-    def usage(per_unit: float, shape: np.ndarray, sigma: float = 0.05) -> np.ndarray:
-        return allocation * per_unit * shape * np.exp(rng.normal(0.0, sigma, n))
-
-    cpu = usage(spec.cpu_cores, activity)
-    memory = usage(spec.memory_gb, 0.8 + 0.15 * activity, 0.02)
-    bandwidth = usage(spec.bandwidth_mbps, activity)
-    storage = usage(spec.storage_gb, fill, 0.005)
-    failures = rng.poisson(0.15, n).astype(np.int64)
-    if spec.kind is ProtocolKind.bandwidth:
-        typical = 45.0 + 65.0 * rng.random()
-        latency = typical * np.exp(rng.normal(0.0, 0.18, n)) * (1.0 + 0.25 * (demand / demand.max()))
-    elif spec.kind is ProtocolKind.storage:
-        latency = 30.0 * np.exp(rng.normal(0.0, 0.15, n))
-    else:
-        latency = np.full(n, np.nan)
-
-    labels: list[pd.DataFrame] = []
-    taken = np.zeros(n, dtype=bool)
-
-    def label(a: int, b: int, kind: str, magnitude: float) -> None:
-        labels.append(
-            pd.DataFrame(
-                {
-                    "device": device,
-                    "protocol": spec.name,
-                    "ts": ts[a:b],
-                    "anomaly_type": kind,
-                    "magnitude": float(magnitude),
-                }
-            )
-        )
-
-    scale = n / 24.0
-    n_outages = int(rng.poisson(OUTAGES_PER_30_DAYS * scale / 30.0))
-    for a, b in _pick_windows(n, n_outages, 1, 6, 24, taken, rng):
-        earnings[a:b] = 0.0
-        cpu[a:b] *= 0.02
-        bandwidth[a:b] = 0.0
-        failures[a:b] = rng.poisson(30, b - a)
-        latency[a:b] = np.nan
-        label(a, b, "outage", 1.0)
-
-    if inject_anomalies:
-        n_anomalies = max(1, int(rng.poisson(ANOMALIES_PER_90_DAYS * scale / 90.0))) if scale >= 14 else 0
-        kinds = rng.choice(len(ANOMALY_TYPES), size=n_anomalies)
-        windows = _pick_windows(n, n_anomalies, 2, 6, min(WARMUP_DAYS * 24, n // 2), taken, rng)
-        for (a, b), kind_index in zip(windows, kinds):
-            kind = ANOMALY_TYPES[int(kind_index)]
-            if kind == "earnings_drop":
-                magnitude = float(rng.uniform(0.6, 0.95))
-                earnings[a:b] *= 1.0 - magnitude
-            elif kind == "resource_spike":
-                magnitude = float(rng.uniform(3.0, 6.0))
-                # A runaway container: usage pinned at magnitude x its allocated share, whatever the hour.
-                cpu[a:b] = allocation[a:b] * spec.cpu_cores * magnitude
-                memory[a:b] = allocation[a:b] * spec.memory_gb * magnitude
-                bandwidth[a:b] = allocation[a:b] * spec.bandwidth_mbps * magnitude
-            else:
-                magnitude = float(rng.integers(15, 61))
-                failures[a:b] += int(magnitude)
-                earnings[a:b] *= 0.85
-            label(a, b, kind, magnitude)
-
-    telemetry = pd.DataFrame(
-        {
-            "device": device,
-            "protocol": spec.name,
-            "ts": ts,
-            "earnings_usd": np.round(earnings, 8),
-            "cpu_cores": np.round(cpu, 6),
-            "memory_gb": np.round(memory, 6),
-            "bandwidth_mbps": np.round(bandwidth, 6),
-            "storage_gb": np.round(storage, 6),
-            "allocation": allocation,
-            "connection_failures": failures,
-            "latency_ms": np.round(latency, 3),
-        }
-    )
-    return telemetry, labels
-
-
 def simulate(
     catalog: Catalog,
     days: int = 90,
@@ -386,38 +257,25 @@ def simulate(
     end: datetime | str | None = None,
     protocols: list[str] | None = None,
     inject_anomalies: bool = True,
+    response: ResponseModel = "power",
+    restart_costs: bool = True,
 ) -> SimulationResult:
     """Simulate ``days`` x 24 hourly rows ending at ``end`` (default: the current UTC hour) for every
-    enabled protocol (or the named ones, each checked with ``catalog.require``)."""
+    enabled protocol (or the named ones, each checked with ``catalog.require``).
+
+    A thin driver of :class:`earnopt_assets.environment.HostEnvironment`: it feeds the environment its
+    own random allocation path (piecewise constant, redrawn every 2-6 days), so open-loop telemetry and
+    the closed loop share one model. ``response="power"`` (default) keeps the shared ``alloc^0.6``;
+    ``"hidden"`` draws each protocol's own curve per seed. Share changes above the catalog's change
+    threshold cost the protocol its ``restart_minutes`` of earnings in that hour (``restart_costs``)."""
     if days < 1:
         raise ValueError(f"days must be >= 1, got {days}")
-    specs = [catalog.require(name) for name in protocols] if protocols is not None else catalog.enabled
-    last = _resolve_end(end)
-    ts = pd.date_range(end=last, periods=days * 24, freq="h", unit="us")
-    local = ts.tz_localize("UTC").tz_convert(catalog.host.timezone)
-    local_hour = local.hour.to_numpy()
-    local_dow = local.dayofweek.to_numpy()
-    device = catalog.host.device
-
-    parts: list[pd.DataFrame] = []
-    label_parts: list[pd.DataFrame] = []
-    for spec in specs:
-        # A per-protocol stream keyed by name: adding a protocol does not change the others' data.
-        name_key = int.from_bytes(hashlib.sha256(spec.name.encode()).digest()[:4], "big")
-        rng = np.random.default_rng([seed, name_key])
-        telemetry, labels = _simulate_protocol(spec, ts, local_hour, local_dow, device, rng, inject_anomalies)
-        parts.append(telemetry)
-        label_parts.extend(labels)
-
-    telemetry = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(TELEMETRY_COLUMNS))
-    telemetry = telemetry[list(TELEMETRY_COLUMNS)]
-    telemetry["connection_failures"] = telemetry["connection_failures"].astype("int64")
-    if label_parts:
-        labels = pd.concat(label_parts, ignore_index=True).sort_values(["protocol", "ts"], ignore_index=True)
-    else:
-        labels = pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(LABEL_COLUMNS, ["str", "str", "datetime64[us]", "str", "float64"])})
-    labels["ts"] = pd.to_datetime(labels["ts"]).astype("datetime64[us]")
-    return SimulationResult(telemetry=telemetry, labels=labels[list(LABEL_COLUMNS)])
+    environment = HostEnvironment(
+        catalog, hours=days * 24, seed=seed, end=end, protocols=protocols, inject_anomalies=inject_anomalies,
+        response=response, restart_costs=restart_costs,
+    )
+    telemetry = environment.run(environment.random_allocation)
+    return SimulationResult(telemetry=telemetry, labels=environment.labels())
 
 
 def _encode(frame: pd.DataFrame, file_format: str) -> bytes:
