@@ -107,6 +107,10 @@ class PredictionRequest(_Model):
 class HourlyPrediction(_Model):
     ts: datetime = Field(description="UTC hour predicted.")
     earnings_usd: float = Field(ge=0, description="Predicted USD for that hour.")
+    lower_80: float | None = Field(None, ge=0, description="80 % prediction interval, lower bound (USD); null when the source has no scored residuals.")
+    upper_80: float | None = Field(None, ge=0, description="80 % prediction interval, upper bound (USD).")
+    lower_95: float | None = Field(None, ge=0, description="95 % prediction interval, lower bound (USD).")
+    upper_95: float | None = Field(None, ge=0, description="95 % prediction interval, upper bound (USD).")
 
 
 class PredictionResponse(_Model):
@@ -119,10 +123,11 @@ class PredictionResponse(_Model):
                     "protocol": "honeygain",
                     "device": "local",
                     "model_version": "20261125T160000Z-3f2a",
-                    "source": "model",
-                    "reason": None,
+                    "source": "lstm",
+                    "reason": "lstm holdout MAPE 8.10% < 15% target, best of 5 candidates; next mstl 9.02%",
+                    "below_target": False,
                     "generated_at": "2026-11-25T17:00:03Z",
-                    "predictions": [{"ts": "2026-11-25T17:00:00Z", "earnings_usd": 0.0029}],
+                    "predictions": [{"ts": "2026-11-25T17:00:00Z", "earnings_usd": 0.0029, "lower_80": 0.0025, "upper_80": 0.0033, "lower_95": 0.0022, "upper_95": 0.0036}],
                     "total_usd": 0.071,
                 }
             ]
@@ -131,9 +136,14 @@ class PredictionResponse(_Model):
 
     protocol: str
     device: str
-    model_version: str | None = Field(description="Version of the model used; null for the baseline.")
-    source: Literal["model", "baseline"] = Field(description="'model' = the LSTM, 'baseline' = seasonal naive fallback.")
-    reason: str | None = Field(None, description="Why the baseline was used, when it was.")
+    model_version: str | None = Field(description="Version of the LSTM champion used; null when a statistical source answered.")
+    source: str = Field(
+        description="The forecaster that answered, by name: 'lstm' (the champion), 'lstm_base_only' (the champion's statistical "
+        "base; its correction has weight 0), 'mstl', 'ets', 'seasonal_naive_24', 'seasonal_naive_168' (the protocol's best "
+        "statistical candidate), or 'seasonal_naive_fallback' (nothing decided or usable)."
+    )
+    reason: str | None = Field(None, description="Why this source serves the protocol (from its latest training run's scores), or why the fallback was used.")
+    below_target: bool = Field(False, description="The source's holdout MAPE misses the target (served because no candidate meets it).")
     generated_at: datetime
     predictions: list[HourlyPrediction] = Field(min_length=24, max_length=24)
     total_usd: float = Field(ge=0, description="Sum of the 24 predictions.")

@@ -62,6 +62,8 @@ FORECAST_COLUMNS: tuple[str, ...] = (
     "reason",
     "below_target",
 )
+# Columns a writer may leave out: no interval (NULL) and not flagged below target.
+OPTIONAL_COLUMNS: tuple[str, ...] = (*INTERVAL_COLUMNS, "below_target")
 
 
 def ensure_forecasts_table(conn: duckdb.DuckDBPyConnection) -> None:
@@ -87,12 +89,14 @@ def ensure_forecasts_table(conn: duckdb.DuckDBPyConnection) -> None:
 
 
 def write_forecasts(conn: duckdb.DuckDBPyConnection, rows: pd.DataFrame) -> int:
-    """Insert (or replace on the same key) forecast rows; returns the count written."""
+    """Insert (or replace on the same key) forecast rows; returns the count written. Intervals and
+    ``below_target`` may be left out (NULL / false)."""
     if rows.empty:
         return 0
-    missing = [c for c in FORECAST_COLUMNS if c not in rows.columns]
+    missing = [c for c in FORECAST_COLUMNS if c not in rows.columns and c not in OPTIONAL_COLUMNS]
     if missing:
         raise ValueError(f"forecast rows lack columns: {', '.join(missing)}")
+    rows = rows.assign(**{c: (False if c == "below_target" else np.nan) for c in OPTIONAL_COLUMNS if c not in rows.columns})
     bad_source = sorted({str(s) for s in rows["source"] if not SOURCE_NAME.fullmatch(str(s))})
     if bad_source:
         raise ValueError(f"invalid forecast source name(s): {bad_source}")

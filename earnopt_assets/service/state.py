@@ -18,6 +18,7 @@ from earnopt_assets.catalog import Catalog, ProtocolSpec, UnknownProtocolError, 
 from earnopt_assets.service import forecast_adapter
 from earnopt_assets.service.errors import NotFound
 from earnopt_assets.service.metrics import ServiceMetrics
+from earnopt_assets.service.serving import ServingDecisions
 from earnopt_assets.service.settings import ServiceSettings
 from earnopt_assets.service.training import GraphQLTrainLauncher, InstanceTrainLauncher
 
@@ -201,6 +202,7 @@ class ServiceState:
         self.models = ModelRegistry(self.paths.models, self.catalog.enabled_names, settings.model_reload_seconds)
         self.detector = DetectorHolder(self.paths.models / "anomaly")
         self.predictions = PredictionCache(settings.prediction_cache_size)
+        self.serving = ServingDecisions(self.paths.models, settings.model_reload_seconds)
         self.launcher: InstanceTrainLauncher | GraphQLTrainLauncher
         if settings.dagster_graphql_url:
             self.launcher = GraphQLTrainLauncher(settings.dagster_graphql_url, job_name=settings.train_job)

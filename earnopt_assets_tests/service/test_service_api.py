@@ -91,8 +91,11 @@ def test_predict_earnings_with_the_loaded_model(client, telemetry):
     response = client.post("/predict/earnings/honeygain", json={"rows": rows})
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["source"] == "model" and body["reason"] is None
+    # the source is named truthfully, with the reason its training run recorded
+    assert body["source"] == "lstm" and body["reason"].startswith("lstm holdout MAPE 9.00% < 15% target") and body["below_target"] is False
     assert body["model_version"] == client.get("/models").json()["models"][0]["version"]
+    for hour in body["predictions"]:
+        assert 0 <= hour["lower_95"] <= hour["lower_80"] <= hour["earnings_usd"] <= hour["upper_80"] <= hour["upper_95"]
     last = pd.Timestamp(rows[-1]["ts"])
     targets = [pd.Timestamp(p["ts"]) for p in body["predictions"]]
     assert targets == [last + pd.Timedelta(hours=h) for h in range(1, 25)]
@@ -141,9 +144,10 @@ def test_predict_row_for_another_protocol_is_422(client, telemetry):
 def test_predict_short_history_is_422_unless_fallback(client, telemetry):
     rows = _rows(telemetry, "honeygain", hours=48)
     body = _problem(client.post("/predict/earnings/honeygain", json={"rows": rows}), 422)
-    assert body["required_history_hours"] == 180 and "insufficient_history" in body["detail"]
+    needed = client.get("/models").json()["models"][0]["required_history_hours"]
+    assert body["required_history_hours"] == needed > 168 and "insufficient_history" in body["detail"]
     fallback = client.post("/predict/earnings/honeygain", json={"rows": rows, "fallback": True}).json()
-    assert fallback["source"] == "baseline" and "more history" in fallback["reason"]
+    assert fallback["source"] == "seasonal_naive_fallback" and "needs more history" in fallback["reason"] and fallback["below_target"]
 
 
 def test_predict_gap_in_window_is_422(client, telemetry):
@@ -160,11 +164,64 @@ def test_predict_without_model_is_503_or_the_baseline(client, telemetry):
     response = client.post("/predict/earnings/storj", json={"rows": rows, "fallback": True})
     assert response.status_code == 200
     baseline = response.json()
-    assert baseline["source"] == "baseline" and baseline["model_version"] is None
+    assert baseline["source"] == "seasonal_naive_fallback" and baseline["model_version"] is None
+    assert baseline["predictions"][0]["lower_80"] is None  # no scored residuals, no made-up interval
     # seasonal naive: each target hour repeats the same hour of the previous day
     by_ts = {pd.Timestamp(r["ts"]): r["earnings_usd"] for r in rows}
     for prediction in baseline["predictions"]:
         assert prediction["earnings_usd"] == pytest.approx(by_ts[pd.Timestamp(prediction["ts"]) - pd.Timedelta(hours=24)])
+
+
+def _decide(settings, protocol: str, **changes):
+    from dataclasses import replace
+
+    from earnopt_assets.forecasting.registry import read_serving_decision, write_serving_decision
+
+    decision = read_serving_decision(settings.paths.models, protocol)
+    write_serving_decision(settings.paths.models, replace(decision, **changes))
+
+
+def test_a_champion_that_lost_to_a_statistical_candidate_is_not_used(client, settings, telemetry):
+    # the training run found same-hour-last-week better than the LSTM champion: that candidate answers
+    _decide(settings, "honeygain", source="seasonal_naive_168", model_version=None,
+            reason="seasonal_naive_168 holdout MAPE 1.90% < 15% target, best of 5 candidates; next lstm 6.50%")
+    rows = _rows(telemetry, "honeygain")
+    body = client.post("/predict/earnings/honeygain", json={"rows": rows}).json()
+    assert body["source"] == "seasonal_naive_168" and body["model_version"] is None
+    assert body["reason"].startswith("seasonal_naive_168 holdout MAPE 1.90%")
+    by_ts = {pd.Timestamp(r["ts"]): r["earnings_usd"] for r in rows}
+    for hour in body["predictions"]:
+        assert hour["earnings_usd"] == pytest.approx(by_ts[pd.Timestamp(hour["ts"]) - pd.Timedelta(hours=168)])
+        assert hour["lower_80"] <= hour["earnings_usd"] <= hour["upper_80"]
+    # too little history for that candidate: a 422 naming it, or the labelled fallback when asked
+    short = _rows(telemetry, "honeygain", hours=100)
+    assert "seasonal_naive_168" in _problem(client.post("/predict/earnings/honeygain", json={"rows": short}), 422)["detail"]
+    fallback = client.post("/predict/earnings/honeygain", json={"rows": short, "fallback": True}).json()
+    assert fallback["source"] == "seasonal_naive_fallback" and "seasonal_naive_168" in fallback["reason"]
+
+
+def test_below_target_source_is_served_and_flagged(client, settings, telemetry):
+    _decide(settings, "honeygain", below_target=True, mape_pct=16.0,
+            reason="below target: lstm holdout MAPE 16.00% is the best of 5 candidates but none meets the 15% target; next seasonal_naive_24 31.00%")
+    body = client.post("/predict/earnings/honeygain", json={"rows": _rows(telemetry, "honeygain")}).json()
+    assert body["source"] == "lstm" and body["below_target"] is True and body["reason"].startswith("below target")
+
+
+def test_a_model_that_failed_its_check_is_never_served(client, settings, telemetry):
+    import json
+
+    from earnopt_assets.forecasting.registry import current_version, serving_path, version_dir
+
+    # no serving decision on record and the champion's recorded check failed: the model is not used
+    serving_path(settings.paths.models, "honeygain").unlink()
+    metadata_path = version_dir(settings.paths.models, "honeygain", current_version(settings.paths.models, "honeygain")) / "metadata.json"
+    metadata = json.loads(metadata_path.read_text())
+    metadata["mape_check"] = {"passed": False, "threshold": 15.0, "reasons": ["holdout MAPE 31.00% is not below the 15% target"]}
+    metadata_path.write_text(json.dumps(metadata))
+    rows = _rows(telemetry, "honeygain")
+    assert "failed its MAPE check" in _problem(client.post("/predict/earnings/honeygain", json={"rows": rows}), 503)["detail"]
+    body = client.post("/predict/earnings/honeygain", json={"rows": rows, "fallback": True}).json()
+    assert body["source"] == "seasonal_naive_fallback" and body["model_version"] is None and "failed its MAPE check" in body["reason"]
 
 
 def test_rows_posted_in_any_order_give_the_same_forecast(client, telemetry):
@@ -182,7 +239,8 @@ def test_evaluate_scores_posted_data_without_touching_the_served_metrics(client,
     response = client.post("/evaluate/honeygain", json={"rows": _rows(telemetry, "honeygain")})
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["n_samples"] == 240 - 180  # every hour after the 168 h warm-up + 12 h window
+    needed = client.get("/models").json()["models"][0]["required_history_hours"]
+    assert body["n_samples"] == 240 - needed  # every hour after the history the model needs
     assert body["metrics"]["mape"] > 0 and body["metrics"]["rmse"] >= 0
     assert set(body["details"]) >= {"seasonal_naive_24", "seasonal_naive_168", "origins"}
     assert isinstance(body["passed_mape_check"], bool) and body["mape_threshold"] > 0
@@ -204,34 +262,53 @@ def test_models_lists_every_enabled_protocol(client):
     honeygain = by_name["honeygain"]
     assert honeygain["loaded"] and honeygain["version"] and honeygain["trained_at"]
     assert isinstance(honeygain["passed_mape_check"], bool)
-    assert honeygain["metrics"]["model"]["mape"] > 0 and honeygain["required_history_hours"] == 180
+    # the champion's holdout scores next to every statistical candidate's, from its training run
+    assert honeygain["metrics"]["lstm"]["mape_pct"] > 0 and honeygain["metrics"]["mstl"]["mape_pct"] > 0
+    assert honeygain["required_history_hours"] > 168
     assert not by_name["storj"]["loaded"] and by_name["storj"]["error"] == "no trained model"
 
 
 def test_model_metrics(client):
     body = client.get("/models/honeygain/metrics").json()
     assert body["history"]["epochs_run"] >= 1 and "best_val_loss" in body["history"]
-    assert body["metrics"]["model"]["rmse"] >= 0
+    assert body["metrics"]["lstm"]["rmse_usd"] >= 0
     _problem(client.get("/models/storj/metrics"), 503)
     _problem(client.get("/models/nope/metrics"), 404)
 
 
+def _copy_version(settings, protocol: str, version: str, *, corrupt: bool = False) -> str:
+    """A second version of ``protocol``'s model saved through the model store (same weights, new name)."""
+    import json
+
+    from earnopt_assets.forecasting.model.persistence import model_store
+
+    store = model_store(settings.paths.models)
+    source = store.path(protocol, version)
+    with store.stage(protocol, mutable=("metadata.json",)) as staged:
+        for part in source.iterdir():
+            if part.is_file() and part.name != "MANIFEST.json":
+                shutil.copy2(part, Path(staged) / part.name)
+        metadata = json.loads((Path(staged) / "metadata.json").read_text())
+        (Path(staged) / "metadata.json").write_text(json.dumps({**metadata, "version": staged.version}))
+    if corrupt:
+        (staged.path / "network.npz").write_bytes(b"not a model")
+    return staged.version
+
+
 def test_a_new_model_version_is_picked_up_without_restart(client, settings):
-    root = Path(settings.data_dir) / "models" / "honeygain"
-    old = (root / "CURRENT").read_text().strip()
-    new = old + "-copy"
-    shutil.copytree(root / "versions" / old, root / "versions" / new)
-    (root / "CURRENT").write_text(new + "\n")
+    from earnopt_assets.forecasting.registry import current_version, set_current
+
+    new = _copy_version(settings, "honeygain", current_version(settings.paths.models, "honeygain"))
+    set_current(settings.paths.models, "honeygain", new)
     assert client.get("/models").json()["models"][0]["version"] == new
 
 
 def test_a_corrupt_new_version_keeps_serving_the_previous_one(client, settings, telemetry):
-    root = Path(settings.data_dir) / "models" / "honeygain"
-    old = (root / "CURRENT").read_text().strip()
-    broken = root / "versions" / "broken"
-    shutil.copytree(root / "versions" / old, broken)
-    (broken / "model.keras").write_bytes(b"not a model")
-    (root / "CURRENT").write_text("broken\n")
+    from earnopt_assets.forecasting.registry import current_version, model_root
+
+    old = current_version(settings.paths.models, "honeygain")
+    broken = _copy_version(settings, "honeygain", old, corrupt=True)
+    (model_root(settings.paths.models, "honeygain") / "CURRENT").write_text(broken + "\n")  # as a crashed writer might leave it
     info = client.get("/models").json()["models"][0]
     assert info["loaded"] and info["version"] == old and "previous version" in info["error"]
     assert client.post("/predict/earnings/honeygain", json={"rows": _rows(telemetry, "honeygain")}).json()["model_version"] == old
@@ -378,7 +455,7 @@ def test_metrics_exposition(client, settings, small_catalog, telemetry):
     assert 'earnopt_http_requests_total{method="POST",route="/predict/earnings/{protocol}",status="200"} 1.0' in text
     assert 'earnopt_http_requests_total{method="POST",route="/predict/earnings/{protocol}",status="404"} 1.0' in text
     assert 'earnopt_http_request_duration_seconds_bucket{le="0.05",method="POST",route="/predict/earnings/{protocol}"}' in text
-    assert 'earnopt_predictions_total{protocol="honeygain",source="model"} 1.0' in text
+    assert 'earnopt_predictions_total{protocol="honeygain",source="lstm"} 1.0' in text
     assert 'earnopt_model_loaded{protocol="honeygain"} 1.0' in text
     assert 'earnopt_model_age_seconds{protocol="honeygain"}' in text
     assert 'earnopt_latest_forecast_usd{protocol="honeygain",source="lstm"} 0.0011' in text

@@ -14,9 +14,20 @@ from earnopt_assets.service.state import LoadedModel, ServiceState
 router = APIRouter(tags=["models"])
 
 
+def _scores(entry: LoadedModel) -> dict:
+    """The holdout scores of the training run that produced this version: the model (``lstm``) and every
+    statistical candidate on the same origins (``mape_pct``, ``mase``, ``mae_usd``, ...); the model's own
+    metrics when the version has none recorded."""
+    scores = entry.metadata.get("scores") if isinstance(entry.metadata, dict) else None
+    if isinstance(scores, dict) and scores:
+        return dict(scores)
+    predictor = entry.predictor
+    return dict(getattr(predictor, "metrics", None) or {}) if predictor is not None else {}
+
+
 def _info(entry: LoadedModel) -> ModelInfo:
     predictor = entry.predictor
-    metrics = dict(getattr(predictor, "metrics", None) or {}) if predictor is not None else {}
+    metrics = _scores(entry)
     passed, _ = forecast_adapter.mape_check(entry.metadata, metrics)
     return ModelInfo(
         protocol=entry.protocol,
@@ -32,7 +43,8 @@ def _info(entry: LoadedModel) -> ModelInfo:
 
 @router.get("/models", response_model=ModelsResponse)
 def list_models(state: ServiceState = Depends(get_state)) -> ModelsResponse:
-    """Every enabled protocol's model: version, training time, holdout metrics and the MAPE check result.
+    """Every enabled protocol's model: version, training time, holdout scores (the model and every statistical
+    candidate on the same origins) and the MAPE check result.
 
     Protocols without a trained model are listed with ``loaded: false`` and the reason in ``error``.
     """
@@ -48,7 +60,7 @@ def model_metrics(protocol: ProtocolPath, state: ServiceState = Depends(get_stat
     if not entry.loaded:
         raise ModelUnavailable(f"no trained model for {protocol}: {entry.error or 'not loaded'}")
     predictor = entry.predictor
-    metrics = dict(predictor.metrics or {})
+    metrics = _scores(entry)
     passed, _ = forecast_adapter.mape_check(entry.metadata, metrics)
     return ModelMetricsResponse(
         protocol=protocol,
