@@ -29,14 +29,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from earnopt_assets.allocation.allocator import (  # noqa: E402
+from earnopt_assets.allocation.allocator import (
     RESOURCES,
     ProtocolRequirements,
     ResourceAllocator,
     ResourceConstraints,
     check_constraints,
 )
-from earnopt_assets.numerics.response import ResponseCurve  # noqa: E402
+from earnopt_assets.numerics.response import ResponseCurve
 
 TARGET_SECONDS = {20: 0.050, 500: 1.0}
 

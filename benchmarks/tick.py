@@ -58,8 +58,8 @@ def main() -> int:
 
     from earnopt_assets.allocation.cycle import run_allocation_cycle
     from earnopt_assets.catalog import load_catalog
-    from earnopt_assets.simulator import simulate
     from earnopt_assets.ingestion.store import ensure_raw_earnings
+    from earnopt_assets.simulator import simulate
     from earnopt_assets.warehouse import connect
 
     with tempfile.TemporaryDirectory(prefix="earnopt-tick-") as tmp:

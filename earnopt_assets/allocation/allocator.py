@@ -62,7 +62,7 @@ class ResourceConstraints:
             _finite_nonneg("ResourceConstraints", name, getattr(self, name))
 
     @classmethod
-    def from_totals(cls, totals: Mapping[str, float]) -> "ResourceConstraints":
+    def from_totals(cls, totals: Mapping[str, float]) -> ResourceConstraints:
         """From ``HostSpec.totals()`` (keys cpu_cores, memory_gb, bandwidth_mbps, storage_gb)."""
         return cls(*(float(totals[r]) for r in RESOURCES))
 
@@ -99,7 +99,7 @@ class ProtocolRequirements:
             )
 
     @classmethod
-    def from_spec(cls, spec: Any) -> "ProtocolRequirements":
+    def from_spec(cls, spec: Any) -> ProtocolRequirements:
         """From a catalog ``ProtocolSpec``."""
         return cls(
             cpu_per_unit=spec.cpu_cores,
@@ -303,7 +303,7 @@ class ResourceAllocator:
             return AllocationResult(
                 allocations={},
                 expected_earnings=0.0,
-                resource_utilization={r: 0.0 for r in RESOURCES},
+                resource_utilization=dict.fromkeys(RESOURCES, 0.0),
                 is_optimal=False,
                 solver_status=status,
                 solve_seconds=time.perf_counter() - started,
@@ -370,7 +370,7 @@ class ResourceAllocator:
                     fallback_reason=fallback,
                     objective_value=objective,
                 )
-        except Exception as exc:  # noqa: BLE001 - the contract is "never raises"
+        except Exception as exc:
             logger.exception("allocation failed")
             return failed("error", [f"{type(exc).__name__}: {exc}"])
 
@@ -385,7 +385,7 @@ class ResourceAllocator:
             if primary_status in (OPTIMAL, INFEASIBLE):
                 return primary, primary_status, None
             reason = f"{primary} ended with status {primary_status!r}"
-        except Exception as exc:  # noqa: BLE001 - cp.SolverError and numerical errors alike
+        except Exception as exc:
             reason = f"{primary} failed: {type(exc).__name__}: {exc}"
         logger.warning("%s; falling back to %s", reason, secondary)
         try:
@@ -393,14 +393,14 @@ class ResourceAllocator:
             status = str(built.problem.status)
             if status in (OPTIMAL, INFEASIBLE) or primary_status is None:
                 return secondary, status, reason
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             reason = f"{reason}; {secondary} failed: {type(exc).__name__}: {exc}"
             if primary_status is None:
                 return secondary, "solver_error", reason
         # The fallback did no better than the primary's inexact answer: solve again to restore it.
         try:
             built.problem.solve(solver=primary)
-        except Exception:  # noqa: BLE001  # pragma: no cover - it answered a moment ago
+        except Exception:  # pragma: no cover - it answered a moment ago
             return primary, "solver_error", reason
         return primary, str(built.problem.status), reason
 
@@ -512,7 +512,7 @@ class DecisionThresholds:
             raise ValueError(f"DecisionThresholds.horizon_minutes must be > 0, got {self.horizon_minutes!r}")
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "DecisionThresholds":
+    def from_settings(cls, settings: Any) -> DecisionThresholds:
         """From a ``catalog.AllocationSettings``."""
         return cls(
             min_improvement_pct=settings.min_improvement_pct,

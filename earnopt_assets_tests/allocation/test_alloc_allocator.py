@@ -30,7 +30,7 @@ HOST = ResourceConstraints(total_cpu_cores=8, total_memory_gb=16, total_bandwidt
 
 
 def requirements(**overrides: float) -> ProtocolRequirements:
-    base = dict(cpu_per_unit=1.0, memory_per_unit=2.0, bandwidth_per_unit=10.0, storage_per_unit=100.0)
+    base = {"cpu_per_unit": 1.0, "memory_per_unit": 2.0, "bandwidth_per_unit": 10.0, "storage_per_unit": 100.0}
     base.update(overrides)
     return ProtocolRequirements(**base)
 
@@ -51,7 +51,7 @@ def test_dataclasses_validate_their_fields() -> None:
         ResourceConstraints(8, -1, 100, 10)
     with pytest.raises(ValueError, match="total_cpu_cores"):
         ResourceConstraints(float("nan"), 1, 1, 1)
-    with pytest.raises(ValueError, match="min_allocation .* exceeds max_allocation"):
+    with pytest.raises(ValueError, match=r"min_allocation .* exceeds max_allocation"):
         requirements(min_allocation=0.6, max_allocation=0.5)
     with pytest.raises(ValueError, match="max_allocation must be between 0 and 1"):
         requirements(max_allocation=1.5)

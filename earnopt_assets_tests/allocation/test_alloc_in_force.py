@@ -19,8 +19,8 @@ from earnopt_assets.allocation.cycle import read_cycle_inputs, run_allocation_cy
 from earnopt_assets.allocation.plan import allocation_in_force, initial_allocation
 from earnopt_assets.defs.allocation import allocation_metadata
 from earnopt_assets.forecasting.store import ensure_forecasts_table
-from earnopt_assets.simulator import simulate
 from earnopt_assets.ingestion.store import ensure_raw_earnings
+from earnopt_assets.simulator import simulate
 from earnopt_assets.warehouse import connect
 
 END = datetime(2026, 11, 20, 12)
@@ -114,7 +114,7 @@ def test_a_plan_the_orchestrator_did_not_apply_is_said_and_not_assumed(running) 
     moved = [n for n in first.target if abs(first.target[n] - shares[n]) > 0.01]
     # The hours after the plan still report the old shares: the plan never ran.
     _load(db, _telemetry(catalog, END + timedelta(hours=3), 1, shares, after=END))
-    again, metadata, document = _cycle(db, catalog, END + timedelta(hours=3, minutes=5))
+    again, metadata, _ = _cycle(db, catalog, END + timedelta(hours=3, minutes=5))
     for name in moved:
         item = again.inputs.protocols[name]
         assert item.current_source == "telemetry" and item.current_allocation == pytest.approx(shares[name])

@@ -7,7 +7,7 @@ import re
 import subprocess
 import sys
 import textwrap
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from earnopt_assets.defs.allocation import allocation_job, allocation_schedule, resource_allocation
 from earnopt_assets.definitions import build_definitions
-from earnopt_assets.simulator import simulate
+from earnopt_assets.defs.allocation import allocation_job, allocation_schedule, resource_allocation
 from earnopt_assets.ingestion.store import ensure_raw_earnings
+from earnopt_assets.simulator import simulate
 from earnopt_assets.warehouse import connect
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -68,7 +68,7 @@ def test_schedule_targets_only_the_allocation_step_every_15_minutes() -> None:
     assert len(data.run_requests) == 1 and data.run_requests[0].job_name in (None, "allocation_job")
     from dagster._utils.schedules import cron_string_iterator
 
-    ticks = cron_string_iterator(datetime(2026, 11, 25, 17, 1, tzinfo=timezone.utc).timestamp(), "*/15 * * * *", "UTC")
+    ticks = cron_string_iterator(datetime(2026, 11, 25, 17, 1, tzinfo=UTC).timestamp(), "*/15 * * * *", "UTC")
     assert [next(ticks).strftime("%H:%M") for _ in range(4)] == ["17:15", "17:30", "17:45", "18:00"]
 
 

@@ -17,8 +17,8 @@ from earnopt_assets.allocation.cycle import run_allocation_cycle
 from earnopt_assets.allocation.plan import initial_allocation
 from earnopt_assets.anomaly.store import ensure_state_tables
 from earnopt_assets.defs.allocation import allocation_metadata
-from earnopt_assets.simulator import simulate
 from earnopt_assets.ingestion.store import ensure_raw_earnings
+from earnopt_assets.simulator import simulate
 from earnopt_assets.warehouse import connect
 
 END = datetime(2026, 11, 20, 12)
@@ -101,7 +101,7 @@ def test_tables_have_units_and_one_row_per_protocol(warehouse: Path, small_catal
     plan, metadata, _ = _cycle(warehouse, small_catalog)
     table = metadata["allocation_table"]
     assert isinstance(table, dg.TableMetadataValue)
-    assert ALLOCATION_COLUMNS <= {c.name for c in table.schema.columns}
+    assert {c.name for c in table.schema.columns} >= ALLOCATION_COLUMNS
     assert sorted(r.data["protocol"] for r in table.records) == sorted(plan.protocols)
     for record in table.records:
         p = plan.protocols[record.data["protocol"]]
@@ -174,7 +174,7 @@ def test_degraded_and_rejected_cycles_stay_legible(warehouse: Path, small_catalo
 
 
 def test_realised_vs_expected_plot_over_past_cycles(warehouse: Path, small_catalog) -> None:
-    plan, metadata, _ = _cycle(warehouse, small_catalog)
+    _, metadata, _ = _cycle(warehouse, small_catalog)
     assert metadata["realised_vs_expected"].value.startswith("![")
     later = simulate(small_catalog, days=1, seed=9, end=END + timedelta(hours=6), inject_anomalies=False).telemetry
     _load(warehouse, later[later["ts"] > pd.Timestamp(END)])

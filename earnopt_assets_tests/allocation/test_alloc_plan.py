@@ -10,16 +10,26 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from earnopt_assets.allocation.allocator import AllocationResult, ResourceAllocator, check_constraints
+from earnopt_assets.allocation.allocator import (
+    AllocationResult,
+    ProtocolRequirements,
+    ResourceAllocator,
+    ResourceConstraints,
+    check_constraints,
+)
 from earnopt_assets.allocation.cycle import read_cycle_inputs, run_allocation_cycle, write_latest_plan
 from earnopt_assets.allocation.plan import compute_plan, initial_allocation
 from earnopt_assets.allocation.store import ensure_allocation_tables, recent_cycles
-from earnopt_assets.defs.render import allocation_decision_markdown, allocation_frame, recent_cycles_frame, utilisation_frame
-from earnopt_assets.allocation.allocator import ProtocolRequirements, ResourceConstraints
 from earnopt_assets.anomaly.store import ensure_state_tables
+from earnopt_assets.defs.render import (
+    allocation_decision_markdown,
+    allocation_frame,
+    recent_cycles_frame,
+    utilisation_frame,
+)
 from earnopt_assets.forecasting.store import ensure_forecasts_table
-from earnopt_assets.simulator import simulate
 from earnopt_assets.ingestion.store import ensure_raw_earnings
+from earnopt_assets.simulator import simulate
 from earnopt_assets.warehouse import connect
 
 END = datetime(2026, 11, 20, 12)

@@ -11,8 +11,8 @@ import pandas as pd
 from earnopt_assets.allocation import store
 from earnopt_assets.allocation.cycle import read_cycle_inputs
 from earnopt_assets.allocation.plan import compute_plan
-from earnopt_assets.simulator import simulate
 from earnopt_assets.ingestion.store import ensure_raw_earnings
+from earnopt_assets.simulator import simulate
 from earnopt_assets.warehouse import connect
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
