@@ -10,7 +10,7 @@ Series:
   the most recent ``--days`` (default 120) days of each.
 
 Per series (hourly grid ``n`` hours): holdout = the last max(20 %, 7 days); calibration = the ``--calibration-days``
-(default 21) before it. Rolling origins every 24 h, 24-step forecasts (:mod:`earnopt_assets.forecasting.harness`).
+(default 28) before it. Rolling origins every 24 h, 24-step forecasts (:mod:`earnopt_assets.forecasting.harness`).
 
 * HEADLINE: unconditional (allocation held at the origin) for every candidate: seasonal naive 24 / 168,
   the allocation-scaled ones (when the model fitted an allocation beta), MSTL(24,168), AutoETS(24) and the
@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--epochs", type=int, default=None, help="max epochs (default: the model config's)")
     parser.add_argument("--calls", type=int, default=100, help="forecast calls for the latency median")
-    parser.add_argument("--calibration-days", type=int, default=21)
+    parser.add_argument("--calibration-days", type=int, default=28)
     parser.add_argument("--interval-mode", default="relative", choices=("relative", "additive"))
     parser.add_argument("--real", action="store_true", help="real hourly series through the landing path")
     parser.add_argument("--no-lstm", action="store_true", help="statistical candidates only")
