@@ -47,12 +47,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import numpy as np
+import pandas as pd
 
-from earnopt_assets.forecasting.candidates import OriginContext, statistical_candidates  # noqa: E402
-from earnopt_assets.forecasting.harness import fit_intervals, score_candidates  # noqa: E402
-from earnopt_assets.settings import default_catalog_path  # noqa: E402
+from earnopt_assets.forecasting.candidates import OriginContext, statistical_candidates
+from earnopt_assets.forecasting.harness import fit_intervals, score_candidates
+from earnopt_assets.settings import default_catalog_path
 
 STATISTICAL = ("seasonal_naive_24", "seasonal_naive_168", "seasonal_naive_24_alloc", "seasonal_naive_168_alloc", "mstl", "ets")
 LSTM = "lstm"
@@ -111,7 +111,12 @@ def simulated_frames(protocols: list[str] | None, days: int, seed: int):
 
 
 def real_frames(days: int, workdir: Path, names: list[str] | None):
-    from earnopt_assets.forecasting.real_data import REAL_SERIES, SHARED_REAL_HOURLY, land_and_build_features, shared_series_paths
+    from earnopt_assets.forecasting.real_data import (
+        REAL_SERIES,
+        SHARED_REAL_HOURLY,
+        land_and_build_features,
+        shared_series_paths,
+    )
 
     shared = list(shared_series_paths())
     if not shared:
@@ -165,7 +170,7 @@ def benchmark_series(name: str, kind: str, frame: pd.DataFrame, catalog, model_c
     full = OriginContext.from_frame(frame)
     ts, y, alloc = full.ts, full.earnings, full.allocation
     n = len(y)
-    holdout_hours = max(7 * 24, int(round(0.2 * n)))
+    holdout_hours = max(7 * 24, round(0.2 * n))
     holdout_start = n - holdout_hours
     calibration_hours = args.calibration_days * 24
     calibration_start = holdout_start - calibration_hours

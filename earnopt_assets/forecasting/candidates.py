@@ -30,8 +30,8 @@ clipped to ``>= 0``. A candidate that cannot run on the history it is given rais
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -102,7 +102,7 @@ class OriginContext:
         return np.full(self.horizon, self.held_allocation)
 
     @classmethod
-    def from_frame(cls, frame: pd.DataFrame, *, earnings: str = "earnings_usd", allocation: str = "allocation", horizon: int = HORIZON_HOURS) -> "OriginContext":
+    def from_frame(cls, frame: pd.DataFrame, *, earnings: str = "earnings_usd", allocation: str = "allocation", horizon: int = HORIZON_HOURS) -> OriginContext:
         """Context at the last hour of a one-series frame (``ts`` + value columns), reindexed onto the
         contiguous hourly grid (missing hours NaN). Without an allocation column the share is 1."""
         data = frame.sort_values("ts").drop_duplicates("ts", keep="last").set_index("ts")

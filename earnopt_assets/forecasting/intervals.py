@@ -83,7 +83,7 @@ class ConformalIntervals:
         levels: tuple[float, ...] = LEVELS,
         mode: str = "relative",
         pool_width: int = 2,
-    ) -> "ConformalIntervals":
+    ) -> ConformalIntervals:
         """Calibrate on ``(n_origins, horizon)`` residuals (actual - predicted, NaN = unknown) and the
         matching point forecasts. Raises ``ValueError`` when no residual is finite."""
         if mode not in MODES:
@@ -148,7 +148,7 @@ class ConformalIntervals:
             out[f"upper_{key}"] = np.clip(f + upper_q * scale, 0.0, None)
         return out
 
-    def widen(self, factor: float) -> "ConformalIntervals":
+    def widen(self, factor: float) -> ConformalIntervals:
         """A copy whose bounds are ``factor`` times as far from the point (``factor >= 1`` widens)."""
         if not np.isfinite(factor) or factor <= 0:
             raise ValueError(f"widen factor must be a positive number, got {factor!r}")
@@ -179,7 +179,7 @@ class ConformalIntervals:
         }
 
     @classmethod
-    def from_json(cls, data: dict) -> "ConformalIntervals":
+    def from_json(cls, data: dict) -> ConformalIntervals:
         """Inverse of :meth:`to_json`; raises ``ValueError`` on a malformed document."""
         try:
             if int(data["format"]) != FORMAT_VERSION:
