@@ -38,6 +38,8 @@ class UIPage:
     running_switches: tuple[str, ...] = field(default_factory=tuple)
     # The global lineage starts with every group collapsed; the UI's "Expand all groups" shortcut is Alt+E.
     expand_groups: bool = False
+    # Metadata key to scroll into view before the screenshot (the tables sit below the scalar entries).
+    scroll_to: str | None = None
 
 
 def ui_pages(partition: str) -> list[UIPage]:
@@ -46,8 +48,8 @@ def ui_pages(partition: str) -> list[UIPage]:
         UIPage("earnings_model partition", f"/assets/earnings_model?view=partitions&partition={partition}",
                ("earnings_model", partition), "earnings_model_partition.png"),
         UIPage("resource_allocation", "/assets/resource_allocation", ("resource_allocation", ALLOCATION_TABLE_COLUMN),
-               "resource_allocation.png"),
-        UIPage("alerts", "/assets/alerts", ("alerts",), "alerts.png"),
+               "resource_allocation.png", scroll_to="allocation_table"),
+        UIPage("alerts", "/assets/alerts", ("alerts",), "alerts.png", scroll_to="open_alerts_by_rule"),
         UIPage("automation", "/automation", AUTOMATION, "automation.png", running_switches=AUTOMATION),
     ]
 
@@ -85,7 +87,14 @@ def show(page: Page, base_url: str, ui_page: UIPage, timeout_s: float = 45) -> s
             time.sleep(1.0)
             if all(label in page.text() for label in ui_page.expected_text):
                 break
-    return page.wait_for_text(ui_page.expected_text, timeout_s=max(5.0, deadline - time.monotonic()))
+    text = page.wait_for_text(ui_page.expected_text, timeout_s=max(5.0, deadline - time.monotonic()))
+    if ui_page.scroll_to:
+        page.evaluate(
+            "(() => { const e = [...document.querySelectorAll('td, div, span')].find(e => e.children.length === 0 && "
+            f"e.innerText.trim() === {json.dumps(ui_page.scroll_to)}); if (e) e.scrollIntoView({{block: 'start'}}); }})()"
+        )
+        time.sleep(0.5)
+    return text
 
 
 def materialize_for_ui(home: Path, defs: dg.Definitions, *, train: dict[str, dict] | None = None) -> list[str]:
