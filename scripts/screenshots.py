@@ -49,7 +49,7 @@ def main() -> int:
         subprocess.run([sys.executable, "-m", "earnopt_assets.cli", "demo", "--data-dir", str(data_dir), "--days", str(args.days)], env=env, cwd=REPO_ROOT, check=False)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    with running_webserver(home, data_dir, catalog, data_dir / "webserver.log") as url, headless_chromium(1600, 1000) as page:
+    with running_webserver(home, data_dir, catalog, data_dir / "webserver.log") as url, headless_chromium(2200, 1300) as page:
         for ui_page in ui_pages(args.partition):
             show(page, url, ui_page)
             if ui_page.running_switches:
