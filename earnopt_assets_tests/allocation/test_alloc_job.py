@@ -31,8 +31,9 @@ def load_simulated(data_dir: Path, catalog, days: int = 8) -> None:
         ensure_raw_earnings(conn)
         conn.register("telemetry", telemetry)
         conn.execute(
-            "INSERT INTO raw_earnings SELECT device, protocol, ts, earnings_usd, cpu_cores, memory_gb, bandwidth_mbps,"
-            " storage_gb, allocation, connection_failures, latency_ms, NULL, NULL FROM telemetry"
+            "INSERT INTO raw_earnings (device, protocol, ts, earnings_usd, cpu_cores, memory_gb, bandwidth_mbps, storage_gb,"
+            " allocation, connection_failures, latency_ms) SELECT device, protocol, ts,"
+            " earnings_usd, cpu_cores, memory_gb, bandwidth_mbps, storage_gb, allocation, connection_failures, latency_ms FROM telemetry"
         )
 
 
