@@ -241,6 +241,12 @@ class AllocationSettings(_Strict):
     change_penalty: float = Field(0.0, ge=0, description="L1 friction weight in the objective ($/h per unit).")
     horizon_minutes: float = Field(15.0, gt=0)
     expected_earnings: Literal["next_hour", "mean_24h"] = "mean_24h"
+    risk_aversion: float = Field(
+        0.84, ge=0, le=3,
+        description="lambda: plan on mean - lambda x downside of each forecast (downside from its 80 % interval) and "
+        "reallocate only when the gain beats the restart cost by lambda standard deviations; 0 = risk-neutral, "
+        "0.84 = moderate (about 80 % probability that the move pays), 1.64 = cautious (95 %).",
+    )
 
 
 class TrainingResources(_Strict):
@@ -252,10 +258,74 @@ class TrainingResources(_Strict):
     nice: int = Field(10, ge=0, le=19, description="Niceness increment of the training worker (os.nice).")
 
 
+PROMETHEUS_FIELDS: tuple[str, ...] = (
+    "balance_usd", "earnings_usd", "cpu_cores", "memory_gb", "bandwidth_mbps", "storage_gb",
+    "allocation", "connection_failures", "latency_ms",
+)
+
+
+class CashPilotName(_Strict):
+    """A protocol's names in CashPilot: ``platform`` labels the balance, ``service`` the container metrics."""
+
+    platform: str = Field(min_length=1, max_length=128)
+    service: str | None = Field(None, min_length=1, max_length=128, description="Defaults to the platform name.")
+
+
+class PrometheusSource(_Strict):
+    """Telemetry pulled from a Prometheus server with ``query_range`` at a 1 h step (docs/DATA.md).
+
+    Credentials never come from the YAML: ``auth: bearer`` reads ``EARNOPT_PROMETHEUS_TOKEN``,
+    ``auth: basic`` reads ``EARNOPT_PROMETHEUS_USER`` and ``EARNOPT_PROMETHEUS_PASSWORD``.
+    """
+
+    url: str = Field(pattern=r"^https?://[^@\s]+$", description="Base URL, e.g. http://127.0.0.1:9090 (no user:password@).")
+    auth: Literal["none", "bearer", "basic"] = "none"
+    preset: Literal["cashpilot"] | None = None
+    cashpilot: dict[str, str | CashPilotName] = Field(
+        default_factory=dict, description="Catalog protocol -> CashPilot platform name (or {platform, service})."
+    )
+    queries: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="Catalog protocol -> telemetry field -> PromQL (overrides the preset per field)."
+    )
+    device: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Device of series without the device label (default host.device).")
+    device_label: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Series label that names earnopt's device.")
+    devices: dict[str, str] = Field(default_factory=dict, description="Label value -> earnopt device name.")
+    backfill_days: int = Field(30, ge=1, le=3660, description="History pulled by the first run.")
+    page_hours: int = Field(720, ge=1, le=10000, description="Hours per query_range request (bounded responses).")
+    timeout_seconds: float = Field(10.0, gt=0, le=300, description="Timeout of one HTTP request.")
+
+    @model_validator(mode="after")
+    def _fields_known(self) -> "PrometheusSource":
+        for protocol, fields in self.queries.items():
+            unknown = sorted(set(fields) - set(PROMETHEUS_FIELDS))
+            if unknown:
+                raise ValueError(f"queries.{protocol}: unknown telemetry field(s) {', '.join(unknown)}; expected {', '.join(PROMETHEUS_FIELDS)}")
+            if "balance_usd" in fields and "earnings_usd" in fields:
+                raise ValueError(f"queries.{protocol}: give balance_usd or earnings_usd, not both")
+        if self.cashpilot and self.preset != "cashpilot":
+            raise ValueError("cashpilot: names need preset: cashpilot")
+        return self
+
+
+class BalanceResampling(_Strict):
+    """How cumulative balance polls become hourly earnings (docs/DATA.md, every source)."""
+
+    imputed_after_hours: float = Field(2.0, gt=0, description="Hours touched by a longer poll gap are marked imputed.")
+    max_gap_hours: float = Field(6.0, gt=0, description="Hours touched by a longer poll gap stay missing.")
+
+
+class SourcesSettings(_Strict):
+    """Telemetry sources besides the landing directory. Prometheus is off unless configured."""
+
+    prometheus: PrometheusSource | None = None
+    balance: BalanceResampling = BalanceResampling()
+
+
 class Catalog(_Strict):
     host: HostSpec
     protocols: list[ProtocolSpec] = Field(min_length=1)
     alerts: AlertSettings = AlertSettings()
+    sources: SourcesSettings = SourcesSettings()
     allocation: AllocationSettings = AllocationSettings()
     training: TrainingResources = TrainingResources()
     source: str | None = Field(None, description="File the catalog was loaded from.")

@@ -45,6 +45,7 @@ from earnopt_assets.allocation.allocator import (
     should_reallocate,
     utilization_pct,
 )
+from earnopt_assets.allocation.risk import Z_80_LOWER, apply_risk_rule, downside_sd, gain_sd, planning_potentials, potential_sd
 from earnopt_assets.catalog import Catalog
 from earnopt_assets.numerics.response import ResponseCurve, fit_response_curve
 
@@ -91,6 +92,7 @@ class ProtocolInputs:
     current_source: CurrentSource = "catalog_initial"  # how current_allocation is known (allocation_in_force)
     current_detail: str = "catalog initial share (nothing reported, no plan applied; not in force)"
     disagreement: str | None = None  # the applied plan and telemetry disagree: what telemetry says instead
+    forecast_sd_usd_per_hour: float = 0.0  # downside sd from the forecast's 80 % interval (allocation.risk), 0 = none
 
     @property
     def degraded(self) -> bool:
@@ -246,9 +248,12 @@ def assemble_inputs(
         forecast = forecasts.get(name)
         basis = observed  # the share the expected earnings were made for (see the docstring)
         last_target = forecast["target_ts"].max() if forecast is not None and len(forecast) else None
+        lower = None  # the 80 % interval's lower end on the same basis as the value (allocation.risk)
         if last_target is not None and pd.Timestamp(last_target) >= pd.Timestamp(now) - pd.Timedelta(hours=1):
             values = forecast["value"].to_numpy(float)
             value = _expected_from_forecast(values, forecast["target_ts"].to_numpy("datetime64[us]"), now, settings.expected_earnings)
+            if "lower_80" in forecast and forecast["lower_80"].notna().all():
+                lower = _expected_from_forecast(forecast["lower_80"].to_numpy(float), forecast["target_ts"].to_numpy("datetime64[us]"), now, settings.expected_earnings)
             sources = set(forecast["source"].astype(str))
             source: ForecastSource = "lstm" if sources == {"lstm"} else "seasonal_naive_fallback"
             detail = f"forecast of {pd.Timestamp(forecast['forecast_time'].iloc[0])} ({', '.join(sorted(sources))})"
@@ -290,6 +295,7 @@ def assemble_inputs(
             current_source=current_source,
             current_detail=current_detail,
             disagreement=disagreement,
+            forecast_sd_usd_per_hour=downside_sd(value, lower),
         )
     unknown_degraded = sorted(set(degraded) - set(names))
     if unknown_degraded:
@@ -388,6 +394,8 @@ class AllocationPlan:
     protocols: dict[str, ProtocolPlan]
     target_utilization: dict[str, float]
     inputs: CycleInputs
+    gain_sd_usd_per_hour: float = 0.0  # sd of the expected gain (allocation.risk.gain_sd)
+    risk_aversion: float = 0.0
 
     @property
     def checks_passed(self) -> bool:
@@ -406,6 +414,12 @@ class AllocationPlan:
     def expected_gain_usd_per_hour(self) -> float:
         """Expected $/h gained by what runs after the cycle (0 unless the plan is applied)."""
         return self.decision.improvement_usd_per_hour if self.applied else 0.0
+
+    @property
+    def gain_interval_80(self) -> tuple[float, float]:
+        """80 % interval of the proposed move's gain ($/h): G -/+ 1.2816 sd (allocation.risk)."""
+        gain = self.decision.improvement_usd_per_hour
+        return gain - Z_80_LOWER * self.gain_sd_usd_per_hour, gain + Z_80_LOWER * self.gain_sd_usd_per_hour
 
     @property
     def expected_target_usd_per_hour(self) -> float:
@@ -440,6 +454,8 @@ class AllocationPlan:
                 "target": self.expected_target_usd_per_hour,
             },
             "expected_gain_usd_per_hour": self.expected_gain_usd_per_hour,
+            "expected_gain_interval_80_usd_per_hour": list(self.gain_interval_80),
+            "risk_aversion": self.risk_aversion,
             "restarts": self.restarts,
             "resource_utilization_pct": {"target": self.target_utilization, "proposed": self.result.resource_utilization},
             "solver": {
@@ -534,9 +550,11 @@ def compute_plan(
     potentials = {n: p.potential_usd_per_hour for n, p in inputs.protocols.items()}
     curves = {n: p.curve for n, p in inputs.protocols.items()}
     current = {n: p.current_allocation for n, p in inputs.protocols.items()}
+    # plan on mean - lambda x downside (allocation.risk)
+    sds = {n: potential_sd(p.potential_usd_per_hour, p.forecast_usd_per_hour, p.forecast_sd_usd_per_hour) for n, p in inputs.protocols.items()}
 
     result = allocator.optimize_allocation(
-        requirements, potentials, current, degraded, response_curves=curves, change_penalty=settings.change_penalty
+        requirements, planning_potentials(potentials, sds, settings.risk_aversion), current, degraded, response_curves=curves, change_penalty=settings.change_penalty
     )
     checks = {
         "solver_status_optimal": check_solver_status(result),
@@ -560,6 +578,8 @@ def compute_plan(
         force_reason=force,
         log=log,
     )
+    gain_spread = gain_sd(sds, curves, current, proposed)
+    decision = apply_risk_rule(decision, gain_spread, settings.risk_aversion)
     checks_passed = all(c.passed for c in checks.values())
     applied = decision.reallocate and checks_passed
     status: PlanStatus = "applied" if applied else ("kept" if checks_passed else "rejected")
@@ -601,4 +621,6 @@ def compute_plan(
         protocols=protocols,
         target_utilization=utilization_pct(resource_use(target, requirements), constraints),
         inputs=inputs,
+        gain_sd_usd_per_hour=gain_spread,
+        risk_aversion=settings.risk_aversion,
     )
