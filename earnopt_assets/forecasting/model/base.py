@@ -16,8 +16,12 @@ For an origin ``t`` and target hour ``j = t + h`` (h = 1..24) the components are
 (means skip lags before the start of the history; every lag is at or before ``t`` because h <= 24), i.e. a
 multiplicative level x seasonal decomposition (the level factors lambda are the ETS-like "recent level vs
 its seasonal expectation" terms). The base is ``b_{t+h} = max(0, sum_c w_{h,c} comp_c)`` with
-non-negative weights ``w_h`` fitted per horizon hour by NNLS over training origins only. Everything is
-vectorised over origins: a component is a gather on index arrays, never a Python loop over hours.
+non-negative weights ``w_h`` fitted per horizon hour by (weighted) NNLS over training origins only.
+Two more level terms use the weekly profile with a 6 h and a 72 h level window (``week_level_6h``,
+``week_level_72h``). The NNLS sample weighting (plain, 1/sqrt, 1/relative) and whether to fit on all
+training origins or only the most recent ones are chosen by the MAPE of the VALIDATION origins
+(:meth:`StatisticalBase.fit_by_validation`). Everything is vectorised over origins: a component is a
+gather on index arrays, never a Python loop over hours.
 """
 
 from __future__ import annotations
@@ -33,13 +37,16 @@ BASE_WEEKS = 4
 BASE_DAYS = 7
 LEVEL_HOURS = 24
 LEVEL_CLIP = (0.25, 4.0)
-COMPONENTS: tuple[str, ...] = ("lag_24", "lag_168", "week", "week_level", "day", "day_level")
+COMPONENTS: tuple[str, ...] = ("lag_24", "lag_168", "week", "week_level", "day", "day_level", "week_level_6h", "week_level_72h")
+# Sample weighting of the NNLS fit, chosen on validation (MAPE is relative; plain least squares favours
+# the peak hours): w = 1, 1/sqrt(|z| + 0.1 m) or 1/(|z| + 0.3 m), m = mean |z| of the fitted targets.
+WEIGHTINGS: tuple[str, ...] = ("squared", "sqrt_relative", "relative")
 # Hours of history the base needs at an origin: one week of lags behind the 24 h level window.
 MIN_BASE_HISTORY = WEEK + LEVEL_HOURS
 # Hours the base reads at most (4 weeks behind the level window): a longer tail changes nothing.
 FULL_BASE_HISTORY = BASE_WEEKS * WEEK + LEVEL_HOURS
 ALLOCATION_FLOOR = 0.02
-DEFAULT_WEIGHTS = np.array([0.0, 0.0, 0.0, 1.0, 0.0, 0.0])
+DEFAULT_WEIGHTS = np.array([0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0])
 
 
 def causal_fill(values: np.ndarray) -> np.ndarray:
@@ -101,8 +108,12 @@ def components(Z: np.ndarray, rows: np.ndarray, origins: np.ndarray, horizon: in
     day = _lag_mean(Z, r2, targets, DAY, BASE_DAYS)
     z_recent = _gather(Z, r2, recent)
     level_sum = np.nansum(z_recent, axis=1)
-    lam_week = _level(level_sum, _lag_mean(Z, r2, recent, WEEK, BASE_WEEKS))
+    week_recent = _lag_mean(Z, r2, recent, WEEK, BASE_WEEKS)
+    lam_week = _level(level_sum, week_recent)
     lam_day = _level(level_sum, _lag_mean(Z, r2, recent, DAY, BASE_DAYS))
+    lam_6 = _level(np.nansum(z_recent[:, -6:], axis=1), week_recent[:, -6:])
+    older = origins[:, None] - np.arange(71, -1, -1)[None, :]
+    lam_72 = _level(np.nansum(_gather(Z, r2, older), axis=1), _lag_mean(Z, r2, older, WEEK, BASE_WEEKS))
     out = np.empty((len(origins), horizon, len(COMPONENTS)))
     out[..., 0] = _gather(Z, r2, targets - DAY)
     out[..., 1] = _gather(Z, r2, targets - WEEK)
@@ -110,8 +121,10 @@ def components(Z: np.ndarray, rows: np.ndarray, origins: np.ndarray, horizon: in
     out[..., 3] = lam_week[:, None] * week
     out[..., 4] = day
     out[..., 5] = lam_day[:, None] * day
+    out[..., 6] = lam_6[:, None] * week
+    out[..., 7] = lam_72[:, None] * week
     # before a full week of history the weekly terms fall back to the daily ones (never NaN)
-    for c, fallback in ((1, 0), (2, 4), (3, 5)):
+    for c, fallback in ((1, 0), (2, 4), (3, 5), (6, 5), (7, 5)):
         out[..., c] = np.where(np.isfinite(out[..., c]), out[..., c], out[..., fallback])
     return np.nan_to_num(out, nan=0.0)
 
@@ -124,24 +137,61 @@ def _level(level_sum: np.ndarray, expected: np.ndarray) -> np.ndarray:
 
 @dataclass
 class StatisticalBase:
-    """Fitted per-horizon NNLS weights ``(horizon, 6)`` of :data:`COMPONENTS`; see the module docstring."""
+    """Fitted per-horizon NNLS weights ``(horizon, K)`` of :data:`COMPONENTS`; see the module docstring."""
 
     weights: np.ndarray
+    weighting: str = "squared"
+    fit_hours: int | None = None
+    validation_mape: dict[str, float] | None = None
 
     @classmethod
-    def fit(cls, Z: np.ndarray, rows: np.ndarray, origins: np.ndarray, targets: np.ndarray) -> "StatisticalBase":
+    def fit(
+        cls, Z: np.ndarray, rows: np.ndarray, origins: np.ndarray, targets: np.ndarray, weighting: str = "squared", comps: np.ndarray | None = None
+    ) -> "StatisticalBase":
         """NNLS per horizon hour of ``targets`` (n, H) (z of hours t+1..t+H) on the origins' components."""
         from scipy.optimize import nnls
 
-        comps = components(Z, rows, origins, targets.shape[1])
+        comps = components(Z, rows, origins, targets.shape[1]) if comps is None else comps
         weights = np.tile(DEFAULT_WEIGHTS, (targets.shape[1], 1))
+        finite = np.abs(targets[np.isfinite(targets)])
+        m = float(finite.mean()) if len(finite) else 1.0
         for h in range(targets.shape[1]):
             ok = np.isfinite(targets[:, h])
             if ok.sum() >= 4 * len(COMPONENTS):
-                fitted, _ = nnls(comps[ok, h, :], targets[ok, h])
+                t = targets[ok, h]
+                w = _sample_weights(t, weighting, m)
+                fitted, _ = nnls(comps[ok, h, :] * w[:, None], t * w)
                 if np.isfinite(fitted).all() and fitted.sum() > 0:
                     weights[h] = fitted
-        return cls(weights)
+        return cls(weights, weighting)
+
+    @classmethod
+    def fit_by_validation(
+        cls, Z: np.ndarray, train_origins: np.ndarray, train_targets: np.ndarray, val_origins: np.ndarray, val_targets: np.ndarray, recent_hours: int
+    ) -> "StatisticalBase":
+        """Fit every weighting in :data:`WEIGHTINGS` on all training origins and on the last ``recent_hours``
+        of them; keep the one with the lowest MAPE of the validation origins' 24 h paths (never the holdout)."""
+        rows_t = np.zeros(len(train_origins), dtype=np.int64)
+        comps_t = components(Z, rows_t, train_origins, train_targets.shape[1])
+        comps_v = components(Z, np.zeros(len(val_origins), dtype=np.int64), val_origins, val_targets.shape[1])
+        best: tuple[float, StatisticalBase] | None = None
+        scores: dict[str, float] = {}
+        for span in (None, recent_hours):
+            keep = slice(None) if span is None else train_origins >= train_origins[-1] - span
+            if span is not None and keep.sum() >= len(train_origins):
+                continue
+            for weighting in WEIGHTINGS:
+                candidate = cls.fit(Z, rows_t, train_origins, train_targets[keep], weighting, comps=comps_t[keep])
+                candidate.fit_hours = span
+                predicted = candidate.predict_components(comps_v)
+                ok = np.isfinite(val_targets) & (val_targets != 0)
+                score = float(np.mean(np.abs(val_targets[ok] - predicted[ok]) / np.abs(val_targets[ok])) * 100.0) if ok.any() else np.inf
+                scores[f"{weighting}/{'all' if span is None else f'last_{span}h'}"] = score
+                if best is None or score < best[0] - 1e-9:
+                    best = (score, candidate)
+        chosen = best[1]
+        chosen.validation_mape = scores
+        return chosen
 
     def predict_components(self, comps: np.ndarray) -> np.ndarray:
         return np.maximum(np.einsum("nhc,hc->nh", comps, self.weights[: comps.shape[1]]), 0.0)
@@ -150,7 +200,13 @@ class StatisticalBase:
         return self.predict_components(components(Z, rows, origins, horizon))
 
     def to_json(self) -> dict:
-        return {"components": list(COMPONENTS), "weights": self.weights.tolist()}
+        return {
+            "components": list(COMPONENTS),
+            "weights": self.weights.tolist(),
+            "weighting": self.weighting,
+            "fit_hours": self.fit_hours,
+            "validation_mape": self.validation_mape,
+        }
 
     @classmethod
     def from_json(cls, data: dict) -> "StatisticalBase":
@@ -159,4 +215,15 @@ class StatisticalBase:
         weights = np.asarray(data["weights"], dtype=float)
         if weights.shape != (HORIZON_HOURS, len(COMPONENTS)) or not np.isfinite(weights).all() or (weights < 0).any():
             raise ValueError(f"base weights must be {HORIZON_HOURS} x {len(COMPONENTS)} finite non-negative numbers")
-        return cls(weights)
+        return cls(weights, str(data.get("weighting", "squared")), data.get("fit_hours"), data.get("validation_mape"))
+
+
+def _sample_weights(t: np.ndarray, weighting: str, m: float) -> np.ndarray:
+    """NNLS row weights (see :data:`WEIGHTINGS`); ``m`` = mean |target|."""
+    if weighting == "squared":
+        return np.ones_like(t)
+    if weighting == "sqrt_relative":
+        return 1.0 / np.sqrt(np.abs(t) + 0.1 * m)
+    if weighting == "relative":
+        return 1.0 / (np.abs(t) + 0.3 * m)
+    raise ValueError(f"unknown base weighting {weighting!r}; one of {WEIGHTINGS}")

@@ -8,8 +8,8 @@ Fit (:meth:`EarningsPredictor.fit`) on one protocol's hourly frame (``ts``, ``ea
    z = e / clip(a)**beta;
 2. the last ``validation_hours`` are held out: origins whose 24 target hours end before them train,
    origins inside them validate;
-3. base: per-horizon NNLS weights of the level x daily/weekly seasonal components on ALL training
-   origins (cheap); network: the seed LSTM learns the scaled base residual on the training origins of
+3. base: per-horizon NNLS weights of the level x daily/weekly seasonal components on the training
+   origins (sample weighting and fit span chosen on validation; cheap); network: the seed LSTM learns the scaled base residual on the training origins of
    the last ``max_train_hours`` (the cost cap), early-stopped on the validation origins; an ensemble of
    ``ensemble_size`` seeds is averaged;
 4. blend weight g in ``blend_grid``: the one with the lowest MAPE of 24 h forecasts (allocation held at
@@ -279,13 +279,14 @@ class EarningsPredictor:
         E = series.epoch_hours
         floor = max(LEVEL_FLOOR_FRACTION * float(np.nanmean(np.abs(z_raw[train_part]))), 1e-9)
 
-        # base: NNLS per horizon on every training origin (targets = raw z of the 24 hours after it)
-        targets = np.where(
-            train_origins[:, None] + np.arange(1, HORIZON_HOURS + 1)[None, :] < n,
-            z_raw[np.minimum(train_origins[:, None] + np.arange(1, HORIZON_HOURS + 1)[None, :], n - 1)],
-            np.nan,
+        # base: NNLS per horizon on the training origins (targets = raw z of the 24 hours after each);
+        # its sample weighting and fit span chosen on the validation origins
+        def targets_of(origins: np.ndarray) -> np.ndarray:
+            return z_raw[origins[:, None] + np.arange(1, HORIZON_HOURS + 1)[None, :]]
+
+        base = StatisticalBase.fit_by_validation(
+            z[None, :], train_origins, targets_of(train_origins), val_origins, targets_of(val_origins), cfg.max_train_hours
         )
-        base = StatisticalBase.fit(z[None, :], np.zeros(len(train_origins), dtype=np.int64), train_origins, targets)
         C = len(CHANNELS)
         state = FittedState(base, beta, floor, np.zeros(C), np.ones(C), 0.0, 1.0, 1.0, response)
 
