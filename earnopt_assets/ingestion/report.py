@@ -40,6 +40,7 @@ class IngestReport:
     rows_inserted: int = 0  # new (device, protocol, ts) keys in raw_earnings
     rows_updated: int = 0  # keys that existed and were overwritten
     balance_baselines: int = 0  # first polls of a series: stored, but no earnings row yet
+    rows_imputed: int = 0  # derived hours whose earnings were spread over a balance-poll gap
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
 
     def _total(self, name: str) -> int:

@@ -10,13 +10,20 @@ verified per file before the commit (:func:`~earnopt_assets.ingestion.report.ver
 Only after the commit are the files moved to ``archive/`` or ``landing/rejected/`` (a crash before leaves
 them in landing; reloading is harmless because the load is an upsert).
 
+The same path takes in-memory sources (:class:`FrameSource`, e.g. the Prometheus pull of
+:mod:`~earnopt_assets.ingestion.prometheus`): an Arrow table in the telemetry contract is validated,
+quarantined, differenced and upserted exactly like a file, logged in ``ingested_files`` under its name,
+and simply not moved. ``in_transaction`` lets such a source record its cursor in the same transaction.
+
 Concurrency: the caller holds a write connection (one process at a time holds the DuckDB file); the
 landing ``flock`` also serialises threads of one process, so no file is read by two ingestions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,16 +32,53 @@ import pyarrow as pa
 
 from earnopt_assets.catalog import Catalog
 from earnopt_assets.ingestion import store
-from earnopt_assets.ingestion.balance import derive_hourly_earnings
-from earnopt_assets.ingestion.landing import file_facts, keep_files, landing_files, landing_lock, unique_destination
+from earnopt_assets.ingestion.balance import ResampleSettings, derive_hourly_earnings
+from earnopt_assets.ingestion.landing import FileFacts, file_facts, keep_files, landing_files, landing_lock, unique_destination
 from earnopt_assets.ingestion.readers import UnreadableFileError, file_format
 from earnopt_assets.ingestion.report import FileReport, IngestReport, verify_row_accounting
-from earnopt_assets.ingestion.validation import stage_file
+from earnopt_assets.ingestion.validation import stage_file, stage_table
 from earnopt_assets.settings import EarnoptPaths
 
 
 def _utc_now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class FrameSource:
+    """Telemetry that is not a landing file: ``table`` has the contract columns of a file (one of
+    ``earnings_usd`` / ``balance_usd``), ``name`` is what ``ingested_files`` and ``quarantine`` call it
+    (``source_file``), ``origin`` where it came from (``stored_as``; never a secret)."""
+
+    name: str
+    table: pa.Table
+    origin: str
+    file_format: str = "frame"
+
+    def facts(self, now: datetime) -> FileFacts:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, self.table.schema) as writer:
+            writer.write_table(self.table)
+        return FileFacts(self.table.nbytes, now, hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest())
+
+
+def resample_settings(catalog: Catalog) -> ResampleSettings:
+    return ResampleSettings(catalog.sources.balance.imputed_after_hours, catalog.sources.balance.max_gap_hours)
+
+
+def ingest_frames(
+    conn: duckdb.DuckDBPyConnection,
+    frames: Sequence[FrameSource],
+    paths: EarnoptPaths,
+    catalog: Catalog,
+    in_transaction: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
+) -> IngestReport:
+    """Ingest in-memory sources through the same path as landing files (under the landing lock, so
+    never beside a landing ingestion). ``in_transaction`` runs inside the write transaction."""
+    paths.ensure()
+    store.ensure_ingestion_tables(conn)
+    with landing_lock(paths.landing):
+        return ingest_sources(conn, frames, paths, catalog, in_transaction)
 
 
 def ingest_landing(conn: duckdb.DuckDBPyConnection, paths: EarnoptPaths, catalog: Catalog) -> IngestReport:
@@ -47,23 +91,43 @@ def ingest_landing(conn: duckdb.DuckDBPyConnection, paths: EarnoptPaths, catalog
 
 def ingest_files(conn: duckdb.DuckDBPyConnection, files: Sequence[Path], paths: EarnoptPaths, catalog: Catalog) -> IngestReport:
     """Ingest ``files`` in the given order (later files win on a shared key). Caller holds the lock."""
+    return ingest_sources(conn, files, paths, catalog)
+
+
+def ingest_sources(
+    conn: duckdb.DuckDBPyConnection,
+    sources: Sequence[Path | FrameSource],
+    paths: EarnoptPaths,
+    catalog: Catalog,
+    in_transaction: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
+) -> IngestReport:
+    """Ingest landing files and/or frame sources in the given order (later ones win on a shared key).
+    Caller holds the lock. One set of rules for every source."""
     report = IngestReport()
-    if not files:
+    if not sources:
         return report
     store.begin_staging(conn)
     known, device, now = catalog.names, catalog.host.device, _utc_now()
     facts, reserved = [], set()
-    for index, path in enumerate(files):
-        file_report = FileReport(source_file=path.name, status="ingested", file_format=file_format(path))
-        facts.append(file_facts(path))
+    for index, source in enumerate(sources):
+        is_file = isinstance(source, Path)
+        name = source.name
+        file_report = FileReport(source_file=name, status="ingested", file_format=file_format(source) if is_file else source.file_format)
+        facts.append(file_facts(source) if is_file else source.facts(now))
         try:
-            file_report.kind = stage_file(conn, path, file_report.file_format, index, known, device)
+            if is_file:
+                file_report.kind = stage_file(conn, source, file_report.file_format, index, known, device)
+            else:
+                file_report.kind = stage_table(conn, source.table, index, known, device)
         except (UnreadableFileError, duckdb.Error, pa.ArrowException, OSError) as exc:
             store.discard_staged_file(conn, index)
             file_report.status = "rejected"
             file_report.reason = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
-        directory = paths.archive if file_report.status == "ingested" else paths.rejected
-        file_report.stored_as = str(unique_destination(directory, path.name, reserved))
+        if is_file:
+            directory = paths.archive if file_report.status == "ingested" else paths.rejected
+            file_report.stored_as = str(unique_destination(directory, name, reserved))
+        else:
+            file_report.stored_as = source.origin
         report.files.append(file_report)
 
     store.resolve_duplicate_keys(conn)
@@ -89,12 +153,15 @@ def ingest_files(conn: duckdb.DuckDBPyConnection, files: Sequence[Path], paths: 
             report.files[index].rows_stored = stored
         verify_row_accounting(report.files)
         store.upsert_balance_polls(conn, now)
-        derived, report.balance_baselines = derive_hourly_earnings(store.read_affected_balance_series(conn))
+        derived, report.balance_baselines = derive_hourly_earnings(store.read_affected_balance_series(conn), resample_settings(catalog))
+        report.rows_imputed = int(derived["imputed"].sum()) if len(derived) else 0
         store.stage_derived_earnings(conn, derived)
         report.rows_inserted, report.rows_updated = store.upsert_raw_earnings(conn, now)
         store.log_files(conn, _log_table(report, facts), now)
+        if in_transaction is not None:
+            in_transaction(conn)
 
-    keep_files([(path, Path(f.stored_as or "")) for path, f in zip(files, report.files)])
+    keep_files([(source, Path(f.stored_as or "")) for source, f in zip(sources, report.files) if isinstance(source, Path)])
     return report
 
 

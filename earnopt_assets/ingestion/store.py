@@ -53,6 +53,14 @@ def _telemetry_ddl(table: str, value_column: str) -> str:
 
 
 RAW_EARNINGS_DDL = _telemetry_ddl("raw_earnings", "earnings_usd")
+# Quality of an hour: the keys of ``raw_earnings`` whose earnings were spread over a collector gap
+# (balance polls more than ``imputed_after_hours`` apart), not observed. A sparse companion table, so the
+# telemetry columns stay the contract; readers get it as the column ``imputed`` of :func:`read_telemetry`.
+IMPUTED_HOURS_DDL = """
+CREATE TABLE IF NOT EXISTS imputed_hours (
+    device VARCHAR NOT NULL, protocol VARCHAR NOT NULL, ts TIMESTAMP NOT NULL, PRIMARY KEY (device, protocol, ts)
+)
+"""
 BALANCE_POLLS_DDL = _telemetry_ddl("balance_polls", "balance_usd")
 
 QUARANTINE_DDL = """
@@ -105,10 +113,23 @@ _TEMP_TABLES = ("staged", "batch_earnings", "batch_polls", "batch_derived", "bat
 
 def ensure_raw_earnings(conn: duckdb.DuckDBPyConnection) -> None:
     conn.execute(RAW_EARNINGS_DDL)
+    conn.execute(IMPUTED_HOURS_DDL)
+
+
+SOURCE_CURSORS_DDL = """
+CREATE TABLE IF NOT EXISTS source_cursors (
+    source     VARCHAR   NOT NULL,  -- e.g. 'prometheus'
+    protocol   VARCHAR   NOT NULL,
+    cursor_ts  TIMESTAMP NOT NULL,  -- the newest hour boundary pulled (naive UTC)
+    updated_at TIMESTAMP NOT NULL,
+    PRIMARY KEY (source, protocol)
+)
+"""
 
 
 def ensure_ingestion_tables(conn: duckdb.DuckDBPyConnection) -> None:
     ensure_raw_earnings(conn)
+    conn.execute(SOURCE_CURSORS_DDL)
     conn.execute(QUARANTINE_DDL)
     conn.execute(INGESTED_FILES_DDL)
     for statement in INGESTED_FILES_ADDED:
@@ -148,8 +169,14 @@ def discard_staged_file(conn: duckdb.DuckDBPyConnection, file_index: int) -> Non
     conn.execute("DELETE FROM staged WHERE file_index = ?", [file_index])
 
 
+# The key of a staged row: earnings rows by hour, balance polls by their exact time (a collector that
+# polls every 55 min puts two genuine polls in some clock hours; both are used).
+_KEY_TS = "CASE WHEN kind = 'balance' THEN ts_exact ELSE date_trunc('hour', ts_exact) END"
+
+
 def resolve_duplicate_keys(conn: duckdb.DuckDBPyConnection) -> None:
-    """Settle keys (device, protocol, ts hour) that occur more than once among the valid staged rows.
+    """Settle keys that occur more than once among the valid staged rows: (device, protocol, ts hour) for
+    earnings rows, (device, protocol, exact ts) for balance polls.
 
     Inside one file the later row wins and the earlier rows are quarantined with the winning row
     number. Across files (per kind: earnings rows and balance polls are separate tables) the row of the
@@ -157,19 +184,21 @@ def resolve_duplicate_keys(conn: duckdb.DuckDBPyConnection) -> None:
     hash-aggregate counts run first; the window queries only when there is something to mark.
     """
     valid_rows, distinct_in_file, distinct_overall = conn.execute(
-        "SELECT count(*), count(DISTINCT (file_index, kind, device, protocol, date_trunc('hour', ts_exact))), "
-        "count(DISTINCT (kind, device, protocol, date_trunc('hour', ts_exact))) FROM staged WHERE reason IS NULL"
+        f"SELECT count(*), count(DISTINCT (file_index, kind, device, protocol, {_KEY_TS})), "
+        f"count(DISTINCT (kind, device, protocol, {_KEY_TS})) FROM staged WHERE reason IS NULL"
     ).fetchone()
     if distinct_in_file < valid_rows:
         conn.execute(
-            """
+            f"""
             UPDATE staged SET
-                reason = 'duplicate key (device, protocol, ts hour) in this file; row ' || d.winner || ' wins',
+                reason = CASE WHEN staged.kind = 'balance'
+                    THEN 'duplicate poll (device, protocol, ts) in this file; row ' || d.winner || ' wins'
+                    ELSE 'duplicate key (device, protocol, ts hour) in this file; row ' || d.winner || ' wins' END,
                 raw_json = CAST(to_json(struct_pack(device := staged.device, protocol := staged.protocol,
                     ts := staged.ts_exact, value := staged.value, kind := staged.kind)) AS VARCHAR)
             FROM (
                 SELECT file_index, row_number,
-                       max(row_number) OVER (PARTITION BY file_index, device, protocol, date_trunc('hour', ts_exact)) AS winner
+                       max(row_number) OVER (PARTITION BY file_index, kind, device, protocol, {_KEY_TS}) AS winner
                 FROM staged WHERE reason IS NULL
             ) AS d
             WHERE staged.file_index = d.file_index AND staged.row_number = d.row_number AND d.row_number <> d.winner
@@ -177,11 +206,11 @@ def resolve_duplicate_keys(conn: duckdb.DuckDBPyConnection) -> None:
         )
     if distinct_overall < distinct_in_file:
         conn.execute(
-            """
+            f"""
             UPDATE staged SET superseded = TRUE
             FROM (
                 SELECT file_index, row_number,
-                       max(file_index) OVER (PARTITION BY kind, device, protocol, date_trunc('hour', ts_exact)) AS winner
+                       max(file_index) OVER (PARTITION BY kind, device, protocol, {_KEY_TS}) AS winner
                 FROM staged WHERE reason IS NULL
             ) AS d
             WHERE staged.file_index = d.file_index AND staged.row_number = d.row_number AND d.file_index <> d.winner
@@ -244,14 +273,16 @@ def write_quarantine(conn: duckdb.DuckDBPyConnection, now: datetime) -> None:
 
 
 def split_batch(conn: duckdb.DuckDBPyConnection) -> None:
-    """The winning valid rows, by kind, as ``batch_earnings`` and ``batch_polls`` (ts floored to the hour)."""
+    """The winning valid rows, by kind, as ``batch_earnings`` (ts floored to the hour, ``imputed`` false)
+    and ``batch_polls`` (ts exact: polls are resampled to the hour by :mod:`~earnopt_assets.ingestion.balance`)."""
     select = f"""
-        SELECT device, protocol, date_trunc('hour', ts_exact) AS ts, value, {', '.join(MEASUREMENT_COLUMNS[:-2])},
-               CAST(connection_failures AS INTEGER) AS connection_failures, latency_ms, file_index
+        SELECT device, protocol, {{ts}} AS ts, value, {', '.join(MEASUREMENT_COLUMNS[:-2])},
+               CAST(connection_failures AS INTEGER) AS connection_failures, latency_ms, file_index{{extra}}
         FROM staged WHERE reason IS NULL AND NOT superseded AND kind = ?
     """
-    conn.execute(f"CREATE OR REPLACE TEMP TABLE batch_earnings AS {select}", ["earnings"])
-    conn.execute(f"CREATE OR REPLACE TEMP TABLE batch_polls AS {select}", ["balance"])
+    earnings = select.format(ts="date_trunc('hour', ts_exact)", extra=", FALSE AS imputed")
+    conn.execute(f"CREATE OR REPLACE TEMP TABLE batch_earnings AS {earnings}", ["earnings"])
+    conn.execute(f"CREATE OR REPLACE TEMP TABLE batch_polls AS {select.format(ts='ts_exact', extra='')}", ["balance"])
 
 
 def stored_rows_per_file(conn: duckdb.DuckDBPyConnection) -> dict[int, int]:
@@ -295,7 +326,7 @@ def read_affected_balance_series(conn: duckdb.DuckDBPyConnection) -> pd.DataFram
 def stage_derived_earnings(conn: duckdb.DuckDBPyConnection, derived: pd.DataFrame) -> None:
     """``derived`` (device, protocol, ts, value, measurements, file_index) joins the earnings of the batch;
     where a derived hour and an earnings row share a key, the later file wins."""
-    columns = ["device", "protocol", "ts", "value", *MEASUREMENT_COLUMNS, "file_index"]
+    columns = ["device", "protocol", "ts", "value", *MEASUREMENT_COLUMNS, "file_index", "imputed"]
     if derived.empty:
         conn.execute("DROP TABLE IF EXISTS batch_all")
         conn.execute("ALTER TABLE batch_earnings RENAME TO batch_all")
@@ -309,7 +340,7 @@ def stage_derived_earnings(conn: duckdb.DuckDBPyConnection, derived: pd.DataFram
                 SELECT * FROM batch_earnings
                 UNION ALL
                 SELECT device, protocol, CAST(ts AS TIMESTAMP), value, {', '.join(MEASUREMENT_COLUMNS[:-2])},
-                       CAST(connection_failures AS INTEGER), latency_ms, file_index FROM __derived
+                       CAST(connection_failures AS INTEGER), latency_ms, file_index, CAST(imputed AS BOOLEAN) FROM __derived
             )
             QUALIFY row_number() OVER (PARTITION BY device, protocol, ts ORDER BY file_index DESC) = 1
             """
@@ -347,13 +378,17 @@ def upsert_raw_earnings(conn: duckdb.DuckDBPyConnection, now: datetime) -> tuple
     new_rows = "batch_all b ANTI JOIN batch_existing e USING (device, protocol, ts)" if existing else "batch_all b"
     conn.execute(
         f"""
-        INSERT INTO raw_earnings
+        INSERT INTO raw_earnings ({', '.join(STORED_COLUMNS)})
         SELECT b.device, b.protocol, b.ts, b.value, {', '.join('b.' + c for c in MEASUREMENT_COLUMNS)},
                coalesce(f.source_file, 'balance_polls'), ?
         FROM {new_rows} LEFT JOIN __files f USING (file_index)
         """,
         [now],
     )
+    # The batch decides each of its hours' quality: observed hours leave imputed_hours, imputed ones enter.
+    if existing:
+        conn.execute("DELETE FROM imputed_hours q USING batch_existing e WHERE q.device = e.device AND q.protocol = e.protocol AND q.ts = e.ts")
+    conn.execute("INSERT INTO imputed_hours SELECT device, protocol, ts FROM batch_all WHERE imputed ON CONFLICT DO NOTHING")
     return int(total) - int(existing), int(existing)
 
 
@@ -373,9 +408,28 @@ def log_files(conn: duckdb.DuckDBPyConnection, files: pa.Table, now: datetime) -
         conn.unregister("__ingested")
 
 
+def write_source_cursors(conn: duckdb.DuckDBPyConnection, source: str, cursors: dict[str, datetime], now: datetime) -> None:
+    """Move the pull cursors of ``source`` (protocol -> newest hour pulled); called inside the batch
+    transaction, so a failed write leaves them where they were."""
+    for protocol, cursor in sorted(cursors.items()):
+        conn.execute(
+            "INSERT INTO source_cursors VALUES (?, ?, ?, ?) ON CONFLICT (source, protocol) DO UPDATE SET "
+            "cursor_ts = excluded.cursor_ts, updated_at = excluded.updated_at",
+            [source, protocol, pd.Timestamp(cursor).to_pydatetime(), now],
+        )
+
+
 # ----------------------------------------------------------------------------- reads
 
-_READABLE = frozenset(STORED_COLUMNS)
+
+def read_source_cursors(conn: duckdb.DuckDBPyConnection, source: str) -> dict[str, datetime]:
+    """Protocol -> newest hour boundary pulled from ``source`` (empty before its first run)."""
+    if not table_exists(conn, "source_cursors"):
+        return {}
+    rows = conn.execute("SELECT protocol, cursor_ts FROM source_cursors WHERE source = ? ORDER BY protocol", [source]).fetchall()
+    return {str(protocol): ts for protocol, ts in rows}
+
+_READABLE = frozenset((*STORED_COLUMNS, "imputed"))
 
 
 def has_telemetry(conn: duckdb.DuckDBPyConnection) -> bool:
@@ -385,7 +439,7 @@ def has_telemetry(conn: duckdb.DuckDBPyConnection) -> bool:
 
 def _empty(columns: Sequence[str]) -> pd.DataFrame:
     dtypes = {"ts": "datetime64[us]", "ingested_at": "datetime64[us]", "device": object, "protocol": object, "source_file": object,
-              "connection_failures": "int32"}
+              "connection_failures": "int32", "imputed": bool}
     return pd.DataFrame({c: pd.Series(dtype=dtypes.get(c, "float64")) for c in columns})
 
 
@@ -431,7 +485,11 @@ def read_telemetry(
     where, params = _filters(device, protocols, start, end)
     # On the caller's connection (not a cursor): a read inside the caller's transaction sees its writes,
     # and a connection with a pending executemany() result still works.
-    sql = f"SELECT {', '.join(columns)} FROM raw_earnings WHERE {where} ORDER BY device, protocol, ts"
+    joined = "imputed" in columns and table_exists(conn, "imputed_hours")  # older warehouses: nothing imputed yet
+    quality = "(q.device IS NOT NULL)" if joined else "FALSE"
+    selected = ", ".join(f"{quality} AS imputed" if c == "imputed" else c for c in columns)
+    source = "raw_earnings LEFT JOIN imputed_hours q USING (device, protocol, ts)" if joined else "raw_earnings"
+    sql = f"SELECT {selected} FROM {source} WHERE {where} ORDER BY device, protocol, ts"
     return conn.execute(sql, params).df()
 
 

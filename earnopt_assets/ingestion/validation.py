@@ -276,6 +276,13 @@ def _stage_ragged(conn: duckdb.DuckDBPyConnection, file_index: int, ragged: list
     store.stage_rejected_rows(conn, file_index, rows)
 
 
+def stage_table(conn: duckdb.DuckDBPyConnection, table: pa.Table, index: int, known: list[str], device: str) -> str:
+    """Validate an in-memory Arrow table in the file contract (a non-file source such as Prometheus)
+    into ``staged`` with the same rules as a Parquet file; rows are numbered from 1."""
+    numbers = pa.array(range(1, table.num_rows + 1), pa.int64())
+    return _stage_arrow(conn, table.append_column("__row_number", numbers), index, known, device)
+
+
 def stage_file(conn: duckdb.DuckDBPyConnection, path: Path, file_format: str | None, index: int, known: list[str], device: str) -> str:
     """Read ``path`` and validate every row into ``staged``; returns the file's kind ('earnings' or
     'balance'). Raises :class:`UnreadableFileError` when the file cannot be read at all."""
