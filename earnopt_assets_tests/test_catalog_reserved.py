@@ -178,3 +178,37 @@ def test_invalid_training_settings_name_the_field(tmp_path, training, field, mes
     with pytest.raises(CatalogError) as excinfo:
         load_catalog(_write(tmp_path, raw))
     assert f"  {field}: " in str(excinfo.value) and message in str(excinfo.value)
+
+
+def test_training_step_runs_with_the_catalogs_limits(small_catalog_path, small_resources, data_dir):
+    """The earnings_model step renices its worker by training.nice and saves a model whose config carries
+    training.threads / training.nice (in-process here, so this pytest worker stays niced afterwards)."""
+    import json
+    import os
+
+    import dagster as dg
+
+    from earnopt_assets.defs import forecasting, ingestion
+    from earnopt_assets.settings import EarnoptPaths
+    from earnopt_assets.simulator import simulate_to_dir
+
+    raw = yaml.safe_load(small_catalog_path.read_text())
+    raw["training"] = {"threads": 2, "nice": 3}
+    small_catalog_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    catalog = load_catalog(small_catalog_path)
+    paths = EarnoptPaths(data_dir).ensure()
+    simulate_to_dir(catalog, days=42, seed=7, out_dir=paths.landing, end="2026-06-30T23:00")
+    instance = dg.DagsterInstance.ephemeral()
+    assert dg.materialize([ingestion.raw_earnings, ingestion.earnings_features], resources=small_resources, instance=instance).success
+    niceness = os.nice(0)
+    result = dg.materialize(
+        [forecasting.earnings_model],
+        partition_key="honeygain",
+        resources=small_resources,
+        instance=instance,
+        run_config={"ops": {"earnings_model": {"config": {"epochs": 1, "lstm_units_1": 8, "lstm_units_2": 4}}}},
+    )
+    assert result.success
+    assert os.nice(0) == min(19, niceness + 3)
+    saved = [json.loads(p.read_text()) for p in paths.models.rglob("config.json") if "honeygain" in p.parts]
+    assert saved and all((c.get("train_threads"), c.get("train_nice")) == (2, 3) for c in saved), saved

@@ -295,7 +295,16 @@ def _partitioned(protocol_names: tuple[str, ...]) -> SimpleNamespace:
         paths = earnopt.paths
         features = read_feature_snapshot(paths.features_dir, protocol, catalog)
         features = features.loc[features["device"] == catalog.host.device].reset_index(drop=True)
-        report = train_protocol(features, protocol, paths.models, config.settings(), timezone=catalog.host.timezone, host_totals=catalog.host.totals())
+        from dataclasses import replace
+
+        from earnopt_assets.forecasting.model.network import lower_training_priority
+
+        # this step's worker yields the CPU to the earning apps and the 15-minute tick (catalog `training`)
+        settings = config.settings()
+        limits = {"train_threads": catalog.training.threads, "train_nice": catalog.training.nice}
+        settings = replace(settings, model_options={**settings.model_options, **limits})
+        lower_training_priority(catalog.training.nice)
+        report = train_protocol(features, protocol, paths.models, settings, timezone=catalog.host.timezone, host_totals=catalog.host.totals())
         context.log.info("%s: %s; serves %s (%s)", protocol, report.verdict.summary, report.decision.source, report.decision.reason)
         return dg.MaterializeResult(metadata=_model_metadata(report, _decisions(earnopt)))
 
