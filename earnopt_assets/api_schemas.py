@@ -380,7 +380,7 @@ class AllocationResponse(_Model):
     allocations: dict[str, float] = Field(description="Recommended allocation per protocol (what should run).")
     optimal_allocations: dict[str, float] = Field(description="The solver's optimum, whatever the decision.")
     status: Literal["applied", "kept", "rejected"] = Field(description="applied = move to the optimum; kept = rule says stay; rejected = checks failed.")
-    utilisation_pct: dict[str, float] = Field(description="Percent of each host resource the recommendation uses.")
+    utilisation_pct: dict[str, float] = Field(description="Percent of each resource the protocols may use (host total minus earnopt's own reserve, catalog host.reserved) that the recommendation uses.")
     optimal_utilisation_pct: dict[str, float]
     solver_status: str
     solver: str | None = None
