@@ -344,6 +344,7 @@ def test_old_versions_are_pruned_but_current_and_recent_ones_stay_loadable(train
     assert len(older.predict_next_24h(train)) == 24
 
 
+@pytest.mark.slow
 def test_training_priority_helper_renices_only_the_calling_worker():
     """The helper the Dagster training step calls: run in a child process so this test process keeps its priority."""
     import os
