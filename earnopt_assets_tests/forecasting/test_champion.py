@@ -69,6 +69,12 @@ def test_champion_serves_when_it_is_the_best_passing_candidate():
     assert decision.source == LSTM_SOURCE and decision.model_version == "v7" and not decision.below_target
 
 
+def test_a_champion_without_correction_serves_under_a_name_that_says_so():
+    decision = choose_source("storj", scores(mstl=6.0, lstm=4.0), champion_version="v3", lstm_name="lstm_base_only")
+    assert decision.source == "lstm_base_only" and decision.model_version == "v3"
+    assert decision.reason.startswith("lstm_base_only holdout MAPE 4.00%")
+
+
 def test_below_target_serves_the_best_candidate_flagged():
     # akash today: the model 16 %, the baselines 31 % and more. Never serve the one that scored worse.
     table = scores(seasonal_naive_24=31.0, seasonal_naive_168=40.0, ets=33.0, lstm=16.0, champion=17.0)

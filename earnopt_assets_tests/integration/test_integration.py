@@ -148,7 +148,11 @@ def test_prediction_pipeline_reconciles_from_landing_to_plan(pipeline: Pipeline,
         assert targets[0] == cutoff + pd.Timedelta(hours=1)
         assert (targets[1:] - targets[:-1] == pd.Timedelta(hours=1)).all()
         assert np.isfinite(rows["value"]).all() and (rows["value"] >= 0).all()
-        expected_source = "lstm" if pipeline.checks_passed[protocol] else "seasonal_naive_fallback"
+        # the source its training run decided (the LSTM champion or the best statistical candidate), by name
+        from earnopt_assets.forecasting.registry import read_serving_decision
+
+        decision = read_serving_decision(paths.models, protocol)
+        expected_source = decision.source if decision is not None else "seasonal_naive_fallback"
         assert set(rows["source"]) == {expected_source}, (protocol, rows["reason"].iloc[0])
 
     # The allocation respects every constraint of the catalog, and its checks passed.

@@ -82,7 +82,7 @@ def test_async_client_methods(service, small_catalog):
     plan, models, alerts, baseline, final = asyncio.run(scenario())
     assert plan.solver_status == "optimal" and {p.protocol for p in plan.protocols} == {"honeygain", "storj", "akash"}
     assert [m.loaded for m in models.models] == [False, False, False] and alerts.available is False
-    assert baseline.source == "baseline" and final.status == "FAILURE"
+    assert baseline.source == "seasonal_naive_fallback" and final.status == "FAILURE"
 
 
 @pytest.mark.slow

@@ -131,7 +131,7 @@ def test_client_retries_503_twice_then_succeeds(server, telemetry):
     honeygain = telemetry[telemetry["protocol"] == "honeygain"].drop(columns=["device", "protocol"])
     with FlakyProxy(server, failures=2) as proxy, _fast(MLClient, proxy.url, retries=3) as client:
         forecast = client.get_earnings_predictions("honeygain", honeygain)
-    assert isinstance(forecast, PredictionResponse) and forecast.source == "model" and len(forecast.predictions) == 24
+    assert isinstance(forecast, PredictionResponse) and forecast.source == "lstm" and len(forecast.predictions) == 24
     assert len(proxy.requests) == 3 and client.last_attempts == 3
     assert {path for _, path in proxy.requests} == {"/predict/earnings/honeygain"}
 
@@ -204,7 +204,7 @@ def test_client_typed_results_against_the_real_server(server, telemetry):
         plan = client.optimize_allocation({"honeygain": 0.5, "storj": 0.6}, {"honeygain": 0.003, "storj": [0.004] * 24, "akash": [0.04]})
         assert isinstance(plan, AllocationResponse) and plan.solver_status == "optimal"
         baseline = client.get_earnings_predictions("storj", telemetry[telemetry["protocol"] == "storj"], fallback=True)
-        assert baseline.source == "baseline"
+        assert baseline.source == "seasonal_naive_fallback"
         with pytest.raises(ModelUnavailableError):
             client.detect_anomalies(honeygain.head(10))
         models = client.models()
@@ -237,6 +237,6 @@ def test_async_client_retries_and_parses(server, telemetry):
             return forecasts, health, proxy.requests
 
     forecasts, health, requests = asyncio.run(scenario())
-    assert all(f.source == "model" for f in forecasts) and forecasts[0].predictions == forecasts[2].predictions
+    assert all(f.source == "lstm" for f in forecasts) and forecasts[0].predictions == forecasts[2].predictions
     assert health.models_loaded == 1
     assert len(requests) == 3 + 2 + 1 + 1  # 3 forecasts + 2 failed attempts, health, one 404

@@ -44,7 +44,7 @@ def test_endpoints_over_tcp(data_dir, small_catalog, small_catalog_path, tiny_mo
     settings = ServiceSettings(data_dir=data_dir, catalog=small_catalog_path)
     with running_server(create_app(settings)) as url, httpx.Client(base_url=url, timeout=30) as http:
         ok = http.post("/predict/earnings/honeygain", json={"rows": honeygain}, headers={"Origin": "http://127.0.0.1:3000"})
-        assert ok.status_code == 200 and ok.json()["source"] == "model" and len(ok.json()["predictions"]) == 24
+        assert ok.status_code == 200 and ok.json()["source"] == "lstm" and len(ok.json()["predictions"]) == 24
         assert ok.headers["access-control-allow-origin"] == "http://127.0.0.1:3000"
         missing = http.post("/predict/earnings/filecoin", json={"rows": honeygain})
         assert missing.status_code == 404 and missing.headers["content-type"] == "application/problem+json"
@@ -52,7 +52,7 @@ def test_endpoints_over_tcp(data_dir, small_catalog, small_catalog_path, tiny_mo
         assert invalid.status_code == 422 and invalid.json()["errors"][0]["field"].startswith("body")
         unavailable = http.post("/predict/earnings/storj", json={"rows": storj})
         assert unavailable.status_code == 503 and "fallback" in unavailable.json()["detail"]
-        assert http.post("/predict/earnings/storj", json={"rows": storj, "fallback": True}).json()["source"] == "baseline"
+        assert http.post("/predict/earnings/storj", json={"rows": storj, "fallback": True}).json()["source"] == "seasonal_naive_fallback"
         assert http.post("/train/honeygain").status_code == 403  # no token configured
         assert http.get("/health").json()["models_loaded"] == 1
         assert "earnopt_http_requests_total" in http.get("/metrics").text
