@@ -26,7 +26,7 @@ import argparse
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -68,11 +68,16 @@ def main(argv: list[str] | None = None) -> int:
 
     default_risk = load_catalog().allocation.risk_aversion
     earnopt = {f"earnopt_lambda_{default_risk:g}": None, "earnopt_lambda_0": 0.0}
-    tasks = [(p, s, args.history_days, args.loop_days, None) for s in args.seeds for p in (*STATIC, "oracle")]
-    tasks += [(p, s, args.history_days, args.loop_days, risk) for s in args.seeds for p, risk in earnopt.items()]
+    tasks = [(p, s, args.history_days, args.loop_days, risk) for s in args.seeds for p, risk in earnopt.items()]  # long ones first
+    tasks += [(p, s, args.history_days, args.loop_days, None) for s in args.seeds for p in (*STATIC, "oracle")]
     started = time.perf_counter()
+    outcomes = []
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        outcomes = list(pool.map(run_one, tasks))
+        futures = [pool.submit(run_one, task) for task in tasks]
+        for future in as_completed(futures):
+            o = future.result()
+            outcomes.append(o)
+            print(f"  done: seed {o.seed} {o.policy}: {o.total_usd:.3f} $, {o.restarts} restarts, {o.wall_seconds:.0f} s", flush=True)
     total_wall = time.perf_counter() - started
     by = {(o.policy, o.seed): o for o in outcomes}
     order = [*STATIC, *earnopt, "oracle"]

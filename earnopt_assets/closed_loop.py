@@ -150,12 +150,14 @@ class EarnoptLoop:
     """earnopt's hourly loop on the domain functions (module docstring). ``observe`` ingests telemetry,
     ``decide(now)`` returns the shares to run in the next hour and the plan that set them."""
 
-    def __init__(self, catalog: Catalog, history: pd.DataFrame, *, risk_aversion: float | None = None):
+    def __init__(self, catalog: Catalog, history: pd.DataFrame, *, risk_aversion: float | None = None,
+                 use_forecasts: bool = True, use_alerts: bool = True):
         if risk_aversion is not None:
             catalog = catalog.model_copy(update={"allocation": catalog.allocation.model_copy(update={"risk_aversion": risk_aversion})})
         # Replays feed past hours: the wall-clock silent rule would call every series silent.
         catalog = catalog.model_copy(update={"alerts": catalog.alerts.model_copy(update={"silent_lag_hours": 0.0})})
         self.catalog = catalog
+        self.use_forecasts, self.use_alerts = use_forecasts, use_alerts  # off: as a host with no forecast/alerts run yet
         self.names = list(catalog.enabled_names)
         self.telemetry = history.sort_values(["protocol", "ts"]).reset_index(drop=True)
         self.state: dict[str, dict] = {}
@@ -230,12 +232,18 @@ class EarnoptLoop:
 
     def degraded(self, now: datetime) -> dict[str, str]:
         """Anomaly caps: a critical degrading alert within resolve_after_hours (as protocol_state holds it)."""
-        from earnopt_assets.anomaly.rules import DEGRADING_RULES, evaluate_rules
+        from earnopt_assets.anomaly.rules import DEGRADING_RULES, series_alerts
+        from earnopt_assets.anomaly.series import iter_series
 
         started = time.perf_counter()
+        settings = self.catalog.alerts
         recent = self.telemetry[self.telemetry["ts"] > pd.Timestamp(now) - pd.Timedelta(hours=ALERT_WINDOW_HOURS)]
-        since = pd.Timestamp(now) - pd.Timedelta(hours=self.catalog.alerts.resolve_after_hours)
-        alerts = evaluate_rules(recent, self.catalog, start=since.to_pydatetime())
+        since = (pd.Timestamp(now) - pd.Timedelta(hours=settings.resolve_after_hours)).to_pydatetime()
+        # Only the rules that can degrade a protocol decide the caps (the silent rule is off in a replay).
+        rules = tuple(sorted(DEGRADING_RULES - {"silent"}))
+        specs = {p.name: p for p in self.catalog.protocols}
+        alerts = [alert for ctx in iter_series(recent, specs, elasticity=settings.allocation_elasticity, level_band=settings.baseline_level_band)
+                  for alert in series_alerts(ctx, settings, since, None, rules=rules)]
         out = {a.protocol: f"critical {a.rule} alert at {a.hour:%Y-%m-%d %H:00}" for a in alerts
                if a.rule in DEGRADING_RULES and a.severity == "critical"}
         self.timings["alerts"] += time.perf_counter() - started
@@ -246,11 +254,12 @@ class EarnoptLoop:
         from earnopt_assets.allocation.plan import CURVE_WINDOW_DAYS, assemble_inputs, compute_plan
 
         now = pd.Timestamp(now).to_pydatetime()
-        if self.last_retrain is None or pd.Timestamp(now) - self.last_retrain >= pd.Timedelta(hours=24):
+        if self.use_forecasts and (self.last_retrain is None or pd.Timestamp(now) - self.last_retrain >= pd.Timedelta(hours=24)):
             self.retrain(now)
-        series = self._series(pd.Timestamp(now) - pd.Timedelta(days=CURVE_WINDOW_DAYS))
-        forecasts = self.forecasts(now, series)
-        degraded = self.degraded(now)
+        newest = self.telemetry["ts"].max()  # the cycle reads the last 30 days before the newest row, as cycle.py does
+        series = self._series(pd.Timestamp(newest) - pd.Timedelta(days=CURVE_WINDOW_DAYS) - pd.Timedelta(microseconds=1))
+        forecasts = self.forecasts(now, series) if self.use_forecasts else {}
+        degraded = self.degraded(now) if self.use_alerts else {}
         started = time.perf_counter()
         history = {n: g[["ts", "earnings_usd", "allocation"]] for n, g in series.items()}
         inputs = assemble_inputs(self.catalog, now, history=history, forecasts=forecasts, state=self.state, degraded=degraded)
