@@ -170,15 +170,24 @@ def raw_windows(
     base: StatisticalBase,
     sequence_length: int,
     timezone: str,
+    one_step_base: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Unstandardised windows (n, L, len(CHANNELS)); see the module docstring for each channel."""
+    """Unstandardised windows (n, L, len(CHANNELS)); see the module docstring for each channel.
+
+    ``one_step_base`` (m, T): b_{s|s-1} of every column of ``Z`` when already computed (one long series:
+    computed once instead of once per window row)."""
     L = sequence_length
     offsets = np.arange(-L + 1, 1)[None, :]
     hours = origins[:, None] + offsets  # (n, L)
     r2 = rows[:, None]
     out = np.empty((len(origins), L, len(CHANNELS)))
-    out[..., 0] = _gather(Z, r2, hours) / scale[:, None]
-    out[..., 1] = one_step_errors(Z, base, np.broadcast_to(r2, hours.shape), hours, EPS_FRACTION * scale[:, None])
+    z_window = _gather(Z, r2, hours)
+    out[..., 0] = z_window / scale[:, None]
+    eps = EPS_FRACTION * scale[:, None]
+    if one_step_base is None:
+        out[..., 1] = one_step_errors(Z, base, np.broadcast_to(r2, hours.shape), hours, eps)
+    else:
+        out[..., 1] = log_ratio(np.nan_to_num(z_window), np.nan_to_num(_gather(one_step_base, r2, hours)), eps)
     ahead = hours + 24
     known = ahead <= origins[:, None]
     future_step = np.clip(ahead - origins[:, None], 1, HORIZON_HOURS) - 1
@@ -226,11 +235,8 @@ def forecast_z(
     if network is None or g == 0.0:
         return base_path, base_path.copy()
     if head == "direct":
-        scale = origin_scale(tails.Z, rows, origins, state.level_floor)
-        X = raw_windows(tails.Z, tails.A, tails.E, rows, origins, base_path, scale, state.base, sequence_length, timezone)
-        out = np.asarray(network(standardise(X, state)), dtype=float)
-        correction = state.target_mean + state.target_std * out
-        return base_path, apply_ratio(base_path, g * correction, EPS_FRACTION * scale[:, None])
+        base_path, correction, eps = direct_correction(tails, state, network, sequence_length=sequence_length, timezone=timezone)
+        return base_path, apply_ratio(base_path, g * correction, eps)
     # recursive: one step at a time, each prediction appended to the history
     Z = np.concatenate([tails.Z, np.full((n, HORIZON_HOURS), np.nan)], axis=1)
     A = np.concatenate([tails.A, np.clip(future_allocation, ALLOCATION_FLOOR, 1.0)], axis=1)
@@ -246,6 +252,31 @@ def forecast_z(
         predicted[:, k] = value
         Z[:, T + k] = value
     return base_path, predicted
+
+
+def all_one_step_base(Z: np.ndarray, base: StatisticalBase) -> np.ndarray:
+    """b_{s|s-1} for every column s >= 1 of every row of ``Z`` (NaN at s = 0)."""
+    m, T = Z.shape
+    out = np.full((m, T), np.nan)
+    if T > 1:
+        rows = np.repeat(np.arange(m), T - 1)
+        hours = np.tile(np.arange(1, T), m)
+        out[:, 1:] = base.predict(Z, rows, hours - 1, horizon=1)[:, 0].reshape(m, T - 1)
+    return out
+
+
+def direct_correction(
+    tails: Tails, state: FittedState, network: Callable[[np.ndarray], np.ndarray], *, sequence_length: int, timezone: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(base path, log-ratio correction (n, 24) before the blend weight, eps (n, 1)) of the direct head."""
+    n = tails.Z.shape[0]
+    rows = np.arange(n)
+    origins = tails.origins
+    base_path = state.base.predict(tails.Z, rows, origins)
+    scale = origin_scale(tails.Z, rows, origins, state.level_floor)
+    X = raw_windows(tails.Z, tails.A, tails.E, rows, origins, base_path, scale, state.base, sequence_length, timezone)
+    correction = state.target_mean + state.target_std * np.asarray(network(standardise(X, state)), dtype=float)
+    return base_path, correction, EPS_FRACTION * scale[:, None]
 
 
 def build_tails(z_filled: np.ndarray, allocation: np.ndarray, epoch_hours: np.ndarray, origins: np.ndarray, length: int) -> Tails:
@@ -283,7 +314,7 @@ def training_samples(
     origins, rows, targets = origins[keep], rows[keep], targets[keep]
     base_path = state.base.predict(Z, rows, origins)
     scale = origin_scale(Z, rows, origins, state.level_floor)
-    X = raw_windows(Z, A, E, rows, origins, base_path, scale, state.base, sequence_length, timezone)
+    X = raw_windows(Z, A, E, rows, origins, base_path, scale, state.base, sequence_length, timezone, one_step_base=all_one_step_base(Z, state.base))
     Y = log_ratio(targets, base_path[:, :outputs], EPS_FRACTION * scale[:, None])
     return X, Y, origins
 
