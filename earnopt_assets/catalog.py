@@ -278,7 +278,7 @@ class PrometheusSource(_Strict):
     ``auth: basic`` reads ``EARNOPT_PROMETHEUS_USER`` and ``EARNOPT_PROMETHEUS_PASSWORD``.
     """
 
-    url: str = Field(pattern=r"^https?://[^@\s]+$", description="Base URL, e.g. http://127.0.0.1:9090 (no user:password@).")
+    url: str = Field(description="Base URL, e.g. http://127.0.0.1:9090 (no user:password@).")
     auth: Literal["none", "bearer", "basic"] = "none"
     preset: Literal["cashpilot"] | None = None
     cashpilot: dict[str, str | CashPilotName] = Field(
@@ -293,6 +293,15 @@ class PrometheusSource(_Strict):
     backfill_days: int = Field(30, ge=1, le=3660, description="History pulled by the first run.")
     page_hours: int = Field(720, ge=1, le=10000, description="Hours per query_range request (bounded responses).")
     timeout_seconds: float = Field(10.0, gt=0, le=300, description="Timeout of one HTTP request.")
+
+    @field_validator("url")
+    @classmethod
+    def _plain_url(cls, value: str) -> str:
+        if not re.fullmatch(r"https?://\S+", value):
+            raise ValueError("must be an http(s) URL, e.g. http://127.0.0.1:9090")
+        if "@" in value.split("/", 3)[2]:  # the value is not echoed: it would carry the password
+            raise ValueError("must not carry credentials (user:password@): use auth: basic with EARNOPT_PROMETHEUS_USER / EARNOPT_PROMETHEUS_PASSWORD")
+        return value
 
     @model_validator(mode="after")
     def _fields_known(self) -> "PrometheusSource":
