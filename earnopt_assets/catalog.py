@@ -330,6 +330,43 @@ class SourcesSettings(_Strict):
     balance: BalanceResampling = BalanceResampling()
 
 
+class ContainerRef(_Strict):
+    """Which Docker container runs a protocol: by container ``name`` or by a ``label`` ``key=value``."""
+
+    name: str | None = Field(None, pattern=r"^/?[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+    label: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}=[A-Za-z0-9_.-]{1,128}$")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ContainerRef:
+        if (self.name is None) == (self.label is None):
+            raise ValueError("give exactly one of name or label (e.g. label: earnopt.protocol=honeygain)")
+        return self
+
+
+class ActuationSettings(_Strict):
+    """Whether and how earnopt applies its plans to the protocols' Docker containers (README "Letting earnopt act").
+
+    ``off`` (default) touches nothing; ``dry_run`` inspects and records what it would do; ``apply`` changes
+    limits (``docker update``), restarts, stops and starts. ``EARNOPT_ACTUATION_MODE`` overrides ``mode``.
+    Only containers mapped in ``containers`` (or, with ``label_key``, labelled ``<label_key>=<protocol>``) are touched.
+    """
+
+    mode: Literal["off", "dry_run", "apply"] = "off"
+    max_restarts_per_day: int = Field(3, ge=0, le=96, description="Restarts per protocol per rolling 24 h.")
+    stop_timeout_seconds: int = Field(10, ge=0, le=300, description="Grace period of a stop or restart.")
+    label_key: str | None = Field(
+        "earnopt.protocol", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
+        description="Containers labelled <label_key>=<protocol> are mapped to that protocol (null = only explicit containers).",
+    )
+    containers: dict[str, ContainerRef] = Field(default_factory=dict, description="Protocol -> container (overrides label_key).")
+    docker_host: str | None = Field(None, pattern=r"^(unix|tcp|ssh)://\S+$", description="Docker endpoint (default: DOCKER_HOST or the local socket).")
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: object) -> object:
+        return "off" if value is False else value  # YAML 1.1 reads a bare `off` as false
+
+
 class Catalog(_Strict):
     host: HostSpec
     protocols: list[ProtocolSpec] = Field(min_length=1)
@@ -337,6 +374,7 @@ class Catalog(_Strict):
     sources: SourcesSettings = SourcesSettings()
     allocation: AllocationSettings = AllocationSettings()
     training: TrainingResources = TrainingResources()
+    actuation: ActuationSettings = ActuationSettings()
     source: str | None = Field(None, description="File the catalog was loaded from.")
 
     @model_validator(mode="after")
@@ -346,6 +384,9 @@ class Catalog(_Strict):
             if protocol.name in seen:
                 raise ValueError(f"protocols.{index}.name: duplicate protocol name {protocol.name!r}")
             seen.add(protocol.name)
+        unknown = sorted(set(self.actuation.containers) - seen)
+        if unknown:
+            raise ValueError(f"actuation.containers: unknown protocol(s) {', '.join(unknown)}")
         return self
 
     @property

@@ -6,10 +6,10 @@ Each asset group module under ``earnopt_assets.defs`` exposes plain lists (``ass
 
 import dagster as dg
 
-from earnopt_assets.defs import allocation, anomalies, forecasting, ingestion
+from earnopt_assets.defs import actuation, allocation, anomalies, forecasting, ingestion
 from earnopt_assets.resources import default_resources
 
-GROUP_MODULES = (ingestion, forecasting, anomalies, allocation)
+GROUP_MODULES = (ingestion, forecasting, anomalies, allocation, actuation)
 
 # Declared so it is RUNNING on a fresh instance: Dagster's implicit one starts STOPPED, and then new telemetry
 # refreshes nothing (features, forecasts, anomalies and alerts carry automation conditions) until someone clicks.

@@ -15,5 +15,8 @@ fi
 # The browser test needs Debian's chromium; only the full run installs it (idempotent, instant when present).
 if [ "$#" -eq 0 ]; then
   bash scripts/install_chromium.sh
+  # docker.io + busybox-static, then a running dockerd and the local test image for the actuator's tests
+  bash scripts/install_system_deps.sh
+  bash scripts/docker_engine.sh || echo "==> WARNING: no Docker Engine; the actuator's docker tests skip (fail under CI=1)"
 fi
 exec python -m pytest --cov=earnopt_assets --cov-report=term-missing:skip-covered "${COVERAGE_GATE[@]}" "$@"

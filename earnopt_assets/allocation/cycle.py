@@ -85,15 +85,24 @@ def read_cycle_inputs(conn: duckdb.DuckDBPyConnection, catalog: Catalog, now: da
     applied_then = {t: store.applied_shares_at(conn, device, t) for t in set(forecast_times.values())}
     forecast_plans = {n: applied_then[t][n] for n, t in forecast_times.items() if n in applied_then[t]}
     degraded = _degraded(conn, device, notes)
+    from earnopt_assets.actuation.store import confirmed_shares  # the actuator's docker-inspect confirmations
+
     return assemble_inputs(
         catalog, now, history=history, forecasts=forecasts, state=plans, degraded=degraded, notes=notes,
-        forecast_plans=forecast_plans,
+        forecast_plans=forecast_plans, confirmed=confirmed_shares(conn, device, names),
     )
 
 
-def write_latest_plan(path: Path, plan: AllocationPlan) -> Path:
-    """Replace the orchestrator's plan file atomically (a crash leaves the previous file)."""
-    return atomic_write_json(path, plan.to_json())
+def write_latest_plan(path: Path, plan: AllocationPlan, catalog: Catalog | None = None) -> Path:
+    """Replace the orchestrator's plan file atomically (a crash leaves the previous file). With the catalog
+    the file carries ``limits``: the absolute CPU/memory limits and bandwidth/storage entitlements of each
+    share in force (docs/plan.schema.json, earnopt_assets.actuation.limits)."""
+    document = plan.to_json()
+    if catalog is not None:
+        from earnopt_assets.actuation.limits import plan_limits
+
+        document["limits"] = plan_limits(catalog, document["allocations"])
+    return atomic_write_json(path, document)
 
 
 def run_allocation_cycle(
@@ -112,5 +121,5 @@ def run_allocation_cycle(
     plan = compute_plan(inputs, catalog, allocator, log=log)
     with open_connection() as conn:
         realised = store.write_plan(conn, plan)
-    write_latest_plan(latest_plan_path, plan)
+    write_latest_plan(latest_plan_path, plan, catalog)
     return plan, realised

@@ -145,9 +145,14 @@ def _hour(value: Any) -> str:
 
 
 def allocation_in_force(
-    plan_row: Mapping[str, Any] | None, series: pd.DataFrame | None, initial: float, now: datetime
+    plan_row: Mapping[str, Any] | None, series: pd.DataFrame | None, initial: float, now: datetime,
+    confirmed: Mapping[str, Any] | None = None,
 ) -> tuple[float, CurrentSource, str, str | None]:
     """The share a protocol actually runs at: (share, source, detail, disagreement or None).
+
+    0. First, the actuator's confirmation (``confirmed``: share and confirmed_at read back from the
+       container by ``docker inspect``, earnopt_assets.actuation): when it confirms the applied plan's share
+       at or after the plan, that plan is ``applied_plan`` without waiting for telemetry.
 
     Telemetry reports the share every protocol ran at each hour (``allocation``). With a plan applied at t
     (its ``allocation_state`` row) the hours from floor_h(t) + 1 h on show whether it was put in force:
@@ -164,6 +169,9 @@ def allocation_in_force(
     if plan_row is not None:
         share, applied_at, cycle = float(plan_row["allocation"]), pd.Timestamp(plan_row["updated_at"]), plan_row.get("cycle_id")
         plan_text = f"plan {cycle} ({_pct(share)}, applied {_hour(applied_at)})"
+        if (confirmed is not None and pd.Timestamp(confirmed["confirmed_at"]) >= applied_at
+                and abs(float(confirmed["share"]) - share) <= CONFIRM_TOLERANCE):
+            return share, "applied_plan", f"{plan_text} confirmed by the actuator (docker inspect) at {_hour(confirmed['confirmed_at'])}", None
         after = series[pd.to_datetime(series["ts"]) >= applied_at.floor("h") + pd.Timedelta(hours=1)] if has_series else None
         if after is not None and len(after):
             seen, seen_at = float(after["allocation"].iloc[-1]), after["ts"].iloc[-1]
@@ -213,6 +221,7 @@ def assemble_inputs(
     degraded: Mapping[str, str],
     notes: list[str] | None = None,
     forecast_plans: Mapping[str, float] | None = None,
+    confirmed: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> CycleInputs:
     """Turn what the stores returned into the cycle's inputs (pure).
 
@@ -278,7 +287,8 @@ def assemble_inputs(
             value = 0.0
 
         potential, _ = potential_from_forecast(value, basis if source != "no_data" else None, curve)
-        current, current_source, current_detail, disagreement = allocation_in_force(state.get(name), series, initial[name], now)
+        current, current_source, current_detail, disagreement = allocation_in_force(state.get(name), series, initial[name], now,
+                                                                                    (confirmed or {}).get(name))
         if disagreement:
             notes.append(f"{name}: {disagreement}")
         protocols[name] = ProtocolInputs(

@@ -141,9 +141,11 @@ def allocation_metadata(plan: AllocationPlan, catalog, cycles, realised_updates:
 
 allocation_job = dg.define_asset_job(
     "allocation_job",
-    selection=dg.AssetSelection.assets(RESOURCE_ALLOCATION),
+    # applied_allocation (defs/actuation.py) acts on the plan; the blocking checks keep it from a failed plan
+    selection=dg.AssetSelection.assets(RESOURCE_ALLOCATION, dg.AssetKey("applied_allocation")),
     executor_def=dg.in_process_executor,
-    description="Every 15 minutes: re-solve the allocation and apply it if the rule and the blocking checks allow.",
+    description="Every 15 minutes: re-solve the allocation, apply it if the rule and the blocking checks allow, "
+    "and act on the containers per actuation.mode.",
 )
 
 allocation_schedule = dg.ScheduleDefinition(

@@ -52,7 +52,8 @@ def test_schedule_targets_only_the_allocation_step_every_15_minutes() -> None:
     assert defs.resolve_schedule_def("allocation_schedule").job_name == "allocation_job"
     job = defs.resolve_job_def("allocation_job")
     assert job.executor_def is dg.in_process_executor
-    assert [node.name for node in job.graph.nodes] == ["resource_allocation"]
+    # applied_allocation (issue 18) acts on the plan after it, gated by the blocking checks
+    assert {node.name for node in job.graph.nodes} == {"resource_allocation", "applied_allocation"}
     checks = {key.name for key in job.asset_layer.asset_graph.asset_check_keys if key.asset_key == resource_allocation.key}
     assert checks == {"solver_status_optimal", "constraints_satisfied"}
     specs = {spec.name: spec for spec in resource_allocation.check_specs}
