@@ -237,3 +237,91 @@ def test_block_rewards_pay_a_quarter_at_once_and_vest_the_rest_over_180_days():
     assert single.sum() == pytest.approx(BLOCK_REWARD_HOURS * 0.01)
     no_wins = _block_rewards(income, np.zeros(n), np.random.default_rng(5))
     assert not no_wins.any()  # no committed storage, no block rewards
+
+
+# ------------------------------------------------------------------ the closed-loop environment (#12 s1)
+
+
+def test_simulate_is_the_environment_driven_by_its_own_random_path(small_catalog):
+    """simulate == HostEnvironment stepped hour by hour with its random allocation path: one model, no drift."""
+    from earnopt_assets.environment import HostEnvironment
+
+    expected = simulate(small_catalog, days=15, seed=4, end=END)
+    env = HostEnvironment(small_catalog, hours=15 * 24, seed=4, end=END, response="power")
+    hours = [env.step(dict(zip(env.names, row))) for row in env.random_allocation]
+    stepped = pd.concat(hours, ignore_index=True).sort_values(["protocol", "ts"], kind="stable").reset_index(drop=True)
+    ordered = expected.telemetry.sort_values(["protocol", "ts"], kind="stable").reset_index(drop=True)
+    pd.testing.assert_frame_equal(stepped, ordered)
+    pd.testing.assert_frame_equal(env.labels(), expected.labels)
+    assert env.done and env.restarts() == int(env.restarted.sum()) > 0  # the random path moves every 2-6 days
+    with pytest.raises(ValueError, match="ends after"):
+        env.step(dict.fromkeys(env.names, 0.5))
+
+
+def test_restarts_cost_the_catalogs_restart_minutes(small_catalog):
+    from earnopt_assets.environment import HostEnvironment
+
+    def run(restart_costs: bool) -> tuple[HostEnvironment, pd.DataFrame]:
+        env = HostEnvironment(small_catalog, hours=48, seed=2, end=END, response="power", inject_anomalies=False, restart_costs=restart_costs)
+        path = np.tile([0.5, 0.6, 0.5], (48, 1))
+        path[10:, 0] = 0.53  # honeygain +3 pp: within the 5 pp threshold, adjusted in place
+        path[20:, 2] = 0.9  # akash +40 pp: restart
+        return env, env.run(path)
+
+    env, paid = run(True)
+    _, free = run(False)
+    threshold = small_catalog.allocation.change_threshold
+    assert threshold == pytest.approx(0.05)
+    akash = small_catalog.require("akash")
+    cost = paid["earnings_usd"].to_numpy() / np.where(free["earnings_usd"] > 0, free["earnings_usd"], np.nan)
+    row = paid.index[(paid["protocol"] == "akash") & (paid["ts"] == env.ts[20])][0]
+    assert cost[row] == pytest.approx(1 - akash.restart_minutes / 60, rel=1e-6)  # 15 min of 60 lost
+    others = np.delete(np.arange(len(paid)), row)
+    assert np.allclose(cost[others][np.isfinite(cost[others])], 1.0)  # the 3 pp change and steady hours cost nothing
+    assert env.restarts() == 1 and env.downtime_hours() == pytest.approx(akash.restart_minutes / 60)
+    with pytest.raises(ValueError, match="no share for"):
+        env.step({"honeygain": 0.5})
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        env.step({"honeygain": 1.5, "storj": 0.6, "akash": 0.5})
+
+
+def test_hidden_responses_have_the_shapes_real_apps_have(catalog):
+    from earnopt_assets.environment import draw_hidden_response
+
+    shares = np.linspace(0, 1, 101)
+    flat = np.ones_like(shares)
+    curves = {name: draw_hidden_response(catalog.require(name), seed=3) for name in ("honeygain", "storj", "filecoin", "akash")}
+    bandwidth = curves["honeygain"]
+    served = bandwidth.factor(shares, flat)
+    saturated = shares >= bandwidth.saturation_share
+    assert np.allclose(served[saturated], served[-1]) and (np.diff(served[~saturated]) > 0).all()  # extra bandwidth earns nothing
+    for name in ("storj", "filecoin"):
+        storage = curves[name]
+        paid = storage.factor(shares, flat)
+        below = shares < storage.minimum_share - 1e-9
+        assert storage.minimum_share >= catalog.require(name).min_allocation
+        assert not paid[below].any() and (paid[~below] > 0).all()
+        above = shares[~below]
+        slope = np.polyfit(np.log(above), np.log(paid[~below]), 1)[0]
+        assert 0.85 < slope < 1.05  # roughly linear in capacity above the minimum
+    compute = curves["akash"]
+    leases = compute.factor(shares, flat)
+    assert len(np.unique(leases)) == int(np.floor(1 / compute.lease_share + 1e-9)) + 1  # whole leases only
+    assert leases[shares < compute.lease_share - 1e-9].max() == 0
+    # per seed: another seed draws other curves
+    assert draw_hidden_response(catalog.require("honeygain"), seed=4) != bandwidth
+
+
+def test_hidden_curves_are_out_of_a_policys_reach(small_catalog):
+    from earnopt_assets.environment import HiddenResponse, HostEnvironment, oracle_view
+
+    env = HostEnvironment(small_catalog, hours=24, seed=1, end=END)
+    public = {k: v for k, v in vars(env).items() if not k.startswith("_")}
+    assert not [k for k, v in public.items() if isinstance(v, HiddenResponse) or (isinstance(v, list) and any(isinstance(x, HiddenResponse) for x in v))]
+    assert {item["response"].shape for item in oracle_view(env).values()} == {"saturating", "threshold_linear", "lumpy"}
+    # the same world answers two allocations differently, everything not driven by the share stays the same
+    low, high = (HostEnvironment(small_catalog, hours=24, seed=1, end=END) for _ in range(2))
+    a = low.run(np.tile([0.2, 0.9, 0.2], (24, 1)))
+    b = high.run(np.tile([0.9, 0.9, 0.9], (24, 1)))
+    assert a["connection_failures"].equals(b["connection_failures"]) and a["latency_ms"].equals(b["latency_ms"])
+    assert b.loc[b["protocol"] == "akash", "earnings_usd"].sum() > a.loc[a["protocol"] == "akash", "earnings_usd"].sum()
