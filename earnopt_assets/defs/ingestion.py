@@ -34,6 +34,7 @@ from earnopt_assets.ingestion.feature_store import (
 from earnopt_assets.ingestion.features import FEATURE_COLUMNS
 from earnopt_assets.ingestion.freshness import DEFAULT_MAX_LAG_HOURS, series_lag, stale_series
 from earnopt_assets.ingestion.landing import landing_files
+from earnopt_assets.ingestion.prometheus import pull_source, read_cursors, write_pull
 from earnopt_assets.ingestion.run import ingest_landing
 from earnopt_assets.resources import EarnoptResource
 from earnopt_assets.warehouse import DUCKDB_POOL
@@ -51,7 +52,68 @@ def _hour_text(ts: datetime | None) -> str:
     return "no telemetry yet" if ts is None else f"{pd.Timestamp(ts):%Y-%m-%d %H:%M}"
 
 
-@dg.asset(group_name=GROUP, pool=DUCKDB_POOL, kinds={"duckdb"})
+PROMETHEUS_OFF = (
+    "skipped: no Prometheus source configured (add sources.prometheus to the catalog, see the README section "
+    "'Feeding real telemetry from Prometheus / CashPilot')"
+)
+
+
+def prometheus_frame(pulls) -> pd.DataFrame:
+    """Per protocol: rows pulled, the newest sample, hour boundaries without a sample, the value's sparkline."""
+    return pd.DataFrame(
+        {
+            "protocol": [p.protocol for p in pulls],
+            "rows_pulled": pd.Series([p.rows for p in pulls], dtype="int64"),
+            "from_utc": [_hour_text(p.start) if p.start else "up to date" for p in pulls],
+            "last_sample_utc": [f"{pd.Timestamp(p.last_ts):%Y-%m-%d %H:%M}" if p.last_ts else "no sample" for p in pulls],
+            "gap_h": pd.Series([p.gap_hours for p in pulls], dtype="int64"),
+            "value_sparkline": [p.sparkline or "-" for p in pulls],
+        }
+    )
+
+
+@dg.asset(group_name=GROUP, pool=DUCKDB_POOL, kinds={"prometheus", "duckdb"})
+def prometheus_telemetry(context: dg.AssetExecutionContext, earnopt: EarnoptResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
+    """Telemetry pulled from the Prometheus server configured in the catalog (``sources.prometheus``; a
+    CashPilot preset maps its ``cashpilot_*`` gauges) into ``raw_earnings``.
+
+    ``query_range`` at a 1 h step from each protocol's cursor (DuckDB ``source_cursors``; the first run
+    backfills ``backfill_days``), in bounded pages. The balance gauge is pulled as raw samples and goes
+    through the same validation, quarantine, balance resampling (payout = reset, gaps imputed) and upsert
+    as landing files; the cursors move in the same transaction. Prometheus down, slow or answering an
+    error fails the run naming the query and status, and nothing moves. Does nothing (and says so) when
+    no source is configured. Mapping and unit conversions: docs/DATA.md.
+    """
+    catalog = earnopt.catalog()
+    if catalog.sources.prometheus is None:
+        context.log.info(PROMETHEUS_OFF)
+        return dg.MaterializeResult(metadata={"status": PROMETHEUS_OFF, "rows_pulled": 0})
+    with duckdb.get_connection() as conn:
+        cursors = read_cursors(conn)
+    pulled = pull_source(catalog, cursors)  # HTTP only: no warehouse connection held meanwhile
+    with duckdb.get_connection() as conn:
+        report = write_pull(conn, earnopt.paths, catalog, pulled)
+        rows, _, latest = store.telemetry_totals(conn)
+    context.log.info(f"pulled {sum(p.rows for p in pulled.protocols)} rows for {len(pulled.protocols)} protocols in {pulled.requests} requests")
+    return dg.MaterializeResult(
+        metadata={
+            "status": f"pulled {len(pulled.protocols)} protocols from {catalog.sources.prometheus.url}",
+            "rows_pulled": sum(p.rows for p in pulled.protocols),
+            "rows_quarantined": report.rows_quarantined,
+            "rows_inserted": report.rows_inserted,
+            "rows_updated": report.rows_updated,
+            "rows_imputed": report.rows_imputed,
+            "requests": pulled.requests,
+            "pull_seconds": round(pulled.seconds, 3),
+            "per_protocol": table_metadata(prometheus_frame(pulled.protocols)),
+            "quarantine_reasons": table_metadata(report.quarantine_reasons_frame()),
+            "table_rows": rows,
+            "latest_hour_utc": _hour_text(latest),
+        }
+    )
+
+
+@dg.asset(group_name=GROUP, pool=DUCKDB_POOL, kinds={"duckdb"}, deps=[prometheus_telemetry])
 def raw_earnings(context: dg.AssetExecutionContext, earnopt: EarnoptResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
     """Hourly earnings telemetry loaded from ``data/landing`` into the DuckDB table ``raw_earnings``.
 
@@ -270,7 +332,7 @@ def landing_sensor(context: dg.SensorEvaluationContext, earnopt: EarnoptResource
     )
 
 
-assets: list = [raw_earnings, earnings_features]
+assets: list = [prometheus_telemetry, raw_earnings, earnings_features]
 asset_checks: list = [
     raw_earnings_hour_grid,
     raw_earnings_rows_accounted,
@@ -278,6 +340,23 @@ asset_checks: list = [
     earnings_features_finite,
     raw_earnings_freshness,
 ]
-jobs: list = [ingestion_job]
-schedules: list = []
+prometheus_job = dg.define_asset_job(
+    "prometheus_job",
+    selection=dg.AssetSelection.assets(prometheus_telemetry, raw_earnings, earnings_features),
+    description="Pull the last hours from Prometheus into raw_earnings (plus any landing files) and rebuild earnings_features.",
+)
+
+
+@dg.schedule(job=prometheus_job, cron_schedule="5 * * * *", default_status=dg.DefaultScheduleStatus.RUNNING)
+def prometheus_schedule(context: dg.ScheduleEvaluationContext, earnopt: EarnoptResource) -> dg.RunRequest | dg.SkipReason:
+    """Hourly at :05 (the hour's boundary sample is scraped by then): requests ``prometheus_job`` when a
+    Prometheus source is configured, otherwise skips saying how to configure one."""
+    source = earnopt.catalog().sources.prometheus
+    if source is None:
+        return dg.SkipReason(PROMETHEUS_OFF.removeprefix("skipped: "))
+    return dg.RunRequest(run_key=f"prometheus-{context.scheduled_execution_time:%Y%m%dT%H%M}")
+
+
+jobs: list = [ingestion_job, prometheus_job]
+schedules: list = [prometheus_schedule]
 sensors: list = [landing_sensor]

@@ -33,7 +33,14 @@ import pyarrow as pa
 from earnopt_assets.catalog import Catalog
 from earnopt_assets.ingestion import store
 from earnopt_assets.ingestion.balance import ResampleSettings, derive_hourly_earnings
-from earnopt_assets.ingestion.landing import FileFacts, file_facts, keep_files, landing_files, landing_lock, unique_destination
+from earnopt_assets.ingestion.landing import (
+    FileFacts,
+    file_facts,
+    keep_files,
+    landing_files,
+    landing_lock,
+    unique_destination,
+)
 from earnopt_assets.ingestion.readers import UnreadableFileError, file_format
 from earnopt_assets.ingestion.report import FileReport, IngestReport, verify_row_accounting
 from earnopt_assets.ingestion.validation import stage_file, stage_table

@@ -140,7 +140,7 @@ def test_money_is_conserved_over_random_cadences(gaps, jitter, rates, payouts):
     unlimited, _ = derive_hourly_earnings(series, ResampleSettings(max_gap_hours=1e6))
     assert (unlimited["value"] >= 0).all()
     assert abs(unlimited["value"].sum() - sum(increments)) < 1e-9
-    assert unlimited["ts"].is_unique and len(unlimited) == int(round(offsets[-1] - np.ceil(offsets[0])))
+    assert unlimited["ts"].is_unique and len(unlimited) == round(offsets[-1] - np.ceil(offsets[0]))
     limited, _ = derive_hourly_earnings(series)
     assert limited["value"].sum() <= sum(increments) + 1e-9
     gaps_h = np.diff(offsets)
