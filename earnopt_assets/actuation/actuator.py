@@ -106,15 +106,15 @@ def _record(outcome: ActuationOutcome, step: Step, status: str, reason: str, now
 def _execute(runtime: Any, step: Step) -> None:
     container = step.container
     if step.action in ("adjust", "restart", "start"):
-        step.changed = True
         runtime.update(container, step.target)
+        step.changed = True  # only once the engine took it: a container that vanished has nothing to restore
     if step.action == "restart":
         runtime.restart(container)
     elif step.action == "start":
         runtime.start(container)
     elif step.action == "stop":
-        step.changed = True
         runtime.stop(container)
+        step.changed = True
 
 
 def _restore(runtime: Any, step: Step) -> None:
@@ -217,9 +217,9 @@ def actuate(
             try:
                 _restore(runtime, step)
             except Exception as exc:
-                _record(outcome, step, "rolled_back", f"rollback FAILED ({_error_text(exc)}) after: {outcome.failure}", now,
+                step.status = "rollback_failed"
+                _record(outcome, step, "rollback_failed", f"rollback FAILED ({_error_text(exc)}) after: {outcome.failure}", now,
                         after=None)
-                step.status = "rolled_back"
                 continue
             step.status = "rolled_back"
             _record(outcome, step, "rolled_back", f"previous limits restored ({step.before.describe()}) because {outcome.failure}",

@@ -2,7 +2,8 @@
 (DDL, reads, writes); the allocation cycle reads confirmations through :func:`confirmed_shares`.
 
 * ``actuations`` - one row per (actuation run, protocol, status): what was ``planned``, ``applied``,
-  ``confirmed`` (limits read back with ``docker inspect``), ``failed``, ``rolled_back`` (with the reason),
+  ``confirmed`` (limits read back with ``docker inspect``), ``failed``, ``rolled_back`` (with the reason;
+  ``rollback_failed`` when the engine refused even that),
   ``skipped`` (not mapped, not found, ambiguous) or, in dry-run, ``dry_run`` (what it would have done).
 * ``resource_usage`` - per (device, protocol, hour) the mean and peak CPU cores and memory MB the
   protocol's container used, from the Docker stats API (a running mean over the hour's samples).
@@ -19,7 +20,7 @@ import pandas as pd
 
 from earnopt_assets.warehouse import table_exists
 
-ACTUATION_STATUSES = ("planned", "applied", "confirmed", "failed", "rolled_back", "skipped", "dry_run")
+ACTUATION_STATUSES = ("planned", "applied", "confirmed", "failed", "rolled_back", "rollback_failed", "skipped", "dry_run")
 
 ACTUATIONS_DDL = f"""
 CREATE TABLE IF NOT EXISTS actuations (
