@@ -170,11 +170,19 @@ class HostSpec(_Strict):
 
 
 class AlertChannel(_Strict):
-    """One notification target. ``min_severity`` filters what it receives (info < warning < critical)."""
+    """One notification target: an Apprise URL (``ntfy://``, ``tgram://``, ``json://``, ``mailtos://``,
+    ``gotify://``, ``pover://``, ``matrixs://``, ``slack://``, ``discord://``, ...; README "Alert channels"),
+    or an http(s) URL with a legacy ``kind`` (webhook, ntfy, slack, discord) that is mapped onto one.
+    ``min_severity`` filters what it receives (info < warning < critical). A plain string is the URL."""
 
-    kind: Literal["webhook", "ntfy", "slack", "discord"]
-    url: str = Field(pattern=r"^https?://")
+    url: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9+.-]*://\S+$")
+    kind: Literal["webhook", "ntfy", "slack", "discord"] | None = None
     min_severity: Literal["info", "warning", "critical"] = "warning"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _url_only(cls, value: object) -> object:
+        return {"url": value} if isinstance(value, str) else value
 
 
 class AlertSettings(_Strict):
