@@ -20,18 +20,22 @@ TensorFlow is imported only inside the training/forecasting functions, never whe
 import functools
 import logging
 import warnings
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import dagster as dg
-import pandas as pd
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from earnopt_assets.defs import render
 from earnopt_assets.forecasting.registry import DEFAULT_MAPE_TARGET_PCT, judge_challenger, read_serving_decision
 from earnopt_assets.forecasting.retrain import retrain_plan
-from earnopt_assets.forecasting.store import ensure_forecasts_table, forecast_rows, read_planned_allocations, read_recent_telemetry, write_forecasts
+from earnopt_assets.forecasting.store import (
+    ensure_forecasts_table,
+    read_planned_allocations,
+    read_recent_telemetry,
+    write_forecasts,
+)
 from earnopt_assets.resources import EarnoptResource
 from earnopt_assets.warehouse import DUCKDB_POOL
 
@@ -201,7 +205,7 @@ def earnings_forecast(context: dg.AssetExecutionContext, earnopt: EarnoptResourc
     and says why. Reads the last 240 h of telemetry and the planned shares in one short connection; models
     run with the connection closed. LSTM forecasts are conditional on the planned allocation.
     """
-    from earnopt_assets.forecasting.training import forecast_protocol, forecast_summary_row
+    from earnopt_assets.forecasting.training import forecast_all
 
     catalog = earnopt.catalog()
     device = catalog.host.device
@@ -209,25 +213,13 @@ def earnings_forecast(context: dg.AssetExecutionContext, earnopt: EarnoptResourc
     with duckdb.get_connection() as conn:
         telemetry = read_recent_telemetry(conn, device, protocols, FORECAST_HISTORY_HOURS)
         planned = read_planned_allocations(conn, device, protocols)
-    forecast_time = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
-    parts, served, skipped = [], [], []
-    for protocol in protocols:
-        series = telemetry.loc[telemetry["protocol"] == protocol]
-        if series.empty:
-            skipped.append(protocol)
-            continue
-        result = forecast_protocol(series, protocol, earnopt.paths.models, planned_allocation=planned.get(protocol))
-        parts.append(
-            forecast_rows(forecast_time, device, protocol, result.origin_ts, result.targets, result.values, result.source,
-                          result.model_version, result.reason, result.intervals, result.below_target)
-        )
-        served.append(forecast_summary_row(result, planned.get(protocol)))
-    rows = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    forecast_time = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+    run = forecast_all(telemetry, protocols, earnopt.paths.models, planned, forecast_time, device)
     with duckdb.get_connection() as conn:
         ensure_forecasts_table(conn)
-        written = write_forecasts(conn, rows)
+        written = write_forecasts(conn, run.rows)
+    served, skipped, below, rows = run.served, run.without_telemetry, run.below_target, run.rows
     serving = render.forecast_serving_frame(served)
-    below = [r["protocol"] for r in served if r["below_target"]] + skipped
     detail = "; ".join(f"{r['protocol']} ({r['source']}: {r['reason']})" for r in served if r["below_target"])
     check = dg.AssetCheckResult(
         check_name=ALL_PROTOCOLS_MEET_TARGET,
@@ -253,8 +245,6 @@ def earnings_forecast(context: dg.AssetExecutionContext, earnopt: EarnoptResourc
             "forecast_time": str(forecast_time),
             "rows_written": written,
             "protocols_forecast": len(served),
-            "lstm_protocols": int(sum(r["source"] == "lstm" for r in served)),
-            "statistical_protocols": int(sum(r["source"] != "lstm" for r in served)),
             "protocols_without_telemetry": ", ".join(skipped) or "none",
         },
         check_results=[check],
@@ -328,7 +318,7 @@ def _partitioned(protocol_names: tuple[str, ...]) -> SimpleNamespace:
         """Every day at 02:30 UTC: retrain every enabled protocol that has a partition (60 max epochs)."""
         catalog = earnopt.catalog()
         known = set(protocol_names)
-        day = (context.scheduled_execution_time or datetime.now(timezone.utc)).strftime("%Y-%m-%d")
+        day = (context.scheduled_execution_time or datetime.now(UTC)).strftime("%Y-%m-%d")
         return [
             dg.RunRequest(run_key=f"daily:{day}:{name}", partition_key=name, run_config=_run_config(DAILY_RETRAIN_EPOCHS), tags={"earnopt/retrain": "daily"})
             for name in catalog.enabled_names
@@ -340,7 +330,7 @@ def _partitioned(protocol_names: tuple[str, ...]) -> SimpleNamespace:
         """Retrain a protocol whose latest challenger failed its MAPE check (run at least 6 h old) or whose
         LSTM champion's live MAPE over the last 48 h exceeds 1.5 x its holdout MAPE. One request per model
         version and reason (run key); the skip reason says, per protocol, why it is not retrained."""
-        plan = retrain_plan(earnopt.catalog(), earnopt.paths, now=datetime.now(timezone.utc))
+        plan = retrain_plan(earnopt.catalog(), earnopt.paths, now=datetime.now(UTC))
         known = set(protocol_names)
         for request in plan.requests:
             if request.protocol not in known:

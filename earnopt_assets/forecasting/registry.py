@@ -126,7 +126,7 @@ class MapeCheckOutcome:
         }
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "MapeCheckOutcome":
+    def from_json(cls, data: Mapping[str, Any]) -> MapeCheckOutcome:
         return cls(
             passed=bool(data.get("passed")),
             model_mape=_finite(data.get("model_mape")),
@@ -245,8 +245,8 @@ class ServingDecision:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "ServingDecision":
-        known = {f for f in cls.__dataclass_fields__}
+    def from_json(cls, data: Mapping[str, Any]) -> ServingDecision:
+        known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
 
 

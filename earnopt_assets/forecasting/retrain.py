@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import duckdb
 import pandas as pd
@@ -81,9 +81,9 @@ def retrain_plan(
 ) -> RetrainPlan:
     """Protocols to retrain now, with why, and why each other one waits. Opens the warehouse read-only,
     briefly, only for the drift of LSTM-served protocols."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     if now.tzinfo is None:
-        now = now.replace(tzinfo=timezone.utc)
+        now = now.replace(tzinfo=UTC)
     plan = RetrainPlan()
     drift_candidates: list[tuple[str, str, float]] = []
     for name in catalog.enabled_names:

@@ -209,7 +209,7 @@ def realised_mape(
     if pairs.empty:
         return None, 0
     a, f = pairs["earnings_usd"].to_numpy(float), pairs["value"].to_numpy(float)
-    return float(100.0 * np.mean(np.abs(a - f) / np.abs(a))), int(len(pairs))
+    return float(100.0 * np.mean(np.abs(a - f) / np.abs(a))), len(pairs)
 
 
 def forecast_rows(

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -391,3 +391,43 @@ def forecast_summary_row(result: ProtocolForecast, planned: float | None) -> dic
         "model_version": result.model_version,
         "reason": result.reason,
     }
+
+
+@dataclass
+class ForecastRun:
+    """One forecast of every enabled protocol: the rows for the ``forecasts`` table and who served what."""
+
+    rows: pd.DataFrame
+    served: list[dict[str, Any]]
+    without_telemetry: list[str]
+
+    @property
+    def below_target(self) -> list[str]:
+        """Protocols served below target (or not at all, for lack of telemetry)."""
+        return [r["protocol"] for r in self.served if r["below_target"]] + self.without_telemetry
+
+
+def forecast_all(
+    telemetry: pd.DataFrame,
+    protocols: list[str],
+    models_dir: str | Path,
+    planned: Mapping[str, float],
+    forecast_time: Any,
+    device: str,
+) -> ForecastRun:
+    """:func:`forecast_protocol` for each protocol with telemetry, assembled as ``forecasts`` rows."""
+    from earnopt_assets.forecasting.store import forecast_rows
+
+    parts, served, skipped = [], [], []
+    for protocol in protocols:
+        series = telemetry.loc[telemetry["protocol"] == protocol]
+        if series.empty:
+            skipped.append(protocol)
+            continue
+        result = forecast_protocol(series, protocol, models_dir, planned_allocation=planned.get(protocol))
+        parts.append(
+            forecast_rows(forecast_time, device, protocol, result.origin_ts, result.targets, result.values, result.source,
+                          result.model_version, result.reason, result.intervals, result.below_target)
+        )
+        served.append(forecast_summary_row(result, planned.get(protocol)))
+    return ForecastRun(pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(), served, skipped)

@@ -3,7 +3,7 @@ partitions) + mape_within_target -> earnings_forecast, plus the automation condi
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
 import numpy as np
@@ -54,7 +54,7 @@ def forecasts(paths: EarnoptPaths) -> pd.DataFrame:
 
 
 def test_two_partitions_end_to_end(pipeline):
-    catalog, resources, paths, instance = pipeline
+    _, resources, paths, instance = pipeline
     decisions = {}
     for protocol in ("honeygain", "storj"):
         result = materialize_model(resources, instance, protocol)
@@ -62,7 +62,7 @@ def test_two_partitions_end_to_end(pipeline):
         assert len(materializations) == 1
         metadata = materializations[0].metadata
         # the one-line summary comes first and names the failing partitions (akash has never been trained)
-        assert list(metadata)[0] == "summary"
+        assert next(iter(metadata)) == "summary"
         assert "akash (serves not trained)" in metadata["summary"].value
         scores = metadata["metrics"]
         assert isinstance(scores, dg.TableMetadataValue)
@@ -88,7 +88,7 @@ def test_two_partitions_end_to_end(pipeline):
     assert result.success
     rows = forecasts(paths)
     assert set(rows["protocol"]) == {"honeygain", "storj", "akash"}
-    for protocol, group in rows.groupby("protocol"):
+    for _, group in rows.groupby("protocol"):
         assert len(group) == 24
         assert np.isfinite(group["value"]).all() and (group["value"] >= 0).all()
         assert group["horizon_hours"].tolist() == list(range(1, 25))
@@ -170,7 +170,7 @@ def test_model_needs_the_feature_snapshot(small_resources, data_dir):
 
 
 def test_forecast_refreshes_when_telemetry_lands_without_a_daemon(pipeline):
-    _, resources, paths, instance = pipeline
+    _, resources, _, instance = pipeline
     defs = dg.Definitions(
         assets=[ingestion.raw_earnings, ingestion.earnings_features, forecasting.earnings_model, forecasting.earnings_forecast],
         resources=resources,
@@ -187,7 +187,7 @@ def test_forecast_refreshes_when_telemetry_lands_without_a_daemon(pipeline):
 
 def test_daily_schedule_requests_every_enabled_partition(small_resources, small_catalog):
     context = dg.build_schedule_context(
-        scheduled_execution_time=datetime(2026, 7, 1, 2, 30, tzinfo=timezone.utc), resources={"earnopt": small_resources["earnopt"]}
+        scheduled_execution_time=datetime(2026, 7, 1, 2, 30, tzinfo=UTC), resources={"earnopt": small_resources["earnopt"]}
     )
     requests = forecasting.daily_model_retrain(context)
     assert sorted(r.partition_key for r in requests) == sorted(small_catalog.enabled_names)

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
 
-from earnopt_assets.numerics.baselines import fallback_forecast, seasonal_naive
-from earnopt_assets.numerics.metrics import forecast_metrics
-from earnopt_assets.forecasting.model.predictor import SequenceValidationError
 from earnopt_assets.defs import render
+from earnopt_assets.forecasting.model.predictor import SequenceValidationError
 from earnopt_assets.forecasting.registry import (
     ServingDecision,
     current_version,
@@ -34,8 +32,10 @@ from earnopt_assets.forecasting.store import (
     write_forecasts,
 )
 from earnopt_assets.forecasting.training import TrainingSettings, forecast_protocol, split_holdout, train_protocol
-from earnopt_assets.settings import EarnoptPaths
 from earnopt_assets.ingestion.store import ensure_raw_earnings
+from earnopt_assets.numerics.baselines import fallback_forecast, seasonal_naive
+from earnopt_assets.numerics.metrics import forecast_metrics
+from earnopt_assets.settings import EarnoptPaths
 from earnopt_assets.warehouse import connect
 from earnopt_assets_tests.forecasting.helpers import simulated
 
@@ -256,7 +256,7 @@ def decided(models, protocol: str, *, passed: bool, trained_at: datetime, source
 
 def test_retrain_plan_for_failed_checks_and_drift(small_catalog, tmp_path, data_dir):
     paths = EarnoptPaths(data_dir).ensure()
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     decided(paths.models, "storj", passed=False, trained_at=now - timedelta(hours=2.1))
     plan = retrain_plan(small_catalog, paths, now)
     assert plan.requests == []  # the failed run is recent: no tight loop, and the reason says so
@@ -302,7 +302,7 @@ def test_retrain_sensor_skip_reason_is_specific_and_requests_become_runs(small_r
     from earnopt_assets.defs import forecasting
 
     paths = EarnoptPaths(data_dir).ensure()
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     decided(paths.models, "akash", passed=False, trained_at=now - timedelta(hours=2.1))
     context = dg.build_sensor_context(resources={"earnopt": small_resources["earnopt"]})
     skip = forecasting.model_retrain_sensor(context)

@@ -7,7 +7,7 @@ a small IsolationForest through the anomaly area's detector. The warehouse is a 
 from __future__ import annotations
 
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -431,7 +431,7 @@ def test_health_degraded_then_ok(data_dir, trained_store, small_catalog):
     catalog_path = _small_catalog_file(data_dir, {"honeygain"})
     catalog = load_catalog(catalog_path)
     copy_models(trained_store, data_dir)
-    now = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0, tzinfo=None)
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0, tzinfo=None)
     settings = ServiceSettings(data_dir=data_dir, catalog=catalog_path)
     seed_warehouse(settings.paths.warehouse, catalog, simulated(catalog, ["honeygain"], 2, end=now.isoformat()), forecast_time=now)
     with TestClient(create_app(settings)) as client:

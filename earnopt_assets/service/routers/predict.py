@@ -10,9 +10,9 @@ from typing import Annotated, Any
 import numpy as np
 import pandas as pd
 from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
-from fastapi.concurrency import run_in_threadpool
 
 from earnopt_assets.service.errors import ModelUnavailable, ServiceUnavailable, UnprocessableData
 from earnopt_assets.service.routers.deps import get_state
@@ -234,8 +234,8 @@ def evaluate_model(protocol: ProtocolPath, request: EvaluationRequest, state: Se
     are those of training: MSE, MAE, RMSE, MAPE (zero actuals skipped), R², plus both seasonal-naive
     baselines on the same hours.
     """
-    from earnopt_assets.ingestion.features import WARMUP_HOURS, series_features, to_hourly_grid
     from earnopt_assets.forecasting.model.predictor import SequenceValidationError
+    from earnopt_assets.ingestion.features import WARMUP_HOURS, series_features, to_hourly_grid
 
     state.protocol(protocol)
     frame = rows_to_frame(request.rows, protocol=protocol, default_device=state.catalog.host.device)
