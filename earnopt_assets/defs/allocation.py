@@ -120,6 +120,9 @@ def allocation_metadata(plan: AllocationPlan, catalog, cycles, realised_updates:
         "expected_proposed_usd_per_h": dg.MetadataValue.float(d.proposed_usd_per_hour),
         "expected_after_cycle_usd_per_h": dg.MetadataValue.float(plan.expected_target_usd_per_hour),
         "expected_gain_usd_per_h": dg.MetadataValue.float(plan.expected_gain_usd_per_hour),
+        # the proposal's gain with its 80 % interval (allocation.risk) and the risk setting that gated it
+        "proposal_gain_interval_80_usd_per_h": dg.MetadataValue.text("{:+.6f} .. {:+.6f}".format(*plan.gain_interval_80)),
+        "risk_aversion": dg.MetadataValue.float(plan.risk_aversion),
         "proposal_net_benefit_usd_per_h": dg.MetadataValue.float(d.net_benefit_usd_per_hour),
         "proposal_restart_cost_usd": dg.MetadataValue.float(d.reallocation_cost.total_usd),
         "proposal_change_l1": dg.MetadataValue.float(d.change_l1),

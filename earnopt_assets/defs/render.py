@@ -236,6 +236,11 @@ def allocation_decision_markdown(plan) -> str:
             f"{d.improvement_usd_per_hour:+.6f} - {d.amortised_cost_usd_per_hour:.6f} = {d.net_benefit_usd_per_hour:+.6f} $/h "
             f"(the rule needs more than {t.min_net_benefit_usd_per_hour:g} $/h)."
         )
+        low, high = plan.gain_interval_80
+        lines.append(
+            f"The gain's 80 % interval is {low:+.6f} .. {high:+.6f} $/h; with risk aversion {plan.risk_aversion:g} the move must pay "
+            f"its restart cost by {plan.risk_aversion:g} standard deviation(s) of the gain ({plan.gain_sd_usd_per_hour:.6f} $/h)."
+        )
         labels = {"improvement_pct": "improvement %", "net_benefit": "net benefit", "change_within_tolerance": "change within tolerance"}
         failed = [labels.get(name, name.replace("_", " ")) for name, ok in d.criteria.items() if not ok]
         lines.append("Every criterion holds." if not failed else f"Criteria not met: {', '.join(failed)}.")

@@ -119,6 +119,8 @@ def test_the_benchmarked_loop_is_the_one_the_schedule_runs(data_dir: Path, small
     for _ in range(loop_hours):
         result = job.execute_in_process(instance=instance)
         assert result.success
+        metadata = result.asset_materializations_for_node("resource_allocation")[0].metadata
+        assert " .. " in metadata["proposal_gain_interval_80_usd_per_h"].value and "80 % interval" in metadata["decision_analysis"].value
         document = json.loads((data_dir / "allocation" / "latest.json").read_text())
         scheduled = {n: a["allocation"] for n, a in document["actions"].items()}
         created = pd.Timestamp(document["created_at"].rstrip("Z")).to_pydatetime()
