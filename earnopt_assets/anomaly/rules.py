@@ -118,7 +118,7 @@ def earnings_drop(ctx: SeriesContext, settings: AlertSettings) -> list[RuleHit]:
     """Earnings this hour more than ``earnings_drop_threshold`` below the same-hour 7-day median."""
     x, base = ctx.adjusted_earnings, ctx.baseline
     with np.errstate(invalid="ignore"):
-        valid = ctx.observed & np.isfinite(x) & np.isfinite(base) & (base > 0)
+        valid = ctx.earnings_observed & np.isfinite(x) & np.isfinite(base) & (base > 0)
         fire = valid & (x < base * (1.0 - settings.earnings_drop_threshold) - _TOL * base)
         critical = x <= base * (1.0 - settings.earnings_drop_critical) + _TOL * base
     hits: list[RuleHit] = []
@@ -226,7 +226,7 @@ def performance_degradation(ctx: SeriesContext, settings: AlertSettings) -> list
     x, base = ctx.adjusted_earnings, ctx.baseline
     latency_median = trailing_median(ctx.latency)
     with np.errstate(invalid="ignore"):
-        earn_low = np.isfinite(x) & np.isfinite(base) & (base > 0) & (x < ratio * base - _TOL * base)
+        earn_low = ctx.earnings_observed & np.isfinite(x) & np.isfinite(base) & (base > 0) & (x < ratio * base - _TOL * base)
         slow = np.isfinite(ctx.latency) & np.isfinite(latency_median) & (ctx.latency * ratio > latency_median + _TOL)
     below = ctx.observed & (earn_low | slow)
     run = np.zeros(len(below), dtype=int)

@@ -93,6 +93,8 @@ class SeriesContext:
     elasticity: float
     level_band: float = 0.25
     _cache: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    # Hours whose earnings were spread over a collector gap (raw_earnings' ``imputed``), not observed.
+    imputed: np.ndarray | None = None
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, spec: ProtocolSpec, *, elasticity: float = 0.6,
@@ -129,12 +131,18 @@ class SeriesContext:
             usage={r: col(r) for r in RESOURCES},
             elasticity=elasticity,
             level_band=level_band,
+            imputed=pd.DatetimeIndex(gridded["ts"]).isin(data.loc[data["imputed"].astype(bool), "ts"]) if "imputed" in data else None,
         )
 
     def _cached(self, key: str, compute) -> np.ndarray:
         if key not in self._cache:
             self._cache[key] = compute()
         return self._cache[key]
+
+    @property
+    def earnings_observed(self) -> np.ndarray:
+        """Hours with a row whose earnings were measured (an imputed hour is an average over a gap)."""
+        return self.observed if self.imputed is None else self.observed & ~self.imputed
 
     @property
     def safe_allocation(self) -> np.ndarray:

@@ -34,7 +34,7 @@ from earnopt_assets.anomaly.detector import AnomalyDetector
 from earnopt_assets.defs.render import anomaly_cycle_metadata, anomaly_model_metadata, anomaly_scores_metadata
 from earnopt_assets.ingestion import store as ingestion_store
 from earnopt_assets.resources import EarnoptResource
-from earnopt_assets.warehouse import DUCKDB_POOL, table_exists
+from earnopt_assets.warehouse import DUCKDB_POOL, TELEMETRY_COLUMNS, table_exists
 
 GROUP = "anomalies"
 # The alerts cycle also runs every hour at :20 (after the hourly landing), so silence is noticed.
@@ -66,10 +66,11 @@ def _recent_telemetry(conn: DuckDBPyConnection, hours: int) -> tuple[pd.DataFram
     """Telemetry of the ``hours`` hours up to the newest stored hour (inclusive)."""
     _require_telemetry(conn)
     newest = ingestion_store.latest_ts(conn)
+    columns = [*TELEMETRY_COLUMNS, "imputed"]  # imputed hours never fire the earnings rules
     if newest is None:
-        return ingestion_store.read_telemetry(conn), None
+        return ingestion_store.read_telemetry(conn, columns=columns), None
     start = pd.Timestamp(newest) - pd.Timedelta(hours=hours)
-    return ingestion_store.read_telemetry(conn, start=start), pd.Timestamp(newest)
+    return ingestion_store.read_telemetry(conn, start=start, columns=columns), pd.Timestamp(newest)
 
 
 def _feature_keys(conn: DuckDBPyConnection) -> pd.DataFrame | None:
