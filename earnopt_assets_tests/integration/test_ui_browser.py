@@ -17,13 +17,30 @@ import yaml
 
 from earnopt_assets_tests.conftest import DEFAULT_CATALOG
 from earnopt_assets_tests.integration.browser import chromium_binary, headless_chromium
-from earnopt_assets_tests.integration.ui_pages import materialize_for_ui, show, switch_states, ui_pages
+from earnopt_assets_tests.integration.ui_pages import (
+    AUTOMATION,
+    automation_names,
+    materialize_for_ui,
+    show,
+    switch_states,
+    ui_pages,
+)
 from earnopt_assets_tests.integration.webserver import running_webserver
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 PROTOCOLS = ("honeygain", "storj", "akash")
-PAGES = ui_pages(partition="honeygain")
+
+def _automation() -> tuple[str, ...]:
+    # Every schedule and sensor in the code location, so a new one is checked too; the README's at least.
+    from earnopt_assets.definitions import defs
+
+    names = automation_names(defs)
+    assert set(AUTOMATION) <= set(names)
+    return names
+
+
+PAGES = ui_pages(partition="honeygain", automation=_automation())
 
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,13 @@ class UIPage:
     scroll_to: str | None = None
 
 
-def ui_pages(partition: str) -> list[UIPage]:
+def automation_names(defs: dg.Definitions) -> tuple[str, ...]:
+    """Every schedule and sensor of the code location (the automation page must show each one running)."""
+    repo = defs.get_repository_def()
+    return tuple(sorted([s.name for s in repo.schedule_defs] + [s.name for s in repo.sensor_defs]))
+
+
+def ui_pages(partition: str, automation: tuple[str, ...] = AUTOMATION) -> list[UIPage]:
     return [
         UIPage("asset lineage", "/asset-groups", LINEAGE_LABELS, "lineage.png", expand_groups=True),
         UIPage("earnings_model partition", f"/assets/earnings_model?view=partitions&partition={partition}",
@@ -50,7 +56,7 @@ def ui_pages(partition: str) -> list[UIPage]:
         UIPage("resource_allocation", "/assets/resource_allocation", ("resource_allocation", ALLOCATION_TABLE_COLUMN),
                "resource_allocation.png", scroll_to="allocation_table"),
         UIPage("alerts", "/assets/alerts", ("alerts",), "alerts.png", scroll_to="open_alerts_by_rule"),
-        UIPage("automation", "/automation", AUTOMATION, "automation.png", running_switches=AUTOMATION),
+        UIPage("automation", "/automation", automation, "automation.png", running_switches=automation),
     ]
 
 
