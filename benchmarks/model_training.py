@@ -60,6 +60,10 @@ def main() -> None:
     parser.add_argument("--variants", default="cap,full,warm")
     args = parser.parse_args()
     catalog = load_catalog(CATALOG)
+    from earnopt_assets.forecasting.model.config import ModelConfig
+    from earnopt_assets.forecasting.model.network import configure_tensorflow
+
+    configure_tensorflow(ModelConfig(protocol="storj").train_threads)  # import TensorFlow before timing any fit
     variants = args.variants.split(",")
     rows: dict[tuple[int, str], list[tuple[float, float, float, float]]] = {}
     latencies, differences = [], []

@@ -33,8 +33,9 @@ class ModelConfig:
     hour, one network call per forecast), ``head="recursive"`` → k = 1 (24 calls, each fed the previous
     prediction). Adam(``learning_rate``), MSE, early stopping on the validation loss (``patience``).
 
-    Data: the network trains on the last ``max_train_hours`` of the training frame (the cost cap: 365 days
-    of history train in about the time 120 days do); ``validation_hours`` (default ``validation_fraction``
+    Data: the network trains on every ``sample_stride_hours``-th origin of the last ``max_train_hours`` of
+    the training frame (the cost cap: 365 days of history train in about the time 90 days do; the base
+    still uses every training origin); ``validation_hours`` (default ``validation_fraction``
     of that window, at least 7 days) at its end are never trained on: early stopping and the blend weight
     between base and base + correction are chosen there. ``ensemble_size`` networks with seeds ``seed``,
     ``seed + 1``, ... are averaged. ``train_threads`` caps TensorFlow's intra/inter-op threads;
@@ -49,14 +50,14 @@ class ModelConfig:
     learning_rate: float = 1e-3
     epochs: int = 30
     batch_size: int = 64
-    patience: int = 5
+    patience: int = 3
     seed: int = 7
     ensemble_size: int = 1
-    max_train_hours: int = 120 * 24
+    max_train_hours: int = 90 * 24
     validation_fraction: float = 0.2
     validation_hours: int | None = None
     min_validation_hours: int = 7 * 24
-    sample_stride_hours: int = 1
+    sample_stride_hours: int = 2
     timezone: str = "UTC"
     train_threads: int = 1
     train_nice: int = 10
