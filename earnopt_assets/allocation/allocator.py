@@ -130,6 +130,10 @@ class AllocationResult:
     diagnosis: list[str] = field(default_factory=list)
     fallback_reason: str | None = None
     objective_value: float | None = None
+    # the solver's own x before clipping to the bounds: the constraints check reads this, so a solver
+    # answer outside its bounds fails the check instead of being silently clipped into a passing plan
+    raw_allocations: dict[str, float] = field(default_factory=dict)
+    max_clip: float = 0.0  # max |raw - clipped| share, recorded separately from the check
 
     def __post_init__(self) -> None:
         for name, share in self.allocations.items():
@@ -351,8 +355,8 @@ class ResourceAllocator:
                         diagnosis = [f"solver status {status!r}; no conflict between minimum allocations and totals was found"]
                     return failed(status, diagnosis, solver, fallback)
 
-                shares = np.clip(np.asarray(built.x.value, dtype=float), lower, upper)
-                shares = np.clip(shares, 0.0, 1.0)
+                raw = np.asarray(built.x.value, dtype=float)
+                shares = np.clip(np.clip(raw, lower, upper), 0.0, 1.0)
                 allocation = {n: float(s) for n, s in zip(names, shares)}
                 by_protocol = {n: float(potentials[i] * curves[n].relative(shares[i])) for i, n in enumerate(names)}
                 used = resource_use(allocation, requirements)
@@ -369,6 +373,8 @@ class ResourceAllocator:
                     diagnosis=[] if status == OPTIMAL else [f"solver returned {status}"],
                     fallback_reason=fallback,
                     objective_value=objective,
+                    raw_allocations={n: float(r) for n, r in zip(names, raw)},
+                    max_clip=float(np.max(np.abs(raw - shares))) if len(raw) else 0.0,
                 )
         except Exception as exc:
             logger.exception("allocation failed")

@@ -541,6 +541,19 @@ def _action(
     return "keep", f"stays at {_pct(current)}: the optimum is the current share"
 
 
+def raw_constraints_check(
+    result: AllocationResult,
+    requirements: Mapping[str, ProtocolRequirements],
+    constraints: ResourceConstraints,
+    degraded: frozenset[str],
+) -> CheckOutcome:
+    """``constraints_satisfied`` on the solver's raw solution (before clipping to the bounds); the
+    clipping applied to reach the proposed shares is recorded apart as ``max_clip_share``."""
+    raw = result.raw_allocations or result.allocations
+    outcome = check_constraints(raw, requirements, constraints, degraded)
+    return replace(outcome, metadata={**outcome.metadata, "max_clip_share": float(result.max_clip)})
+
+
 def compute_plan(
     inputs: CycleInputs,
     catalog: Catalog,
@@ -568,7 +581,8 @@ def compute_plan(
     )
     checks = {
         "solver_status_optimal": check_solver_status(result),
-        "constraints_satisfied": check_constraints(result.allocations, requirements, constraints, degraded),
+        # the solver's raw x, not the clipped shares: clipping would hide an out-of-bounds answer
+        "constraints_satisfied": raw_constraints_check(result, requirements, constraints, degraded),
     }
     proposed = result.allocations or dict(current)
 

@@ -339,3 +339,27 @@ def test_inaccurate_solve_warns_and_is_not_applied(warehouse: Path, tight_catalo
     assert not results["solver_status_optimal"].passed
     assert results["solver_status_optimal"].severity == dg.AssetCheckSeverity.WARN
     assert results["constraints_satisfied"].passed
+
+
+class OutOfBoundsSolver(ResourceAllocator):
+    """A solver whose raw x leaves a protocol's bounds; clipping alone would make the plan look fine."""
+
+    def optimize_allocation(self, *args, **kwargs) -> AllocationResult:
+        result = super().optimize_allocation(*args, **kwargs)
+        name = sorted(result.allocations)[0]
+        raw = {**result.allocations, name: result.allocations[name] + 0.3}
+        return AllocationResult(**{**result.__dict__, "raw_allocations": raw, "max_clip": 0.3})
+
+
+def test_constraints_check_reads_the_solvers_raw_solution_before_clipping(warehouse: Path, tight_catalog) -> None:
+    catalog = with_settings(tight_catalog, **LOOSE)
+    with connect(warehouse) as conn:
+        inputs = read_cycle_inputs(conn, catalog, NOW)
+    totals = ResourceConstraints.from_totals(catalog.host.available())
+    good = compute_plan(inputs, catalog, ResourceAllocator(totals))
+    assert good.checks["constraints_satisfied"].passed
+    assert good.checks["constraints_satisfied"].metadata["max_clip_share"] < 1e-6  # clipping recorded, tiny
+    bad = compute_plan(inputs, catalog, OutOfBoundsSolver(totals))
+    check = bad.checks["constraints_satisfied"]
+    assert not check.passed and check.metadata["max_clip_share"] == pytest.approx(0.3)
+    assert bad.status == "rejected" and not bad.applied
