@@ -31,6 +31,9 @@ start_dockerd() {  # extra flags as arguments; returns 0 once the engine answers
 }
 
 if ! answers; then
+  if [ -n "${DOCKER_HOST:-}" ] && [ "$DOCKER_HOST" != "unix:///var/run/docker.sock" ]; then
+    echo "DOCKER_HOST=$DOCKER_HOST does not answer; not starting a local dockerd for another endpoint" >&2; exit 1
+  fi
   [ "$(id -u)" -eq 0 ] || { echo "no Docker Engine answers and dockerd needs root to start" >&2; exit 1; }
   command -v dockerd >/dev/null 2>&1 || { echo "dockerd not installed (run scripts/install_system_deps.sh)" >&2; exit 1; }
   mkdir -p "$STATE"

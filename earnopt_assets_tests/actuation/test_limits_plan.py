@@ -200,3 +200,20 @@ def test_applied_allocation_off_does_nothing_and_apply_without_engine_fails(smal
     monkeypatch.setenv("EARNOPT_ACTUATION_MODE", "apply")
     result = dg.materialize([applied_allocation], resources=small_resources, raise_on_error=False)
     assert not result.success
+
+
+def test_a_failed_blocking_check_keeps_applied_allocation_from_running(data_dir: Path, small_catalog_path: Path, small_catalog,
+                                                                       small_resources, monkeypatch: pytest.MonkeyPatch) -> None:
+    from earnopt_assets.defs.actuation import applied_allocation
+    from earnopt_assets.defs.allocation import resource_allocation
+    from earnopt_assets_tests.allocation.test_alloc_job import load_simulated, rewrite_catalog
+
+    load_simulated(data_dir, small_catalog, days=3)
+    rewrite_catalog(small_catalog_path, host={"memory_gb": 1.0, "reserved": {"cpu_cores": 0.25, "memory_gb": 0.5}},
+                    allocation={"min_net_benefit_usd_per_hour": 0.0, "min_improvement_pct": 0.0})
+    monkeypatch.setenv("EARNOPT_ACTUATION_MODE", "dry_run")
+    result = dg.materialize([resource_allocation, applied_allocation], resources=small_resources, raise_on_error=False)
+    assert not result.success
+    assert not result.asset_materializations_for_node("applied_allocation")
+    with connect(data_dir / "earnopt.duckdb") as conn:
+        assert store.read_actuations(conn, "local").empty
