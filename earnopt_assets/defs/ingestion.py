@@ -315,19 +315,83 @@ def landing_run_key(files: list[Path]) -> str:
     return "landing-" + hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
 
 
+LANDING_MAX_ATTEMPTS = 3  # one run and two retries of the same landing files, then an alert
+LANDING_KEY_TAG = "earnopt/landing_key"
+INGESTION_FAILED_RULE = "ingestion_failed"
+_RETRYABLE = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
+
+
+def landing_attempts(instance: dg.DagsterInstance | None, landing_key: str) -> list[dg.DagsterRun]:
+    """Runs already launched for these landing files, newest first (empty without an instance)."""
+    if instance is None:
+        return []
+    return list(instance.get_runs(filters=dg.RunsFilter(job_name=ingestion_job.name, tags={LANDING_KEY_TAG: landing_key})))
+
+
+def _instance_or_none(context: dg.SensorEvaluationContext) -> dg.DagsterInstance | None:
+    try:
+        return context.instance
+    except dg.DagsterInvariantViolationError:  # a bare test context has no instance
+        return None
+
+
+def raise_ingestion_failed_alert(earnopt: EarnoptResource, landing_key: str, names: list[str], runs: list[dg.DagsterRun],
+                                 now: datetime) -> str:
+    """Record a critical ``ingestion_failed`` alert through the anomaly store (same dedupe, cooldown and
+    delivery bookkeeping as every rule) and deliver it to the configured channels. Returns its id."""
+    from earnopt_assets.anomaly import store as alert_store
+    from earnopt_assets.anomaly.notify import Notifier
+    from earnopt_assets.anomaly.rules import make_alert
+    from earnopt_assets.warehouse import connect
+
+    catalog = earnopt.catalog()
+    shown = ", ".join(names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
+    alert = make_alert(
+        catalog.host.device, "host", INGESTION_FAILED_RULE, "critical", pd.Timestamp(now).floor("h").to_pydatetime(),
+        f"Ingesting {len(names)} landing files failed {len(runs)} times; they stay in landing until fixed: {shown}.",
+        {"landing_key": landing_key, "attempts": len(runs), "last_run_id": runs[0].run_id if runs else ""},
+    )
+    with connect(earnopt.paths.warehouse) as conn:
+        notified = alert_store.record_alerts(conn, [alert], {}, catalog.alerts, now=now).to_notify
+    try:
+        notifier = Notifier.from_settings(catalog.alerts)
+    except ValueError:
+        notifier = Notifier([])
+    with notifier:
+        attempts = notifier.deliver_all(notified)
+    with connect(earnopt.paths.warehouse) as conn:
+        alert_store.record_deliveries(conn, notified, attempts, now=now)
+    return alert.id
+
+
 @dg.sensor(job=ingestion_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
 def landing_sensor(context: dg.SensorEvaluationContext, earnopt: EarnoptResource) -> dg.SensorResult | dg.SkipReason:
     """Requests ``ingestion_job`` when files appear in ``data/landing`` (hidden temp files are ignored).
-    The run key hashes the file names and mtimes, so a file is never ingested twice; the run moves
-    every file it loads to ``archive/``."""
+    The landing key hashes the file names and mtimes, so a file is never ingested twice; the run moves
+    every file it loads to ``archive/``. A failed (or canceled) run of the same files is retried under a
+    new run key, up to ``LANDING_MAX_ATTEMPTS`` runs in all; after that a critical ``ingestion_failed``
+    alert is raised once (the cursor remembers it) and the files wait for an operator."""
     files = landing_files(earnopt.paths.landing)
     if not files:
         return dg.SkipReason("no files in landing")
-    run_key = landing_run_key(files)
+    landing_key = landing_run_key(files)
     names = sorted(p.name for p in files)
+    runs = landing_attempts(_instance_or_none(context), landing_key)
+    run_key = landing_key
+    if runs and runs[0].status in _RETRYABLE:
+        if len(runs) >= LANDING_MAX_ATTEMPTS:
+            alerted = f"alerted:{landing_key}"
+            if context.cursor != alerted:
+                raise_ingestion_failed_alert(earnopt, landing_key, names, runs, datetime.now(UTC).replace(tzinfo=None))
+                context.update_cursor(alerted)
+            return dg.SkipReason(f"ingestion of {len(names)} landing files failed {len(runs)} times; alert raised, not retrying")
+        run_key = f"{landing_key}-attempt{len(runs) + 1}"
+        context.log.warning(f"run {runs[0].run_id} for {len(names)} landing files ended {runs[0].status.value}: retry {len(runs) + 1}/{LANDING_MAX_ATTEMPTS}")
+    elif runs:
+        run_key = runs[0].tags.get("dagster/run_key", landing_key)  # in flight or done: the same key, a no-op
     context.log.info(f"{len(names)} landing files: {', '.join(names[:5])}" + (f" (+{len(names) - 5} more)" if len(names) > 5 else ""))
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(run_key=run_key, tags={"earnopt/landing_files": str(len(files))})],
+        run_requests=[dg.RunRequest(run_key=run_key, tags={"earnopt/landing_files": str(len(files)), LANDING_KEY_TAG: landing_key})],
         cursor=run_key,
     )
 

@@ -357,3 +357,40 @@ def test_warehouse_connect_waits_for_another_process_then_times_out(tmp_path):
     finally:
         holder.kill()
         holder.wait(timeout=30)
+
+
+def test_failed_landing_runs_are_retried_a_bounded_number_of_times_then_alerted(data_dir, small_resources):
+    import uuid
+
+    from earnopt_assets.defs.ingestion import INGESTION_FAILED_RULE, LANDING_KEY_TAG, LANDING_MAX_ATTEMPTS
+    from earnopt_assets.warehouse import connect
+
+    paths = EarnoptPaths(data_dir).ensure()
+    (paths.landing / "a.csv").write_text("x")
+    earnopt = small_resources["earnopt"]
+    with dg.instance_for_test() as instance:
+        def evaluate(cursor=None):
+            return landing_sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources={"earnopt": earnopt}))
+
+        def record(request, status):
+            instance.add_run(dg.DagsterRun(job_name="ingestion_job", run_id=str(uuid.uuid4()), status=status,
+                                           tags={**request.tags, "dagster/run_key": request.run_key}))
+
+        first = evaluate().run_requests[0]
+        landing_key = first.tags[LANDING_KEY_TAG]
+        assert first.run_key == landing_key
+        record(first, dg.DagsterRunStatus.STARTED)
+        assert evaluate().run_requests[0].run_key == landing_key  # in flight: the same key, nothing new
+        instance.delete_run(instance.get_runs()[0].run_id)
+        record(first, dg.DagsterRunStatus.FAILURE)
+        keys = [first.run_key]
+        for _ in range(LANDING_MAX_ATTEMPTS - 1):
+            retry = evaluate().run_requests[0]
+            assert retry.run_key not in keys and retry.tags[LANDING_KEY_TAG] == landing_key
+            keys.append(retry.run_key)
+            record(retry, dg.DagsterRunStatus.FAILURE)
+        gave_up = evaluate()
+        assert isinstance(gave_up, dg.SkipReason) or not gave_up.run_requests
+        with connect(paths.warehouse) as conn:
+            alerts = conn.execute("SELECT rule, severity, message FROM alerts").fetchall()
+        assert len(alerts) == 1 and alerts[0][:2] == (INGESTION_FAILED_RULE, "critical") and "a.csv" in alerts[0][2]
