@@ -41,8 +41,11 @@ any field per protocol. Credentials come from the environment only (``EARNOPT_PR
 from __future__ import annotations
 
 import os
+import re
+import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -140,14 +143,22 @@ class PrometheusClient:
     timeout_seconds: float = 10.0
     headers: dict[str, str] = field(default_factory=dict)
     auth: httpx.Auth | None = None
+    concurrency: int = 4
     requests: int = 0
 
     def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="prometheus")
         self._client = httpx.Client(base_url=self.base_url.rstrip("/"), headers={"User-Agent": "earnopt-ingest/1", **self.headers},
                                     auth=self.auth, timeout=self.timeout_seconds, follow_redirects=False)
 
     def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
         self._client.close()
+
+    def map(self, function: Callable, items: list) -> list:
+        """``function`` over ``items`` on the client's bounded pool, in order; the first error is raised."""
+        return list(self._pool.map(function, items))
 
     def __enter__(self) -> PrometheusClient:
         return self
@@ -156,7 +167,8 @@ class PrometheusClient:
         self.close()
 
     def _get(self, path: str, params: dict[str, object], query: str) -> list[dict]:
-        self.requests += 1
+        with self._lock:
+            self.requests += 1
         try:
             response = self._client.get(path, params=params)
         except httpx.TimeoutException:
@@ -251,12 +263,11 @@ def pull(
     catalog: Catalog,
     cursors: Mapping[str, datetime],
     now: datetime,
-    before_page: Callable[[str, int], None] | None = None,
 ) -> PullResult:
     """Query every mapped protocol from its cursor to the last hour boundary (plus the poll at ``now``
     for a balance). Returns the frames to ingest and the cursors to store with them; raises
-    :class:`PrometheusError` on any failure (then nothing is written). ``before_page(protocol, page)``
-    is a hook for tests and progress logs."""
+    :class:`PrometheusError` on any failure (then nothing is written). Requests run on the client's
+    bounded pool (``concurrency`` at a time)."""
     started = time.monotonic()
     now = pd.Timestamp(now).tz_localize(None) if pd.Timestamp(now).tzinfo else pd.Timestamp(now)
     now = now.floor("ms").to_pydatetime()
@@ -269,27 +280,44 @@ def pull(
             return source.devices.get(value, value)
         return default_device
 
-    frames, new_cursors, pulls = [], {}, []
+    def fetch(task: tuple) -> pd.DataFrame:
+        name, query, page_start, page_end = task
+        constant = _constant(query)
+        if constant is not None:  # vector(0) and the like: no request
+            unix = [_unix(page_start)] if page_end is None else [_unix(page_start + STEP * k) for k in range(int((page_end - page_start) / STEP) + 1)]
+            return pd.DataFrame({"device": default_device, "unix": unix, name: constant})
+        if page_end is None:
+            return _series_frame(client.query(query, page_start), name, device_of, instant=True)
+        return _series_frame(client.query_range(query, page_start, page_end), name, device_of)
+
+    # Every request of every protocol, page and field first; then fetched concurrently (bounded pool).
+    plan: list[tuple[str, datetime, str, dict[str, str], list[tuple]]] = []
     for protocol, queries in protocol_queries(source, catalog).items():
         cursor = cursors.get(protocol)
         start = floor_hour(cursor) + STEP if cursor is not None else end - timedelta(days=source.backfill_days)
         value_field = "balance_usd" if "balance_usd" in queries else "earnings_usd"
-        pulled: list[pd.DataFrame] = []
-        page_start, page = start, 0
+        groups: list[tuple] = []
+        page_start = start
         while page_start <= end:
             page_end = min(page_start + STEP * (source.page_hours - 1), end)
-            if before_page is not None:
-                before_page(protocol, page)
-            parts = [_series_frame(client.query_range(q, page_start, page_end), name, device_of) for name, q in queries.items()]
-            pulled.append(_join_fields(parts, value_field))
-            page_start, page = page_end + STEP, page + 1
-        pulled = [frame for frame in pulled if len(frame)]
+            groups.append(tuple((name, q, page_start, page_end) for name, q in queries.items()))
+            page_start = page_end + STEP
+        if value_field == "balance_usd":  # the newest poll, so the hour that just ended is complete
+            groups.append(tuple((name, q, now, None) for name, q in queries.items()))
+        plan.append((protocol, start, value_field, queries, groups))
+    tasks = [task for *_, groups in plan for group in groups for task in group]
+    fetched = iter(client.map(fetch, tasks))
+
+    frames, new_cursors, pulls = [], {}, []
+    for protocol, start, value_field, queries, groups in plan:
+        pulled: list[pd.DataFrame] = []
+        for group in groups:
+            joined = _join_fields([next(fetched) for _ in group], value_field)
+            if group[0][3] is None and len(joined):  # the poll at now: only when newer than the last boundary
+                joined = joined.loc[joined["unix"] > _unix(end)]
+            if len(joined):
+                pulled.append(joined)
         boundary_rows = pd.concat(pulled, ignore_index=True) if pulled else pd.DataFrame()
-        if value_field == "balance_usd":
-            parts = [_series_frame(client.query(q, now), name, device_of, instant=True) for name, q in queries.items()]
-            latest = _join_fields(parts, value_field)
-            latest = latest.loc[latest["unix"] > _unix(end)] if len(latest) else latest
-            boundary_rows = pd.concat([boundary_rows, latest], ignore_index=True) if len(latest) else boundary_rows
         stats = ProtocolPull(protocol, start if start <= end else None, end)
         table = _contract_table(boundary_rows, protocol, queries, value_field)
         on_grid = pd.Series([], dtype="datetime64[ns]")
@@ -308,6 +336,15 @@ def pull(
             # The newest boundary with data: hours after it (an ongoing scrape gap) are asked again next run.
             new_cursors[protocol] = on_grid.max().to_pydatetime()
     return PullResult(frames, new_cursors, pulls, client.requests, time.monotonic() - started)
+
+
+_CONSTANT = re.compile(r"^\s*vector\(\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*\)\s*$")
+
+
+def _constant(query: str) -> float | None:
+    """The number of a ``vector(<number>)`` query (answered locally, without a request), else None."""
+    match = _CONSTANT.match(query)
+    return float(match.group(1)) if match else None
 
 
 def _join_fields(parts: list[pd.DataFrame], value_field: str) -> pd.DataFrame:
@@ -360,7 +397,6 @@ def pull_source(
     cursors: Mapping[str, datetime],
     now: datetime | None = None,
     environ: Mapping[str, str] | None = None,
-    before_page: Callable[[str, int], None] | None = None,
 ) -> PullResult:
     """Pull from the catalog's Prometheus source (no warehouse connection held meanwhile)."""
     source = catalog.sources.prometheus
@@ -369,7 +405,7 @@ def pull_source(
     now = now or datetime.now(UTC).replace(tzinfo=None)
     headers, auth = auth_from_env(source, environ)
     with PrometheusClient(source.url, source.timeout_seconds, headers, auth) as client:
-        return pull(client, source, catalog, cursors, now, before_page)
+        return pull(client, source, catalog, cursors, now)
 
 
 def write_pull(conn: duckdb.DuckDBPyConnection, paths: EarnoptPaths, catalog: Catalog, result: PullResult) -> IngestReport:
@@ -390,11 +426,10 @@ def ingest_prometheus(
     catalog: Catalog,
     now: datetime | None = None,
     environ: Mapping[str, str] | None = None,
-    before_page: Callable[[str, int], None] | None = None,
 ) -> PrometheusRun | None:
     """Read the cursors, pull, write (one connection throughout; the asset uses two short ones).
     None when no ``sources.prometheus`` is configured."""
     if catalog.sources.prometheus is None:
         return None
-    result = pull_source(catalog, read_cursors(conn), now, environ, before_page)
+    result = pull_source(catalog, read_cursors(conn), now, environ)
     return PrometheusRun(result, write_pull(conn, paths, catalog, result))
