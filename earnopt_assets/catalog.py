@@ -68,8 +68,18 @@ class ProtocolSpec(_Strict):
     min_allocation: float = Field(0.0, ge=0, le=1)
     max_allocation: float = Field(1.0, ge=0, le=1)
     restart_minutes: float = Field(5.0, ge=0, description="Downtime of one restart.")
+    prior_usd_per_hour: float | None = Field(
+        None, ge=0,
+        description="Expected $/h at allocation 1.0 before any telemetry (the forecast's 'prior' step); "
+        "unset: the simulation profile's base_hourly_usd.",
+    )
     enabled: bool = True
     simulation: SimulationProfile = SimulationProfile()
+
+    @property
+    def prior_expected_usd_per_hour(self) -> float:
+        """The prior $/h at full allocation: ``prior_usd_per_hour``, else the simulation profile's base."""
+        return float(self.prior_usd_per_hour if self.prior_usd_per_hour is not None else self.simulation.base_hourly_usd)
 
     @field_validator("name")
     @classmethod
