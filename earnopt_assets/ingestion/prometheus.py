@@ -15,8 +15,8 @@ balance change), needs two samples inside each window, and would put a second di
 the one landing files use. A configured ``earnings_usd`` query (e.g. an exporter of hourly earnings)
 is evaluated at the end of its hour and stored as that hour.
 
-Writing: the pulled rows become one :class:`~earnopt_assets.ingestion.run.FrameSource` per protocol in
-the file contract and go through the landing path (validation, quarantine, balance resampling,
+Writing: the pulled rows become one :class:`~earnopt_assets.ingestion.run.FrameSource` per kind
+(balance / earnings, all protocols) in the file contract and go through the landing path (validation, quarantine, balance resampling,
 upsert); the cursors move in the same transaction. Any HTTP error, timeout or error answer raises
 :class:`PrometheusError` naming the query and status before anything is written, so nothing moves.
 
@@ -244,17 +244,17 @@ def sparkline(values: list[float], width: int = 48) -> str:
     return "".join(SPARK[round((v - low) / (high - low) * (len(SPARK) - 1))] for v in data)
 
 
-def _series_frame(result: list[dict], value_name: str, device_of: Callable[[dict], str], instant: bool = False) -> pd.DataFrame:
-    """A query result as rows (device, ts, value); several series of one device are an error of the query."""
-    rows: list[tuple[str, float, float]] = []
+def _series_points(result: list[dict], value_name: str, device_of: Callable[[dict], str], instant: bool = False) -> dict[tuple[str, float], float]:
+    """A query result as {(device, unix seconds): value}; several series of one device are an error of the query."""
+    points: dict[tuple[str, float], float] = {}
     for series in result:
         device = device_of(series.get("metric", {}))
-        points = [series["value"]] if instant else series.get("values", [])
-        rows.extend((device, float(t), float(v)) for t, v in points)
-    frame = pd.DataFrame(rows, columns=["device", "unix", value_name])
-    if frame.duplicated(["device", "unix"]).any():
-        raise PrometheusError(f"{value_name}: the query returns several series per device; aggregate it (e.g. sum or max)")
-    return frame
+        for t, v in [series["value"]] if instant else series.get("values", []):
+            key = (device, float(t))
+            if key in points:
+                raise PrometheusError(f"{value_name}: the query returns several series per device; aggregate it (e.g. sum or max)")
+            points[key] = float(v)
+    return points
 
 
 def pull(
@@ -280,41 +280,98 @@ def pull(
             return source.devices.get(value, value)
         return default_device
 
-    def fetch(task: tuple) -> pd.DataFrame:
-        name, query, page_start, page_end = task
-        constant = _constant(query)
-        if constant is not None:  # vector(0) and the like: no request
-            unix = [_unix(page_start)] if page_end is None else [_unix(page_start + STEP * k) for k in range(int((page_end - page_start) / STEP) + 1)]
-            return pd.DataFrame({"device": default_device, "unix": unix, name: constant})
-        if page_end is None:
-            return _series_frame(client.query(query, page_start), name, device_of, instant=True)
-        return _series_frame(client.query_range(query, page_start, page_end), name, device_of)
-
-    # Every request of every protocol, page and field first; then fetched concurrently (bounded pool).
-    plan: list[tuple[str, datetime, str, dict[str, str], list[tuple]]] = []
+    # One plan per protocol: for each field how it is answered (constant, a batched family, derived, a query).
+    plans = []
     for protocol, queries in protocol_queries(source, catalog).items():
         cursor = cursors.get(protocol)
         start = floor_hour(cursor) + STEP if cursor is not None else end - timedelta(days=source.backfill_days)
         value_field = "balance_usd" if "balance_usd" in queries else "earnings_usd"
-        groups: list[tuple] = []
-        page_start = start
+        how = {name: _field_plan(name, q, queries, batchable=source.device_label is None) for name, q in queries.items()}
+        plans.append((protocol, start, value_field, queries, how))
+
+    # Windows (pages, then the poll at now) per distinct start; protocols sharing a start share requests:
+    # ``sum(m{service="a"})`` of many protocols is ONE ``sum by (service) (m{service=~"a|b"})`` per window.
+    windows: dict[datetime, list[tuple[datetime, datetime | None]]] = {}
+    for _, start, _, _, _ in plans:
+        if start in windows:
+            continue
+        pages, page_start = [], start
         while page_start <= end:
             page_end = min(page_start + STEP * (source.page_hours - 1), end)
-            groups.append(tuple((name, q, page_start, page_end) for name, q in queries.items()))
+            pages.append((page_start, page_end))
             page_start = page_end + STEP
-        if value_field == "balance_usd":  # the newest poll, so the hour that just ended is complete
-            groups.append(tuple((name, q, now, None) for name, q in queries.items()))
-        plan.append((protocol, start, value_field, queries, groups))
-    tasks = [task for *_, groups in plan for group in groups for task in group]
-    fetched = iter(client.map(fetch, tasks))
+        windows[start] = [*pages, (now, None)]
+    tasks: dict[tuple, str] = {}
+    for protocol, start, value_field, _, how in plans:
+        for window in windows[start]:
+            if window[1] is None and value_field != "balance_usd":
+                continue  # only a balance needs the poll at now
+            for name, (kind, detail) in how.items():
+                if kind == "batch":
+                    family, _ = detail
+                    tasks.setdefault(("batch", family, window), "")
+                elif kind == "query":
+                    tasks[("query", protocol, name, window)] = detail
+    families: dict[tuple, list[str]] = {}
+    for _, _, _, _, how in plans:
+        for kind, detail in how.values():
+            if kind == "batch":
+                families.setdefault(detail[0], [])
+                if detail[1] not in families[detail[0]]:
+                    families[detail[0]].append(detail[1])
 
-    frames, new_cursors, pulls = [], {}, []
-    for protocol, start, value_field, queries, groups in plan:
+    def fetch(key: tuple) -> list[dict]:
+        window = key[-1]
+        query = _batched_query(key[1], families[key[1]]) if key[0] == "batch" else tasks[key]
+        if window[1] is None:
+            return client.query(query, window[0])
+        return client.query_range(query, window[0], window[1])
+
+    keys = list(tasks)
+    results = dict(zip(keys, client.map(fetch, keys)))
+
+    tables: dict[str, list[pa.Table]] = {}
+    new_cursors, pulls = {}, []
+    for protocol, start, value_field, queries, how in plans:
         pulled: list[pd.DataFrame] = []
-        for group in groups:
-            joined = _join_fields([next(fetched) for _ in group], value_field)
-            if group[0][3] is None and len(joined):  # the poll at now: only when newer than the last boundary
-                joined = joined.loc[joined["unix"] > _unix(end)]
+        for window in windows[start]:
+            instant = window[1] is None
+            if instant and value_field != "balance_usd":
+                continue
+            # Join the fields on (device, time) in plain dicts (a pandas merge per field and hour costs more
+            # than the requests): one row per sample of the value field; a field without a sample stays NaN.
+            fields = {}
+            for name, (kind, detail) in how.items():
+                if kind == "batch":
+                    family, label_value = detail
+                    series = [r for r in results[("batch", family, window)] if r.get("metric", {}).get(family[2]) == label_value]
+                    fields[name] = _series_points(series, name, lambda labels: default_device, instant=instant)
+                elif kind == "query":
+                    fields[name] = _series_points(results[("query", protocol, name, window)], name, device_of, instant=instant)
+            base = fields.pop(value_field)
+            if instant:  # the poll at now: only when newer than the last boundary
+                base = {key: v for key, v in base.items() if key[1] > _unix(end)}
+            base_devices = {device for device, _ in base}
+            by_time = {}
+            for name, points in fields.items():
+                devices = {device for device, _ in points}
+                if len(devices) == 1 and not devices & base_devices:  # a device-less aggregate joins on time alone
+                    by_time[name] = {t: v for (_, t), v in points.items()}
+            rows = []
+            for (device, unix), value in base.items():
+                row = {"device": device, "unix": unix, value_field: value}
+                for name, (kind, detail) in how.items():
+                    if kind == "const":
+                        row[name] = detail
+                    elif name in by_time:
+                        row[name] = by_time[name].get(unix, np.nan)
+                    elif name in fields:
+                        row[name] = fields[name].get((device, unix), np.nan)
+                for name, (kind, detail) in how.items():
+                    if kind == "derived":  # clamp(cpu_cores / C, 0, 1), as its PromQL says
+                        row[name] = min(max(row.get("cpu_cores", np.nan) / detail, 0.0), 1.0) if row.get("cpu_cores") == row.get("cpu_cores") else np.nan
+                rows.append(row)
+            joined = pd.DataFrame(rows)
             if len(joined):
                 pulled.append(joined)
         boundary_rows = pd.concat(pulled, ignore_index=True) if pulled else pd.DataFrame()
@@ -330,11 +387,17 @@ def pull(
                 expected = int((on_grid.max() - on_grid.min()) / STEP) + 1
                 stats.gap_hours = expected - on_grid.nunique()
             stats.values = boundary_rows.sort_values("unix")[value_field].tolist()
-            frames.append(FrameSource(name=f"prometheus:{protocol}:{now:%Y%m%dT%H%M%S}", table=table, origin=f"prometheus {client.base_url}", file_format="prometheus"))
+            tables.setdefault(value_field, []).append(table)
         pulls.append(stats)
         if table.num_rows and len(on_grid):
             # The newest boundary with data: hours after it (an ongoing scrape gap) are asked again next run.
             new_cursors[protocol] = on_grid.max().to_pydatetime()
+    # One in-memory source per kind (balance / earnings): one validation query, one ingest-log row.
+    frames = [
+        FrameSource(name=f"prometheus:{kind.removesuffix('_usd')}:{now:%Y%m%dT%H%M%S}", table=pa.concat_tables(parts, promote_options="default"),
+                    origin=f"prometheus {client.base_url}", file_format="prometheus")
+        for kind, parts in sorted(tables.items())
+    ]
     return PullResult(frames, new_cursors, pulls, client.requests, time.monotonic() - started)
 
 
@@ -347,21 +410,36 @@ def _constant(query: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
-def _join_fields(parts: list[pd.DataFrame], value_field: str) -> pd.DataFrame:
-    """One row per (device, time) where the value field has a sample; other fields joined (missing -> NaN,
-    which validation quarantines as a missing value). ``vector(0)``-style constants carry no device label
-    and so join on time alone."""
-    by_name = {p.columns[-1]: p for p in parts}
-    base = by_name[value_field]
-    for name, part in by_name.items():
-        if name == value_field:
-            continue
-        if len(part) and part["device"].nunique() == 1 and not set(part["device"]) & set(base["device"]):
-            part = part.drop(columns="device")  # a device-less constant or aggregate
-            base = base.merge(part, on="unix", how="left")
-        else:
-            base = base.merge(part, on=["device", "unix"], how="left")
-    return base
+_AGGREGATE = re.compile(r'^(sum|max|min|avg)\((\w+)\{(\w+)="((?:[^"\\]|\\.)*)"\}\)(.*)$')
+_DERIVED_ALLOCATION = re.compile(r"^clamp\(\((.*)\) / ([0-9.eE+-]+), 0, 1\)$")
+
+
+def _field_plan(name: str, query: str, queries: Mapping[str, str], batchable: bool) -> tuple[str, object]:
+    """How one field is answered: ("const", value) for ``vector(N)``; ("derived", C) for the preset's
+    ``clamp((<the cpu_cores query>) / C, 0, 1)``; ("batch", (family, label value)) for ``agg(m{l="v"})<rest>``,
+    fetched for many protocols at once; else ("query", PromQL)."""
+    constant = _constant(query)
+    if constant is not None:
+        return "const", constant
+    derived = _DERIVED_ALLOCATION.match(query)
+    if name == "allocation" and derived and derived.group(1) == queries.get("cpu_cores"):
+        return "derived", float(derived.group(2))
+    aggregate = _AGGREGATE.match(query)
+    if batchable and aggregate:
+        agg, metric, label, value, rest = aggregate.groups()
+        return "batch", ((agg, metric, label, rest), value.replace('\\"', '"').replace("\\\\", "\\"))
+    return "query", query
+
+
+def _regex_literal(value: str) -> str:
+    """``value`` as an exact match inside a PromQL (RE2) regex string literal."""
+    return re.sub(r"([\\.^$|?*+()\[\]{}])", r"\\\\\1", value).replace('"', '\\"')
+
+
+def _batched_query(family: tuple[str, str, str, str], values: list[str]) -> str:
+    agg, metric, label, rest = family
+    alternatives = "|".join(_regex_literal(v) for v in values)
+    return f'{agg} by ({label}) ({metric}{{{label}=~"{alternatives}"}}){rest}'
 
 
 def _contract_table(rows: pd.DataFrame, protocol: str, queries: dict[str, str], value_field: str) -> pa.Table:

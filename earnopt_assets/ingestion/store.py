@@ -411,12 +411,16 @@ def log_files(conn: duckdb.DuckDBPyConnection, files: pa.Table, now: datetime) -
 def write_source_cursors(conn: duckdb.DuckDBPyConnection, source: str, cursors: dict[str, datetime], now: datetime) -> None:
     """Move the pull cursors of ``source`` (protocol -> newest hour pulled); called inside the batch
     transaction, so a failed write leaves them where they were."""
-    for protocol, cursor in sorted(cursors.items()):
-        conn.execute(
-            "INSERT INTO source_cursors VALUES (?, ?, ?, ?) ON CONFLICT (source, protocol) DO UPDATE SET "
-            "cursor_ts = excluded.cursor_ts, updated_at = excluded.updated_at",
-            [source, protocol, pd.Timestamp(cursor).to_pydatetime(), now],
-        )
+    if not cursors:
+        return
+    items = sorted(cursors.items())
+    values = ", ".join(["(?, ?, ?, ?)"] * len(items))  # one statement: a round trip per protocol adds up
+    params = [x for protocol, cursor in items for x in (source, protocol, pd.Timestamp(cursor).to_pydatetime(), now)]
+    conn.execute(
+        f"INSERT INTO source_cursors VALUES {values} ON CONFLICT (source, protocol) DO UPDATE SET "
+        "cursor_ts = excluded.cursor_ts, updated_at = excluded.updated_at",
+        params,
+    )
 
 
 # ----------------------------------------------------------------------------- reads
