@@ -270,3 +270,19 @@ def test_lineage_prometheus_then_raw_earnings():
 
     graph = defs.resolve_asset_graph()
     assert dg.AssetKey("prometheus_telemetry") in graph.get(dg.AssetKey("raw_earnings")).parent_keys
+
+
+def test_same_shaped_queries_are_batched_and_escaped(small_catalog):
+    catalog = parse_catalog({**small_catalog.model_dump(exclude={"source"}), "sources": {"prometheus": {
+        "url": "http://127.0.0.1:9", "preset": "cashpilot", "cashpilot": {"honeygain": "Honey.gain+", "storj": "storj"},
+        "queries": {"storj": {"memory_gb": 'avg(node_mem{job="x"})'}}}}})
+    queries = prom.protocol_queries(catalog.sources.prometheus, catalog)
+    plans = {p: {n: prom._field_plan(n, q, qs, batchable=True) for n, q in qs.items()} for p, qs in queries.items()}
+    assert plans["honeygain"]["allocation"][0] == "derived" and plans["honeygain"]["bandwidth_mbps"] == ("const", 0.0)
+    family, value = plans["honeygain"]["cpu_cores"][1]
+    assert value == "Honey.gain+" and plans["storj"]["cpu_cores"][1][0] == family
+    assert prom._batched_query(family, ["Honey.gain+", "storj"]) == (
+        'sum by (service) (cashpilot_container_cpu_percent{service=~"Honey\\\\.gain\\\\+|storj"}) / 100')
+    assert plans["storj"]["memory_gb"][0] == "batch" and plans["storj"]["memory_gb"][1][0][1] == "node_mem"
+    # With a device label the per-device series must survive: nothing is batched.
+    assert prom._field_plan("cpu_cores", queries["storj"]["cpu_cores"], queries["storj"], batchable=False)[0] == "query"
