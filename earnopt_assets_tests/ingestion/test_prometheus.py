@@ -19,7 +19,12 @@ import yaml
 
 from earnopt_assets.catalog import load_catalog, parse_catalog
 from earnopt_assets.defs import ingestion
-from earnopt_assets.defs.ingestion import PROMETHEUS_OFF, prometheus_schedule, prometheus_telemetry, raw_earnings_freshness
+from earnopt_assets.defs.ingestion import (
+    PROMETHEUS_OFF,
+    prometheus_schedule,
+    prometheus_telemetry,
+    raw_earnings_freshness,
+)
 from earnopt_assets.ingestion import prometheus as prom
 from earnopt_assets.ingestion import store
 from earnopt_assets.ingestion.cashpilot_sim import LocalPrometheus, binaries_available, free_port, render_openmetrics
@@ -235,7 +240,7 @@ def test_error_answers_fail_with_query_and_status():
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
     class Failing(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - http.server API
+        def do_GET(self):
             self.send_response(503)
             self.end_headers()
             self.wfile.write(b'{"status":"error","errorType":"unavailable","error":"TSDB not ready"}')
