@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from earnopt_assets.anomaly import store
-from earnopt_assets.anomaly.detector import AnomalyDetector, detection_features
+from earnopt_assets.anomaly.detector import MIN_TRAINING_ROWS, AnomalyDetector, detection_features
 from earnopt_assets.anomaly.notify import ENV_CHANNELS, DeliveryAttempt, Notifier, redact_text
 from earnopt_assets.anomaly.rules import Alert, evaluate_rules, evaluated_until, silent_alerts
 from earnopt_assets.anomaly.state import StateChange
@@ -76,12 +76,62 @@ def _keys(frame: pd.DataFrame) -> pd.MultiIndex:
     )
 
 
+# A detection row is complete once its series has a week behind it (earnings vs the same hour last
+# week, the resource z-score over the trailing 168 h) plus the hour itself.
+COMPLETE_ROW_HOURS = 168 + 1
+
+
+@dataclass(frozen=True)
+class DetectorWarmup:
+    """Not enough history to fit the detector yet: how far along the longest series is (#17)."""
+
+    history_days: float
+    needed_days: float
+    complete_rows: int
+    series: int
+
+    @property
+    def rule(self) -> str:
+        return (
+            f"the IsolationForest needs {MIN_TRAINING_ROWS} complete detection rows (not already alerted on); a row is "
+            f"complete once its series has {COMPLETE_ROW_HOURS} h of history (the same hour last week and the trailing-week "
+            f"resource z-score), so with {self.series} series that is {COMPLETE_ROW_HOURS} h + "
+            f"ceil({MIN_TRAINING_ROWS} / {self.series}) h = {self.needed_days:.1f} days"
+        )
+
+    @property
+    def summary(self) -> str:
+        return f"warming up: {self.history_days:.1f} of {self.needed_days:.1f} days ({self.complete_rows} of {MIN_TRAINING_ROWS} rows)"
+
+
+class DetectorWarmingUp(ValueError):
+    """Raised by :func:`train_detector` when history is merely short: not a failure (the asset stays green)."""
+
+    def __init__(self, warmup: DetectorWarmup) -> None:
+        super().__init__(f"{warmup.summary}: {warmup.rule}")
+        self.warmup = warmup
+
+
+def detector_warmup(raw: pd.DataFrame, complete_rows: int) -> DetectorWarmup:
+    """Progress of the longest series towards the detector's minimum history."""
+    series = max(1, raw.groupby(["device", "protocol"]).ngroups) if not raw.empty else 1
+    needed_hours = COMPLETE_ROW_HOURS + int(np.ceil(MIN_TRAINING_ROWS / series))
+    if raw.empty:
+        history_hours = 0.0
+    else:
+        ts = pd.to_datetime(raw["ts"])
+        spans = ts.groupby([raw["device"], raw["protocol"]]).agg(lambda t: (t.max() - t.min()) / pd.Timedelta(hours=1) + 1)
+        history_hours = float(spans.max())
+    return DetectorWarmup(round(history_hours / 24.0, 1), needed_hours / 24.0, int(complete_rows), int(series))
+
+
 def train_detector(raw: pd.DataFrame, feature_keys: pd.DataFrame | None, alerted: pd.DataFrame, catalog: Catalog,
                    target: Path) -> TrainingResult:
     """Fit on the rows of the feature table (hours with a full week of history; all rows when that table
     is missing) minus hours already alerted on, and save the detector under ``target``.
 
-    Raises ValueError when there is nothing to fit on.
+    Raises :class:`DetectorWarmingUp` when fewer than ``MIN_TRAINING_ROWS`` complete rows exist yet (history
+    is short: not an error) and ValueError when the fit itself fails.
     """
     settings = catalog.alerts
     specs = {p.name: p for p in catalog.protocols}
@@ -92,6 +142,9 @@ def train_detector(raw: pd.DataFrame, feature_keys: pd.DataFrame | None, alerted
     )
     is_alerted = keys.isin(_keys(alerted)) if not alerted.empty else np.zeros(len(features), dtype=bool)
     train = features.loc[in_feature_table & ~is_alerted]
+    complete = int(AnomalyDetector.complete_rows(train).sum()) if not train.empty else 0
+    if complete < MIN_TRAINING_ROWS:
+        raise DetectorWarmingUp(detector_warmup(known_protocols(raw, catalog), complete))
     detector = AnomalyDetector(contamination=settings.contamination).fit(train)
     version_dir = detector.save(target)
     scores = detector.decision_function(train.loc[AnomalyDetector.complete_rows(train)])

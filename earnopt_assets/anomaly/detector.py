@@ -53,6 +53,8 @@ DETECTOR_KIND = "detector"
 DETECTOR_NAME = "isolation_forest"
 KEEP_VERSIONS = 3
 EPS = 1e-9
+# The fit needs this many complete feature rows; a row is complete once its series has a week of history.
+MIN_TRAINING_ROWS = 50
 MIN_RELATIVE_STD = 0.1
 # The only non-default type an IsolationForest needs; anything else in the file is refused.
 TRUSTED_SKOPS_TYPES: frozenset[str] = frozenset({"sklearn.tree._tree.Tree"})
@@ -167,8 +169,8 @@ class AnomalyDetector:
 
         values = self._matrix(df, for_fit=True)
         keep = np.isfinite(values).all(axis=1)
-        if keep.sum() < 50:
-            raise ValueError(f"need at least 50 complete feature rows to fit the detector, got {int(keep.sum())}")
+        if keep.sum() < MIN_TRAINING_ROWS:
+            raise ValueError(f"need at least {MIN_TRAINING_ROWS} complete feature rows to fit the detector, got {int(keep.sum())}")
         model = IsolationForest(
             n_estimators=self.n_estimators,
             max_samples=min(self.max_samples, int(keep.sum())) if isinstance(self.max_samples, int) else self.max_samples,

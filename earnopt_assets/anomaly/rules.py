@@ -7,7 +7,7 @@ a 30.0001 % drop and not at 30 %.
 
 | rule | fires at hour t when | severity |
 |---|---|---|
-| earnings_drop | x_t < (1 - drop_threshold) * B'_t, B'_t = median(x_{t-24k}, k=1..7) * L_t | critical if x_t <= (1 - drop_critical) * B'_t |
+| earnings_drop | x_t < (1 - drop_threshold) * B'_t, B'_t = median(x_{t-24k}, k=1..7) * L_t (before 4 days: a younger baseline, only at the critical drop) | critical if x_t <= (1 - drop_critical) * B'_t (warning on a young baseline) |
 | resource_usage | max_r z_{r,t} > z_threshold, or max_r v_{r,t} > 1 + share_tolerance | critical if max_r v_{r,t} >= 2 |
 | connection_failures | failures_t >= failure_threshold, or no telemetry for >= silent_hours | critical if failures_t >= failure_critical_threshold or silent >= 2 * silent_hours |
 | performance_degradation | for >= degradation_hours consecutive hours: x_t < ratio * B'_t or latency_t > median_7d(latency) / ratio | warning |
@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from earnopt_assets.anomaly.detector import resource_zscore
-from earnopt_assets.anomaly.series import RESOURCES, SeriesContext, iter_series, trailing_median
+from earnopt_assets.anomaly.series import BASELINE_STEPS, RESOURCES, SeriesContext, iter_series, trailing_median
 from earnopt_assets.catalog import AlertSettings, Catalog
 
 Severity = Literal["info", "warning", "critical"]
@@ -114,31 +114,49 @@ def _fmt_pct(value: float) -> str:
 # ----------------------------------------------------------------------------------------- the rules
 
 
+_BASELINE_WORDS = {
+    "same_hour_7d": "same-hour 7-day median",
+    "seasonal_naive_24": "same-hour median of the days seen so far",
+    "recent_level": "median of the last 24 h",
+}
+
+
 def earnings_drop(ctx: SeriesContext, settings: AlertSettings) -> list[RuleHit]:
-    """Earnings this hour more than ``earnings_drop_threshold`` below the same-hour 7-day median."""
-    x, base = ctx.adjusted_earnings, ctx.baseline
+    """Earnings this hour more than ``earnings_drop_threshold`` below the best baseline history allows.
+
+    From 4 days the same-hour 7-day median B'_t; before that (young series, #17) the same-hour median of the
+    days seen so far, or from 3 hours the 24 h level (``SeriesContext.stepped_baseline``). A young baseline
+    is noisier and the level ignores the daily rhythm, so before 4 days the rule fires only at the critical
+    drop and reports it as a warning (it never marks the protocol degraded on a guess).
+    """
+    x = ctx.adjusted_earnings
+    base, step = ctx.stepped_baseline
+    young = step > 0
     with np.errstate(invalid="ignore"):
         valid = ctx.earnings_observed & np.isfinite(x) & np.isfinite(base) & (base > 0)
-        fire = valid & (x < base * (1.0 - settings.earnings_drop_threshold) - _TOL * base)
         critical = x <= base * (1.0 - settings.earnings_drop_critical) + _TOL * base
+        fire = valid & (x < base * (1.0 - settings.earnings_drop_threshold) - _TOL * base) & (~young | critical)
     hits: list[RuleHit] = []
     scale = ctx.safe_allocation**ctx.elasticity
     for i in np.flatnonzero(fire):
         drop = 1.0 - x[i] / base[i]
         expected = base[i] * scale[i]
+        step_name = BASELINE_STEPS[int(step[i])]
+        threshold = settings.earnings_drop_critical if young[i] else settings.earnings_drop_threshold
         hits.append(
             RuleHit(
                 int(i),
-                "critical" if critical[i] else "warning",
-                f"{ctx.protocol} earned ${ctx.earnings[i]:.6f} in the hour, {_fmt_pct(drop)} below its same-hour "
-                f"7-day median of ${expected:.6f} (threshold {_fmt_pct(settings.earnings_drop_threshold)})",
+                "critical" if critical[i] and not young[i] else "warning",
+                f"{ctx.protocol} earned ${ctx.earnings[i]:.6f} in the hour, {_fmt_pct(drop)} below its "
+                f"{_BASELINE_WORDS[step_name]} of ${expected:.6f} (threshold {_fmt_pct(threshold)})",
                 {
                     "earnings_usd": ctx.earnings[i],
                     "baseline_usd": expected,
+                    "baseline_step": step_name,
                     "drop": drop,
                     "allocation": ctx.allocation[i],
                     "level_factor": ctx.level_factor[i],
-                    "threshold": settings.earnings_drop_threshold,
+                    "threshold": threshold,
                 },
             )
         )

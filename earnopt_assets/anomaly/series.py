@@ -35,6 +35,8 @@ MIN_ALLOCATION = 0.01
 WEEK_HOURS = 168
 # A compute node below this share of its allocated CPU is idle (no lease): low earnings are expected.
 COMPUTE_BUSY_ACTIVITY = 0.5
+# Baselines of the earnings rules by history (SeriesContext.stepped_baseline), best first.
+BASELINE_STEPS: tuple[str, ...] = ("same_hour_7d", "seasonal_naive_24", "recent_level", "none")
 
 _SERIES_COLUMNS = ("earnings_usd", *RESOURCES, "allocation", "connection_failures", "latency_ms")
 
@@ -210,6 +212,34 @@ class SeriesContext:
     def baseline(self) -> np.ndarray:
         """What the rules compare with: B_t * L_t (allocation-adjusted)."""
         return self._cached("baseline_level", lambda: self.same_hour_baseline * self.level_factor)
+
+    @property
+    def stepped_baseline(self) -> tuple[np.ndarray, np.ndarray]:
+        """The best baseline the series' history allows at each hour, and its step (index into BASELINE_STEPS).
+
+        Same steps as the forecast (#17): ``same_hour_7d`` = :attr:`baseline` (>= 4 days); else
+        ``seasonal_naive_24`` = median of the same hour of the available previous days (>= 1 day); else
+        ``recent_level`` = median of x over the previous 24 h (>= 3 observed hours; compute protocols: the
+        trailing same-state median over >= 3 hours); else ``none`` (NaN: the first hours cannot be judged).
+        """
+        def compute() -> tuple[np.ndarray, np.ndarray]:
+            x = self.adjusted_earnings
+            full = self.baseline
+            if self.spec.kind is ProtocolKind.compute:
+                # no daily rhythm to repeat; the level is taken in the same (busy/idle) state only, so the
+                # end of a lease is never read as a drop
+                busy = self.busy
+                naive = np.full(len(x), np.nan)
+                level = np.where(busy, trailing_median(np.where(busy, x, np.nan), WEEK_HOURS, min_count=3),
+                                 trailing_median(np.where(busy, np.nan, x), WEEK_HOURS, min_count=3))
+            else:
+                naive = same_hour_median(x, min_days=1)
+                level = trailing_median(x, 24, min_count=3)
+            step = np.select([np.isfinite(full), np.isfinite(naive), np.isfinite(level)], [0, 1, 2], default=3)
+            value = np.select([step == 0, step == 1, step == 2], [full, naive, level], default=np.nan)
+            return value, step
+
+        return self._cached("stepped", compute)
 
     def silent_run(self) -> np.ndarray:
         """Consecutive missing hours ending at t (0 when t was observed)."""

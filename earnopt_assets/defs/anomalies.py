@@ -8,7 +8,8 @@ writes only; the alerts cycle delivers notifications with the connection closed.
 
 Triggers (no job needed): the default automation-condition sensor materializes the three assets.
 ``anomaly_model`` and ``anomalies`` are ``eager()`` — they run after ``earnings_features``/``raw_earnings``
-update (new telemetry landed); ``alerts`` is ``eager()`` after ``anomalies`` and also runs on an hourly cron
+update (new telemetry landed); ``alerts`` is ``eager()`` after ``raw_earnings`` (the rules need no model, so
+a warming-up or failed detector never holds them back) and also runs on an hourly cron
 tick (once its upstream exists), so the wall-clock ``silent`` rule sees a protocol that stopped reporting
 even when no telemetry arrives.
 """
@@ -24,6 +25,8 @@ from duckdb import DuckDBPyConnection
 from earnopt_assets.anomaly import store as anomaly_store
 from earnopt_assets.anomaly.cycle import (
     HISTORY_HOURS,
+    DetectorWarmingUp,
+    DetectorWarmup,
     cycle_window_hours,
     run_anomaly_cycle,
     score_recent,
@@ -40,6 +43,8 @@ GROUP = "anomalies"
 # The alerts cycle also runs every hour at :20 (after the hourly landing), so silence is noticed.
 ALERTS_CRON = "20 * * * *"
 NO_TELEMETRY = "table raw_earnings does not exist yet: materialize raw_earnings (ingestion) first"
+ANOMALY_MODEL = dg.AssetKey("anomaly_model")
+DETECTOR_TRAINED_CHECK = "detector_trained"
 
 
 @contextlib.contextmanager
@@ -83,12 +88,45 @@ def _feature_keys(conn: DuckDBPyConnection) -> pd.DataFrame | None:
 _TELEMETRY_UPDATED = dg.AutomationCondition.eager()
 
 
+def warmup_metadata(warmup: DetectorWarmup) -> dict[str, object]:
+    """What a warming-up anomaly_model shows: progress in days and the rule behind the number."""
+    return {
+        "status": "warming up",
+        "warming_up": warmup.summary,
+        "rule": dg.MetadataValue.md(warmup.rule),
+        "history_days": dg.MetadataValue.float(warmup.history_days),
+        "needed_days": dg.MetadataValue.float(round(warmup.needed_days, 1)),
+        "complete_rows": warmup.complete_rows,
+        "meanwhile": dg.MetadataValue.md(
+            "The rules (earnings drop, resource usage, connection failures, silence) alert without a model; "
+            "the IsolationForest joins them once it has trained."
+        ),
+    }
+
+
+def detector_check(warmup: DetectorWarmup | None, version: str | None = None) -> dg.AssetCheckResult:
+    """WARN (not ERROR) while the detector warms up: short history is not a failure."""
+    if warmup is None:
+        return dg.AssetCheckResult(asset_key=ANOMALY_MODEL, check_name=DETECTOR_TRAINED_CHECK, passed=True,
+                                   description=f"detector {version} trained and saved")
+    return dg.AssetCheckResult(
+        asset_key=ANOMALY_MODEL, check_name=DETECTOR_TRAINED_CHECK, passed=False, severity=dg.AssetCheckSeverity.WARN,
+        description=f"{warmup.summary}; {warmup.rule}",
+        metadata={"history_days": dg.MetadataValue.float(warmup.history_days), "needed_days": dg.MetadataValue.float(round(warmup.needed_days, 1))},
+    )
+
+
 @dg.asset(
+    key=ANOMALY_MODEL,
     group_name=GROUP,
     pool=DUCKDB_POOL,
     kinds={"sklearn", "duckdb"},
     deps=[dg.AssetKey("earnings_features")],
     automation_condition=_TELEMETRY_UPDATED,
+    check_specs=[dg.AssetCheckSpec(
+        DETECTOR_TRAINED_CHECK, asset=ANOMALY_MODEL,
+        description="The IsolationForest trained; WARN (not ERROR) while history is too short for it (warming up).",
+    )],
 )
 def anomaly_model(context: dg.AssetExecutionContext, earnopt: EarnoptResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
     """IsolationForest over per-series detection features (relative deviation from the 24 h MA,
@@ -97,6 +135,8 @@ def anomaly_model(context: dg.AssetExecutionContext, earnopt: EarnoptResource, d
     Fits on the rows of the ``earnings_features`` table (hours with a full week of history), excluding
     hours already recorded in ``alerts``; persisted (skops + JSON metadata, atomic) under ``models/anomaly``.
     Trigger: automation, ``eager()`` — refits whenever ``earnings_features`` is rematerialized.
+    Young history (#17): until the minimum is met the run completes WITHOUT training; its metadata says
+    "warming up: X of Y days" with the rule, and the ``detector_trained`` check reports WARN.
     """
     catalog = earnopt.catalog()
     try:
@@ -109,13 +149,17 @@ def anomaly_model(context: dg.AssetExecutionContext, earnopt: EarnoptResource, d
         raise dg.Failure(description=NO_TELEMETRY) from None
     try:
         training = train_detector(raw, feature_keys, alerted, catalog, earnopt.paths.models / "anomaly")
+    except DetectorWarmingUp as warming:
+        context.log.info(f"anomaly model not trained yet: {warming}")
+        return dg.MaterializeResult(metadata=warmup_metadata(warming.warmup), check_results=[detector_check(warming.warmup)])
     except ValueError as exc:
         raise dg.Failure(description=f"cannot fit the anomaly detector: {exc}") from None
     context.log.info(
         f"anomaly model {training.detector.version}: {training.training_rows} rows, "
         f"{training.flagged_training_rows} flagged at contamination {catalog.alerts.contamination}"
     )
-    return dg.MaterializeResult(metadata=anomaly_model_metadata(training, catalog.alerts.contamination))
+    return dg.MaterializeResult(metadata=anomaly_model_metadata(training, catalog.alerts.contamination),
+                                check_results=[detector_check(None, str(training.detector.version))])
 
 
 @dg.asset(
@@ -128,12 +172,21 @@ def anomaly_model(context: dg.AssetExecutionContext, earnopt: EarnoptResource, d
 def anomalies(context: dg.AssetExecutionContext, earnopt: EarnoptResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
     """IsolationForest scores and flags for the last ``alerts.score_hours`` hours of every series
     (DuckDB table ``anomalies``, upserted on (device, protocol, ts)). Score < 0 = anomalous.
-    Trigger: automation, ``eager()`` — after a new model or new telemetry in ``raw_earnings``."""
+    Trigger: automation, ``eager()`` — after a new model or new telemetry in ``raw_earnings``.
+    No detector saved yet (anomaly_model still warming up): completes without scoring and says so."""
     catalog = earnopt.catalog()
     try:
         detector = AnomalyDetector.load(earnopt.paths.models / "anomaly")
-    except FileNotFoundError as exc:
-        raise dg.Failure(description=f"{exc}; materialize anomaly_model first") from None
+    except FileNotFoundError:
+        context.log.info("no anomaly detector yet (anomaly_model is warming up): nothing scored")
+        return dg.MaterializeResult(metadata={
+            "status": "no detector yet",
+            "rows_scored": 0,
+            "reason": dg.MetadataValue.md(
+                "anomaly_model has not trained yet (warming up: see its metadata). The alert rules run without it; "
+                "IsolationForest scores start with its first version."
+            ),
+        })
     try:
         with _warehouse(duckdb) as conn:
             telemetry, newest = _recent_telemetry(conn, catalog.alerts.score_hours + HISTORY_HOURS)
@@ -150,7 +203,9 @@ def anomalies(context: dg.AssetExecutionContext, earnopt: EarnoptResource, duckd
     group_name=GROUP,
     pool=DUCKDB_POOL,
     kinds={"duckdb"},
-    deps=[anomalies],
+    # The rules need no model (#17): alerts hang off raw_earnings, never off the IsolationForest assets; the
+    # isolation_forest rule reads whatever scores `anomalies` has stored (this tick's or the previous one's).
+    deps=[dg.AssetKey("raw_earnings")],
     automation_condition=_TELEMETRY_UPDATED | (
         dg.AutomationCondition.cron_tick_passed(ALERTS_CRON) & ~dg.AutomationCondition.in_progress() & ~dg.AutomationCondition.any_deps_missing()
     ),

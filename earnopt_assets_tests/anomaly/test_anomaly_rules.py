@@ -72,9 +72,15 @@ def test_deliberate_allocation_cut_is_not_an_earnings_drop():
     assert not last_hour_hits(resource_usage(ctx, SETTINGS), frame)
 
 
-def test_earnings_drop_needs_a_week_of_baseline():
+def test_earnings_drop_before_four_days_fires_only_at_the_critical_drop_as_a_warning():
+    """Young history (#17): yesterday's same hour is the baseline; only the critical drop is reported, as a
+    warning (a young baseline never degrades a protocol)."""
     frame = flat_series(hours=3 * 24)
     frame.loc[frame.index[-1], "earnings_usd"] = 0.0
+    hits = earnings_drop(ctx_of(frame), SETTINGS)
+    assert [h.index for h in hits] == [len(frame) - 1]
+    assert hits[0].severity == "warning" and hits[0].evidence["baseline_step"] == "seasonal_naive_24"
+    frame.loc[frame.index[-1], "earnings_usd"] = frame["earnings_usd"].iloc[-2] * 0.5  # 50 %: below critical
     assert earnings_drop(ctx_of(frame), SETTINGS) == []
 
 
