@@ -110,8 +110,8 @@ class ProtocolSpec(_Strict):
 
 # earnopt's own footprint on the host (service + Dagster webserver/daemon/code servers + the 15-minute
 # tick), measured by benchmarks/footprint.py; see ReservedResources.
-DEFAULT_RESERVED_CPU_CORES = 0.25
-DEFAULT_RESERVED_MEMORY_GB = 1.5
+DEFAULT_RESERVED_CPU_CORES = 0.05
+DEFAULT_RESERVED_MEMORY_GB = 1.2
 
 
 class ReservedResources(_Strict):
