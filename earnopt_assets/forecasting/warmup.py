@@ -1,0 +1,178 @@
+"""Forecasts for young series (#17): a forecast from the first hour, improving in steps as history grows.
+
+Steps, chosen automatically from the hours of history ``n`` (first to last observed hour) and named in
+``source``:
+
+==========================  =====================  ==========================================================
+source                      history                point forecast for each of the next 24 hours
+==========================  =====================  ==========================================================
+``prior``                   no telemetry           the catalog's ``prior_usd_per_hour`` x allocation^beta
+``recent_level``            n >= 1 h               level L = mean of the observed hours of the last 24 h
+``seasonal_naive_24``       n >= 24 h              w * S_h + (1 - w) * L, S_h = median of the same hour on the
+                                                   (up to 7) previous days, w = d / (d + 1), d = whole days seen
+statistical candidates      n >= 168 h             scored in the harness by ``earnings_model`` (served source)
+``lstm``                    n >= LSTM minimum      the champion rule decides (see :func:`lstm_minimum_history`)
+==========================  =====================  ==========================================================
+
+Intervals at every step, wider when history is short. With ``sd`` the spread of the step's own errors
+(prior: a log-normal with sigma ``PRIOR_LOG_SIGMA``; level: std of the hours in the level window; naive:
+std of e_t - e_{t-24} over the pairs seen), bounds = point -/+ z * sd * W(n), z = 1.2816 (80 %) and 1.96
+(95 %), clipped at 0, with the widening factor
+
+    W(n) = min(MAX_WIDENING, max(1, sqrt(FULL_CONFIDENCE_HOURS / n)))
+
+(28 days of history = 1; 7 days = 2; below ~3 days the cap 3). The same W widens the conformal intervals of
+the statistical candidates and the LSTM (``ConformalIntervals.widen``) while the series is young.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from earnopt_assets.forecasting.candidates import HORIZON_HOURS
+
+PRIOR_SOURCE = "prior"
+LEVEL_SOURCE = "recent_level"
+NAIVE_SOURCE = "seasonal_naive_24"
+WARMUP_SOURCES: tuple[str, ...] = (PRIOR_SOURCE, LEVEL_SOURCE, NAIVE_SOURCE)
+LEVEL_MIN_HOURS = 1
+NAIVE_MIN_HOURS = 24
+STATISTICAL_MIN_HOURS = 168
+FULL_CONFIDENCE_HOURS = 28 * 24
+MAX_WIDENING = 3.0
+PRIOR_LOG_SIGMA = 1.0  # the catalog's prior is a figure for a typical host: a factor e either way is ~1 sd
+Z = {"80": 1.2816, "95": 1.96}
+PRIOR_ELASTICITY = 0.6  # earnings ~ allocation^0.6 (numerics.response.PRIOR_BETA)
+
+# The LSTM's minimum history (lstm_minimum_history): earnings_features start once the lag-168 feature exists;
+# the network then needs a week of training rows (every weekday once; the interval calibration origins lie
+# inside it) and the young holdout is 3 days (3 daily origins scored like with like for every candidate).
+FEATURE_WARMUP_HOURS = 168
+LSTM_MIN_TRAIN_HOURS = 168
+YOUNG_HOLDOUT_DAYS = 3
+
+
+def lstm_minimum_history(feature_warmup_hours: int = FEATURE_WARMUP_HOURS, min_train_hours: int = LSTM_MIN_TRAIN_HOURS,
+                         holdout_days: int = YOUNG_HOLDOUT_DAYS) -> int:
+    """Hours of raw history before the LSTM can train and be judged: warm-up + training + holdout."""
+    return feature_warmup_hours + min_train_hours + holdout_days * 24
+
+
+LSTM_MIN_HISTORY_HOURS = lstm_minimum_history()
+LSTM_MIN_HISTORY_RULE = (
+    f"the LSTM trains once a protocol has {LSTM_MIN_HISTORY_HOURS // 24} days of telemetry: "
+    f"{FEATURE_WARMUP_HOURS // 24} days before the first feature row (the lag-168 'same hour last week' feature), "
+    f"{LSTM_MIN_TRAIN_HOURS // 24} days of training rows (each weekday once) and a {YOUNG_HOLDOUT_DAYS}-day holdout on "
+    f"which every candidate is scored at the same origins (the holdout grows to max(20 %, 7 days) as history allows)"
+)
+
+
+def widening_factor(history_hours: float) -> float:
+    """W(n) = min(3, max(1, sqrt(672 / n))): how much wider a young series' intervals are."""
+    if history_hours <= 0:
+        return MAX_WIDENING
+    return float(min(MAX_WIDENING, max(1.0, math.sqrt(FULL_CONFIDENCE_HOURS / history_hours))))
+
+
+def history_hours(ts: pd.Series | pd.DatetimeIndex | np.ndarray, earnings: np.ndarray | None = None) -> float:
+    """Hours from the first to the last observed hour, inclusive (0 without observations)."""
+    index = pd.DatetimeIndex(pd.to_datetime(np.asarray(ts)))
+    if earnings is not None:
+        index = index[np.isfinite(np.asarray(earnings, dtype=float))]
+    if len(index) == 0:
+        return 0.0
+    return float((index.max() - index.min()) / pd.Timedelta(hours=1) + 1)
+
+
+def step_for(hours: float) -> str:
+    """The warm-up step history allows (``statistical`` from 7 days: the harness chooses from there)."""
+    if hours < LEVEL_MIN_HOURS:
+        return PRIOR_SOURCE
+    if hours < NAIVE_MIN_HOURS:
+        return LEVEL_SOURCE
+    if hours < STATISTICAL_MIN_HOURS:
+        return NAIVE_SOURCE
+    return "statistical"
+
+
+@dataclass
+class StepForecast:
+    """One young-series forecast: the step's point forecast and its widened intervals."""
+
+    source: str
+    reason: str
+    targets: pd.DatetimeIndex
+    values: np.ndarray
+    intervals: dict[str, np.ndarray]
+    history_hours: float
+    widening: float
+
+
+def _bounds(point: np.ndarray, sd: np.ndarray | float, widening: float) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for level, z in Z.items():
+        half = z * np.asarray(sd, dtype=float) * widening
+        out[f"lower_{level}"] = np.clip(point - half, 0.0, None)
+        out[f"upper_{level}"] = np.clip(point + half, 0.0, None)
+    return out
+
+
+def prior_forecast(prior_usd_per_hour: float, allocation: float | None, origin: pd.Timestamp, horizon: int = HORIZON_HOURS) -> StepForecast:
+    """No telemetry: the catalog prior at the share held (1.0 when unknown); log-normal interval."""
+    share = 1.0 if allocation is None or not np.isfinite(allocation) else float(np.clip(allocation, 0.01, 1.0))
+    value = float(prior_usd_per_hour) * share**PRIOR_ELASTICITY
+    point = np.full(horizon, value)
+    intervals = {}
+    for level, z in Z.items():
+        factor = math.exp(z * PRIOR_LOG_SIGMA)
+        intervals[f"lower_{level}"] = point / factor
+        intervals[f"upper_{level}"] = point * factor
+    targets = pd.date_range(pd.Timestamp(origin).floor("h") + pd.Timedelta(hours=1), periods=horizon, freq="h")
+    reason = (f"prior: no telemetry yet; the catalog's prior ${prior_usd_per_hour:.4f}/h at full allocation x share "
+              f"{share:.2f}^{PRIOR_ELASTICITY} (interval: x/÷ e^(z·{PRIOR_LOG_SIGMA:g}))")
+    return StepForecast(PRIOR_SOURCE, reason, targets, point, intervals, 0.0, MAX_WIDENING)
+
+
+def young_forecast(ts: pd.Series | pd.DatetimeIndex | np.ndarray, earnings: np.ndarray, horizon: int = HORIZON_HOURS,
+                   *, why: str = "") -> StepForecast:
+    """``recent_level`` (>= 1 h) or ``seasonal_naive_24`` blended with the level (>= 24 h) for the next
+    ``horizon`` hours after the last observed hour. Raises ValueError without any observed hour."""
+    index = pd.DatetimeIndex(pd.to_datetime(np.asarray(ts)))
+    values = np.asarray(earnings, dtype=float)
+    keep = np.isfinite(values)
+    if not keep.any():
+        raise ValueError("no observed hours to forecast from")
+    series = pd.Series(values[keep], index=index[keep]).sort_index()
+    series = series[~series.index.duplicated(keep="last")]
+    last = series.index[-1]
+    hours = history_hours(series.index)
+    widening = widening_factor(hours)
+    recent = series[series.index > last - pd.Timedelta(hours=24)]
+    level = float(recent.mean())
+    level_sd = float(recent.std(ddof=0)) if len(recent) >= 2 else 0.5 * abs(level)
+    targets = pd.date_range(last + pd.Timedelta(hours=1), periods=horizon, freq="h")
+    prefix = f"{why}; " if why else ""
+    if hours < NAIVE_MIN_HOURS:
+        point = np.full(horizon, max(level, 0.0))
+        reason = (f"{prefix}recent_level: {hours:.0f} h of history (< {NAIVE_MIN_HOURS} h): mean of the last "
+                  f"{len(recent)} observed hours; intervals x{widening:.1f} for short history")
+        return StepForecast(LEVEL_SOURCE, reason, targets, point, _bounds(point, level_sd, widening), hours, widening)
+    days = int(hours // 24)
+    weight = days / (days + 1.0)
+    lookup = series.to_dict()
+    naive = np.empty(horizon)
+    for i, target in enumerate(targets):
+        same_hour = [lookup[t] for k in range(1, 8) if (t := target - pd.Timedelta(hours=24 * k)) in lookup]
+        naive[i] = float(np.median(same_hour)) if same_hour else level
+    point = np.clip(weight * naive + (1.0 - weight) * level, 0.0, None)
+    lagged = series.reindex(series.index - pd.Timedelta(hours=24)).to_numpy()
+    diffs = series.to_numpy() - lagged
+    diffs = diffs[np.isfinite(diffs)]
+    sd = float(np.std(diffs)) if len(diffs) >= 12 else level_sd
+    reason = (f"{prefix}seasonal_naive_24: {hours / 24:.1f} days of history (< 7): {weight:.2f} x same hour on the "
+              f"previous {min(days, 7)} day(s) + {1 - weight:.2f} x 24 h level; intervals x{widening:.1f} for short history")
+    return StepForecast(NAIVE_SOURCE, reason, targets, point, _bounds(point, sd, widening), hours, widening)
