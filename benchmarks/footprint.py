@@ -38,6 +38,7 @@ CPU is shared with whatever else runs on the machine: the load average is printe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -160,14 +161,10 @@ def stop_group(process: subprocess.Popen, first: int = signal.SIGINT, wait_s: fl
     """Stop a process this benchmark started in its own session, then anything it left behind."""
     if process.poll() is None:
         process.send_signal(first)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=wait_s)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
     process.wait()
 
 
@@ -263,7 +260,7 @@ def measure_serve(data_dir: Path, catalog: Path, requests: int) -> tuple[subproc
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**base_env(data_dir, catalog), "EARNOPT_LOG_LEVEL": "warning"}
-    log = tempfile.TemporaryFile(mode="w+")
+    log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - outlives this function with the server; read on failure
     started = time.monotonic()
     server = subprocess.Popen(
         [sys.executable, "-m", "earnopt_assets.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
@@ -356,7 +353,7 @@ def report_serve(out: dict, requests: int) -> None:
 def measure_idle(data_dir: Path, catalog: Path, serve_pid: int, idle_s: float, settle_s: float) -> dict:
     port = free_port()
     env = {**base_env(data_dir, catalog), "DAGSTER_HOME": str(data_dir / "dagster_home")}
-    log = tempfile.TemporaryFile(mode="w+")
+    log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - lives as long as dagster dev; read on failure
     dev = subprocess.Popen(
         [str(Path(sys.executable).parent / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
         env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -379,7 +376,7 @@ def measure_idle(data_dir: Path, catalog: Path, serve_pid: int, idle_s: float, s
         time.sleep(settle_s)
 
         def stack() -> list[int]:
-            return [serve_pid] + descendants(dev.pid)
+            return [serve_pid, *descendants(dev.pid)]
 
         first = {pid: read_proc(pid) for pid in stack()}
         names = {pid: describe(pid) for pid in first}
@@ -599,7 +596,7 @@ def main() -> int:
 
     print(f"earnopt_assets from {Path(earnopt_assets.__file__).parent}; git {subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()}; "
           f"load average {load_average()}")
-    work = Path(tempfile.mkdtemp(prefix="earnopt-footprint-"))
+    work = Path(tempfile.mkdtemp(prefix="earnopt-footprint-")) if args.data_dir is None else None
     try:
         if args.data_dir is not None:
             data_dir, catalog = args.data_dir, args.data_dir / "catalog.yaml"

@@ -15,7 +15,6 @@ from earnopt_assets.catalog import (
     load_catalog,
     parse_catalog,
 )
-
 from earnopt_assets_tests.conftest import DEFAULT_CATALOG
 
 
@@ -101,8 +100,8 @@ def test_initial_allocation_leaves_the_reserve_free(small_catalog):
 
 def test_a_plan_that_fitted_the_machine_is_infeasible_within_the_reserve(data_dir, small_catalog):
     from earnopt_assets.allocation.cycle import run_allocation_cycle
-    from earnopt_assets.simulator import simulate
     from earnopt_assets.ingestion.store import ensure_raw_earnings
+    from earnopt_assets.simulator import simulate
     from earnopt_assets.warehouse import connect
 
     telemetry = simulate(small_catalog, days=3, seed=1, end="2026-11-20T12:00:00", inject_anomalies=False).telemetry
