@@ -22,11 +22,11 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from earnopt_assets.catalog import load_catalog  # noqa: E402
-from earnopt_assets.forecasting.model.predictor import EarningsPredictor, series_from_frame  # noqa: E402
-from earnopt_assets.simulator import simulate  # noqa: E402
+from earnopt_assets.catalog import load_catalog
+from earnopt_assets.forecasting.model.predictor import EarningsPredictor, series_from_frame
+from earnopt_assets.simulator import simulate
 
 CATALOG = Path(__file__).resolve().parents[1] / "data" / "catalog.yaml"
 HOLDOUT_FRACTION = 0.2

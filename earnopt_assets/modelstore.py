@@ -31,7 +31,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +67,7 @@ def sha256_file(path: Path) -> str:
 
 
 def new_version_name(now: datetime | None = None) -> str:
-    stamp = now or datetime.now(timezone.utc)
+    stamp = now or datetime.now(UTC)
     return f"{stamp.strftime('%Y%m%dT%H%M%S')}{stamp.microsecond // 1000:03d}Z-{secrets.token_hex(4)}"
 
 
@@ -190,7 +190,7 @@ class ModelStore:
         }
         atomic_write_json(
             directory / MANIFEST_FILE,
-            {"name": name, "version": version, "saved_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "files": files},
+            {"name": name, "version": version, "saved_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "files": files},
         )
 
     def promote(self, name: str, version: str) -> None:

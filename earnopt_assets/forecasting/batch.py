@@ -18,7 +18,12 @@ import numpy as np
 import pandas as pd
 
 from earnopt_assets.forecasting.model.config import HORIZON_HOURS
-from earnopt_assets.forecasting.model.predictor import EarningsPredictor, HourlySeries, series_from_arrays, series_from_frame
+from earnopt_assets.forecasting.model.predictor import (
+    EarningsPredictor,
+    HourlySeries,
+    series_from_arrays,
+    series_from_frame,
+)
 
 HOUR_NS = 3_600_000_000_000
 

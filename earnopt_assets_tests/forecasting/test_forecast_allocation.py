@@ -14,7 +14,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from earnopt_assets.forecasting.batch import BatchedForecaster, predict_many, prepare_origin, prepare_origin_from_columns
+from earnopt_assets.forecasting.batch import (
+    BatchedForecaster,
+    predict_many,
+    prepare_origin,
+    prepare_origin_from_columns,
+)
 from earnopt_assets.forecasting.model.base import ALLOCATION_FLOOR
 from earnopt_assets.forecasting.model.persistence import MODEL_FORMAT_VERSION, model_store
 from earnopt_assets.forecasting.model.predictor import AllocationPathError, EarningsPredictor, ModelLoadError

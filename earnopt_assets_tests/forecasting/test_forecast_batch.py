@@ -11,7 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from earnopt_assets.forecasting.batch import BatchedForecaster, predict_many, prepare_origin, prepare_origin_from_columns
+from earnopt_assets.forecasting.batch import (
+    BatchedForecaster,
+    predict_many,
+    prepare_origin,
+    prepare_origin_from_columns,
+)
 from earnopt_assets.forecasting.model.predictor import (
     EarningsPredictor,
     InsufficientHistoryError,

@@ -319,7 +319,7 @@ def test_load_validates_every_part(trained, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(tmp_path / "lstm", copy / "lstm")
     (copy / "lstm" / "storj" / "versions" / version_dir.name / "state.json").unlink()
-    with pytest.raises(ModelLoadError, match="state.json"):
+    with pytest.raises(ModelLoadError, match=r"state\.json"):
         EarningsPredictor.load(copy, "storj")
     config = version_dir / "config.json"
     config.write_text(config.read_text().replace('"timezone"', '"timezone" ', 1))

@@ -147,7 +147,7 @@ class StatisticalBase:
     @classmethod
     def fit(
         cls, Z: np.ndarray, rows: np.ndarray, origins: np.ndarray, targets: np.ndarray, weighting: str = "squared", comps: np.ndarray | None = None
-    ) -> "StatisticalBase":
+    ) -> StatisticalBase:
         """NNLS per horizon hour of ``targets`` (n, H) (z of hours t+1..t+H) on the origins' components."""
         from scipy.optimize import nnls
 
@@ -168,7 +168,7 @@ class StatisticalBase:
     @classmethod
     def fit_by_validation(
         cls, Z: np.ndarray, train_origins: np.ndarray, train_targets: np.ndarray, val_origins: np.ndarray, val_targets: np.ndarray, recent_hours: int
-    ) -> "StatisticalBase":
+    ) -> StatisticalBase:
         """Fit every weighting in :data:`WEIGHTINGS` on all training origins and on the last ``recent_hours``
         of them; keep the one with the lowest MAPE of the validation origins' 24 h paths (never the holdout)."""
         rows_t = np.zeros(len(train_origins), dtype=np.int64)
@@ -209,7 +209,7 @@ class StatisticalBase:
         }
 
     @classmethod
-    def from_json(cls, data: dict) -> "StatisticalBase":
+    def from_json(cls, data: dict) -> StatisticalBase:
         if list(data.get("components", [])) != list(COMPONENTS):
             raise ValueError(f"base components {data.get('components')} differ from this code's {list(COMPONENTS)}")
         weights = np.asarray(data["weights"], dtype=float)

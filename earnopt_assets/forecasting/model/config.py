@@ -92,7 +92,7 @@ class ModelConfig:
     def outputs(self) -> int:
         return HORIZON_HOURS if self.head == "direct" else 1
 
-    def with_(self, **changes: Any) -> "ModelConfig":
+    def with_(self, **changes: Any) -> ModelConfig:
         return replace(self, **changes)
 
     def to_json(self) -> dict[str, Any]:
@@ -103,7 +103,7 @@ class ModelConfig:
         return data
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "ModelConfig":
+    def from_json(cls, data: Mapping[str, Any]) -> ModelConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -23,8 +23,9 @@ the base and the window read), so both see identical numbers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -98,7 +99,7 @@ class FittedState:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "FittedState":
+    def from_json(cls, data: dict[str, Any]) -> FittedState:
         if list(data.get("channels", [])) != list(CHANNELS):
             raise ValueError(f"channels {data.get('channels')} differ from this code's {list(CHANNELS)}")
         mean = np.asarray(data["channel_mean"], dtype=float)

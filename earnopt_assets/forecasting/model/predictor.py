@@ -95,7 +95,7 @@ class TrainingHistory:
     warm_started: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items()}
+        return dict(self.__dict__)
 
 
 def series_from_arrays(ts: np.ndarray, earnings: np.ndarray, allocation: np.ndarray | None, who: str) -> HourlySeries:
@@ -238,7 +238,7 @@ class EarningsPredictor:
         frame: pd.DataFrame,
         *,
         validation_hours: int | None = None,
-        warm_start: "EarningsPredictor | None" = None,
+        warm_start: EarningsPredictor | None = None,
         verbose: int = 0,
     ) -> TrainingHistory:
         """Fit base, beta, scalers, network(s) and the blend weight on ``frame`` (see the module docstring).
@@ -508,7 +508,7 @@ class EarningsPredictor:
         return save_model(self, store, extra_metadata, promote=promote)
 
     @classmethod
-    def load(cls, model_dir: str | Path, protocol: str, version: str | None = None) -> "EarningsPredictor":
+    def load(cls, model_dir: str | Path, protocol: str, version: str | None = None) -> EarningsPredictor:
         from earnopt_assets.forecasting.model.persistence import load_model
 
         return load_model(cls, model_dir, protocol, version)
