@@ -23,6 +23,7 @@ oracle's uplift on every seed.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -31,10 +32,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from earnopt_assets.catalog import load_catalog  # noqa: E402
+from earnopt_assets.catalog import load_catalog
 
 END = "2026-03-31T23:00:00"
 STATIC = ("catalog_initial", "equal_shares")
+
+
+def _outcome(data: dict):
+    from earnopt_assets.closed_loop import PolicyOutcome
+
+    return PolicyOutcome(**data, hourly_usd=None)
 
 
 def run_one(task: tuple[str, int, int, int, float | None]):
@@ -64,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--history-days", type=int, default=60)
     parser.add_argument("--loop-days", type=int, default=30)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--save", type=Path, help="write each replay's outcome as JSON here as it finishes")
+    parser.add_argument("--load", type=Path, help="print the table from outcomes saved by --save instead of replaying")
     args = parser.parse_args(argv)
 
     default_risk = load_catalog().allocation.risk_aversion
@@ -72,13 +81,22 @@ def main(argv: list[str] | None = None) -> int:
     tasks += [(p, s, args.history_days, args.loop_days, None) for s in args.seeds for p in (*STATIC, "oracle")]
     started = time.perf_counter()
     outcomes = []
-    with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        futures = [pool.submit(run_one, task) for task in tasks]
-        for future in as_completed(futures):
-            o = future.result()
-            outcomes.append(o)
-            print(f"  done: seed {o.seed} {o.policy}: {o.total_usd:.3f} $, {o.restarts} restarts, {o.wall_seconds:.0f} s", flush=True)
-    total_wall = time.perf_counter() - started
+    if args.load:
+        outcomes = [_outcome(json.loads(path.read_text())) for path in sorted(args.load.glob("*.json"))]
+        outcomes = [o for o in outcomes if o.seed in args.seeds]
+        total_wall = max(o.wall_seconds for o in outcomes)
+    else:
+        with ProcessPoolExecutor(max_workers=args.workers) as pool:
+            futures = [pool.submit(run_one, task) for task in tasks]
+            for future in as_completed(futures):
+                o = future.result()
+                outcomes.append(o)
+                print(f"  done: seed {o.seed} {o.policy}: {o.total_usd:.3f} $, {o.restarts} restarts, {o.wall_seconds:.0f} s", flush=True)
+                if args.save:
+                    args.save.mkdir(parents=True, exist_ok=True)
+                    data = {k: v for k, v in vars(o).items() if k != "hourly_usd"}
+                    (args.save / f"{o.policy}_seed{o.seed}.json").write_text(json.dumps(data))
+        total_wall = time.perf_counter() - started
     by = {(o.policy, o.seed): o for o in outcomes}
     order = [*STATIC, *earnopt, "oracle"]
 

@@ -213,7 +213,7 @@ class HostEnvironment:
             if self.restart_costs:
                 earnings = earnings * np.where(restarted, max(0.0, 1.0 - spec.restart_minutes / 60.0), 1.0)
 
-            def usage(per_unit: float, shape: np.ndarray, key: str) -> np.ndarray:
+            def usage(per_unit: float, shape: np.ndarray, key: str, alloc=alloc, world=world, window=window) -> np.ndarray:
                 return alloc * per_unit * shape * world.usage_noise[key][window]
 
             activity = world.activity[window]

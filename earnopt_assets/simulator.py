@@ -40,7 +40,7 @@ order), so a seed reproduces the same telemetry byte for byte.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -133,7 +133,7 @@ class SimulationSummary:
 def _resolve_end(end: datetime | str | None) -> pd.Timestamp:
     """The last simulated hour as a naive UTC timestamp (default: the current UTC hour)."""
     if end is None:
-        stamp = pd.Timestamp(datetime.now(timezone.utc))
+        stamp = pd.Timestamp(datetime.now(UTC))
     else:
         stamp = pd.Timestamp(end)
     if stamp.tzinfo is not None:
@@ -179,7 +179,6 @@ def _lease_occupancy(
     Simulated from ``LEASE_WARMUP_HOURS`` before the first row (at the first allocation and the same
     calendar rhythm) so the first row is already in steady state, not an empty node.
     """
-    n = len(allocation)
     warm = LEASE_WARMUP_HOURS
     # Warm-up calendar: the hours before the first row (hour-of-day and weekday counted back from it).
     back = np.arange(-warm, 0) + int(local_hour[0])

@@ -83,7 +83,7 @@ def test_earnopt_loop_runs_hour_by_hour_and_applies_its_plans(small_catalog) -> 
     first = env.hour
     loop = cl.EarnoptLoop(small_catalog, history)
     while not env.done:
-        shares, plan = loop.decide(env.now.to_pydatetime())
+        shares, _plan = loop.decide(env.now.to_pydatetime())
         loop.observe(env.step(shares))
     assert len(loop.plans) == 24 and loop.forecaster_used <= set(cl.FORECAST_CANDIDATES) and loop.forecaster_used
     targets = np.array([[p.protocols[n].target for n in env.names] for p in loop.plans])
