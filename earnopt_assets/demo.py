@@ -19,7 +19,9 @@ from earnopt_assets.settings import EarnoptPaths
 # Asset groups in dependency order. Each stage is one run; the model stage runs once per partition.
 INGEST_STAGE = ("raw_earnings", "earnings_features")
 MODEL_STAGE = ("earnings_model",)
-DOWNSTREAM_STAGE = ("earnings_forecast", "anomaly_model", "anomalies", "alerts", "resource_allocation")
+DOWNSTREAM_STAGE = ("earnings_forecast", "anomaly_model", "anomalies", "alerts")
+# Its own run, like the 15-minute allocation_job: the plan never waits on an upstream step (#17).
+ALLOCATION_STAGE = ("resource_allocation",)
 
 
 def _landing_has_files(paths: EarnoptPaths) -> bool:
@@ -131,6 +133,7 @@ def run_demo(
         for protocol in catalog.enabled_names:
             run([key], partition_key=protocol, run_config=model_run_config)
     run(_selected(defs, DOWNSTREAM_STAGE))
+    run(_selected(defs, ALLOCATION_STAGE))
 
     _echo(f"pipeline finished in {time.monotonic() - started:.0f} s; data in {paths.data_dir}")
     if failures:

@@ -52,8 +52,12 @@ def _latest_forecasts(conn: duckdb.DuckDBPyConnection, device: str, names: set[s
 
 def _degraded(conn: duckdb.DuckDBPyConnection, device: str, notes: list[str]) -> dict[str, str]:
     from earnopt_assets.anomaly.store import read_state
+    from earnopt_assets.warehouse import table_exists
 
     try:
+        if not table_exists(conn, "protocol_state"):
+            notes.append("alerts have not run yet (no protocol_state): no degraded caps, every protocol treated as healthy")
+            return {}
         rows = read_state(conn, device)
     except duckdb.Error as exc:
         notes.append(f"protocol_state unreadable ({exc}); every protocol treated as healthy")

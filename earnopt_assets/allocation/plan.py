@@ -57,7 +57,8 @@ OBSERVED_ALLOCATION_HOURS = 24
 MIN_OBSERVED_ALLOCATION = 0.02
 NO_CHANGE = 1e-6
 
-ForecastSource = Literal["lstm", "seasonal_naive_fallback", "no_data", "request"]
+# "prior", "recent_level", "seasonal_naive_24": the young-series steps of forecasting.warmup (#17)
+ForecastSource = Literal["lstm", "seasonal_naive_fallback", "no_data", "request", "prior", "recent_level", "seasonal_naive_24"]
 Action = Literal["restart", "adjust", "keep"]
 PlanStatus = Literal["applied", "kept", "rejected"]
 EarningsBasis = Literal["current_allocation", "full_allocation"]
@@ -236,6 +237,7 @@ def assemble_inputs(
     on (``forecast_plans``), else the share reported at its origin hour (held); the seasonal-naive fallback
     repeats the last 24 hours, so it is divided at their mean reported share.
     """
+    from earnopt_assets.forecasting.warmup import prior_forecast, young_forecast, young_history
     from earnopt_assets.numerics.baselines import fallback_forecast
 
     device = catalog.host.device
@@ -265,6 +267,8 @@ def assemble_inputs(
                 lower = _expected_from_forecast(forecast["lower_80"].to_numpy(float), forecast["target_ts"].to_numpy("datetime64[us]"), now, settings.expected_earnings)
             sources = set(forecast["source"].astype(str))
             source: ForecastSource = "lstm" if sources == {"lstm"} else "seasonal_naive_fallback"
+            if len(sources) == 1 and next(iter(sources)) in ("prior", "recent_level", "seasonal_naive_24"):
+                source = next(iter(sources))  # a warm-up step (#17): named as such
             detail = f"forecast of {pd.Timestamp(forecast['forecast_time'].iloc[0])} ({', '.join(sorted(sources))})"
             planned = (forecast_plans or {}).get(name)
             origin = forecast["origin_ts"].iloc[0] if "origin_ts" in forecast else None
@@ -274,19 +278,29 @@ def assemble_inputs(
             elif held is not None:
                 basis, detail = held, f"{detail}, share held at {_pct(held)} from its origin hour"
         elif series is not None and len(series):
-            _, values = fallback_forecast(series["ts"], series["earnings_usd"].to_numpy(float))
-            value = float(values[0] if settings.expected_earnings == "next_hour" else np.mean(values))
-            source = "seasonal_naive_fallback"
             why = "no forecast" if last_target is None else f"latest forecast ends {pd.Timestamp(last_target)}, before now"
-            detail = f"{why}: seasonal naive from raw_earnings up to {pd.Timestamp(series['ts'].iloc[-1])}"
+            if young_history(series):  # the warm-up step, with its widened interval (#17)
+                step = young_forecast(series["ts"], series["earnings_usd"].to_numpy(float), why=why)
+                values, source, detail = step.values, step.source, step.reason
+                lower = float(step.intervals["lower_80"][0] if settings.expected_earnings == "next_hour" else np.mean(step.intervals["lower_80"]))
+            else:
+                _, values = fallback_forecast(series["ts"], series["earnings_usd"].to_numpy(float))
+                source = "seasonal_naive_fallback"
+                detail = f"{why}: seasonal naive from raw_earnings up to {pd.Timestamp(series['ts'].iloc[-1])}"
+            value = float(values[0] if settings.expected_earnings == "next_hour" else np.mean(values))
         else:
-            value, source, detail = 0.0, "no_data", "no forecast and no telemetry"
+            # no telemetry yet: the catalog's prior at the initial share, with its wide interval (#17)
+            step = prior_forecast(catalog.require(name).prior_expected_usd_per_hour, initial[name], pd.Timestamp(now))
+            value, source, detail = float(step.values[0]), "prior", "no forecast and no telemetry: " + step.reason
+            lower, basis = float(step.intervals["lower_80"][0]), initial[name]
         if not math.isfinite(value) or value < 0:
             what = "is not a number" if math.isnan(value) else f"of {value:.6g} $/h is not a finite non-negative earning"
             notes.append(f"{name}: forecast {what}; 0 used")
             value = 0.0
 
         potential, _ = potential_from_forecast(value, basis if source != "no_data" else None, curve)
+        if source == "prior":
+            potential = catalog.require(name).prior_expected_usd_per_hour
         current, current_source, current_detail, disagreement = allocation_in_force(state.get(name), series, initial[name], now,
                                                                                     (confirmed or {}).get(name))
         if disagreement:
@@ -368,7 +382,7 @@ def request_inputs(
 
 def has_predictions(inputs: CycleInputs) -> bool:
     """False when no protocol has a forecast, telemetry or posted prediction: nothing to optimise."""
-    return any(p.forecast_source != "no_data" for p in inputs.protocols.values())
+    return any(p.forecast_source not in ("no_data", "prior") for p in inputs.protocols.values())
 
 
 # ---------------------------------------------------------------------------------------------- plan

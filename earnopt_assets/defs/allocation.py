@@ -74,7 +74,10 @@ def resource_allocation(context: dg.AssetExecutionContext, earnopt: EarnoptResou
     concave earnings under the host totals, min/max shares and degraded caps (degraded -> its minimum and a
     restart). The reallocation rule (improvement >= 10 %, net benefit after amortised restart cost above the
     threshold, L1 change within tolerance) decides; the plan is applied only if it says yes and both blocking
-    checks pass. The cycle starts from the allocation in force (the last applied plan telemetry confirms,
+    checks pass. It never waits on its upstream assets (inputs are read through the stores; the 15-minute job
+    selects only this asset and ``applied_allocation``): a missing or failed forecast falls back to the
+    young-series steps or the catalog prior with wider intervals, missing alerts mean no degraded caps, and
+    ``degraded_inputs`` says which (#17). The cycle starts from the allocation in force (the last applied plan telemetry confirms,
     else the last reported share). Writes `allocations`, `optimization_cycles` (with realised earnings of
     past cycles), `allocation_state` (applied plans only) and `data/allocation/latest.json`, all through
     `earnopt_assets.allocation.store` and `earnopt_assets.allocation.cycle`.
@@ -90,6 +93,20 @@ def resource_allocation(context: dg.AssetExecutionContext, earnopt: EarnoptResou
 
 
 PLOTTED_CYCLES = 96  # one day of 15-minute cycles
+# Forecast sources that mean the earnings_forecast input was missing, stale or still warming up (#17).
+DEGRADED_FORECAST_SOURCES = ("prior", "recent_level", "seasonal_naive_24", "seasonal_naive_fallback", "no_data")
+
+
+def degraded_inputs_markdown(plan: AllocationPlan) -> str:
+    """Which optional inputs the plan ran without (#17): the allocation never waits for them, it degrades
+    them: priors or young-series steps (with wider intervals) for missing or failed forecasts, no degraded
+    caps without alerts."""
+    lines = [
+        f"- {n}: forecast {p.forecast_source.replace('_', ' ')} — {p.forecast_detail}"
+        for n, p in plan.inputs.protocols.items() if p.forecast_source in DEGRADED_FORECAST_SOURCES
+    ]
+    lines += [f"- {note}" for note in plan.inputs.notes if "protocol_state" in note or "alerts" in note]
+    return "\n".join(lines) or "None: every protocol has a fresh forecast and the alert state is known."
 RECENT_CYCLES_SHOWN = 8
 
 
@@ -128,6 +145,7 @@ def allocation_metadata(plan: AllocationPlan, catalog, cycles, realised_updates:
         "proposal_change_l1": dg.MetadataValue.float(d.change_l1),
         "realised_cycles_updated": realised_updates,
         "forecast_sources": dg.MetadataValue.json({n: p.forecast_source for n, p in plan.protocols.items()}),
+        "degraded_inputs": dg.MetadataValue.md(degraded_inputs_markdown(plan)),
         "allocation_table": render.table_metadata(
             render.allocation_frame(plan, catalog), descriptions=render.ALLOCATION_COLUMN_DESCRIPTIONS
         ),

@@ -176,3 +176,8 @@ def young_forecast(ts: pd.Series | pd.DatetimeIndex | np.ndarray, earnings: np.n
     reason = (f"{prefix}seasonal_naive_24: {hours / 24:.1f} days of history (< 7): {weight:.2f} x same hour on the "
               f"previous {min(days, 7)} day(s) + {1 - weight:.2f} x 24 h level; intervals x{widening:.1f} for short history")
     return StepForecast(NAIVE_SOURCE, reason, targets, point, _bounds(point, sd, widening), hours, widening)
+
+
+def young_history(series: pd.DataFrame) -> bool:
+    """True while a telemetry frame (ts, earnings_usd) is below the statistical step (< 7 days)."""
+    return history_hours(series["ts"], series["earnings_usd"].to_numpy(dtype=float)) < STATISTICAL_MIN_HOURS

@@ -83,7 +83,11 @@ def test_initial_allocation_is_feasible_and_uses_the_headroom(catalog, small_cat
 def test_empty_warehouse_gives_a_kept_plan_from_the_catalog(data_dir: Path, small_catalog) -> None:
     plan, realised = run_allocation_cycle(opener(data_dir / "earnopt.duckdb"), small_catalog, data_dir / "latest.json", now=NOW)
     assert plan.status == "kept" and not plan.applied and realised == 0
-    assert {p.forecast_source for p in plan.protocols.values()} == {"no_data"}
+    # no telemetry yet (#17): the catalog prior, with the prior's wide interval
+    assert {p.forecast_source for p in plan.protocols.values()} == {"prior"}
+    assert all(p.forecast_sd_usd_per_hour > 0 for p in plan.inputs.protocols.values())
+    assert {n: p.potential_usd_per_hour for n, p in plan.inputs.protocols.items()} == {
+        s.name: s.prior_expected_usd_per_hour for s in small_catalog.enabled}
     assert all(p.action == "keep" for p in plan.protocols.values())
     with connect(data_dir / "earnopt.duckdb") as conn:
         state = dict(conn.execute("SELECT protocol, source FROM allocation_state").fetchall())
