@@ -120,9 +120,13 @@ def build_and_publish_features(
     table, stats = build_feature_table(raw, catalog.host.totals(), catalog.host.timezone)
     validate_features(table)
     arrow = to_arrow(table)
+    # Every catalog protocol with telemetry gets a snapshot, empty during its first week (lag-168 warm-up):
+    # training then reads "no rows yet" (warming up) instead of a missing file (#17).
+    present = set(raw["protocol"].astype(str)) if "protocol" in raw else set()
+    protocols = sorted(present & set(catalog.names) | set(pc.unique(arrow["protocol"]).to_pylist()))
     # Both writers release the GIL, so the snapshots are written while DuckDB ingests the table.
     with ThreadPoolExecutor(max_workers=1) as pool:
-        snapshots = pool.submit(write_feature_snapshots, arrow, features_dir, catalog)
+        snapshots = pool.submit(write_feature_snapshots, arrow, features_dir, catalog, protocols)
         replace_table(arrow)
         written = snapshots.result()
     return table, stats, written
