@@ -10,11 +10,29 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, WithJsonSchema, field_validator, model_validator
 
 PROTOCOL_EXAMPLE = "honeygain"
+# The schema states what the validators enforce (#13 §5). A protocol name as the catalog spells it
+# (earnopt_assets.catalog.PROTOCOL_NAME_PATTERN); the service narrows it to the catalog's names (an
+# enum) when it builds its OpenAPI document.
+PROTOCOL_NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
+ProtocolName = Annotated[str, Field(pattern=PROTOCOL_NAME_PATTERN)]
+# Start of an hour: minutes, seconds and fractions zero; an offset, when given, in whole hours.
+WHOLE_HOUR_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:00:00(\.0+)?(Z|[+-][0-9]{2}:00)?$"
+WholeHour = Annotated[datetime, WithJsonSchema({"type": "string", "format": "date-time", "pattern": WHOLE_HOUR_PATTERN,
+                                                "description": "Start of the UTC hour the row covers (naive = UTC)."})]
+Share = Annotated[float, Field(ge=0, le=1)]
+EarningsSeries = Annotated[
+    list[Annotated[float, Field(ge=0)]],
+    WithJsonSchema({"type": "array", "items": {"type": "number", "minimum": 0},
+                    "oneOf": [{"minItems": 1, "maxItems": 1}, {"minItems": 24, "maxItems": 24}],
+                    "description": "1 value or 24 hourly values, $/h, each >= 0."}),
+]
+UNIQUE_HOURS = (" No two rows share (device, ts); JSON Schema cannot state uniqueness of one field of the items, "
+                "so this is said here and enforced with a 422 naming the row.")
 
 
 class _Model(BaseModel):
@@ -51,9 +69,9 @@ class TelemetryRow(_Model):
         },
     )
 
-    ts: datetime = Field(description="Start of the UTC hour the row covers (naive = UTC).")
+    ts: WholeHour = Field(description="Start of the UTC hour the row covers (naive = UTC).")
     device: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Reporting device; default the catalog's host.")
-    protocol: str | None = Field(None, description="Optional; must equal the protocol in the path when given.")
+    protocol: ProtocolName | None = Field(None, description="Optional; must equal the protocol in the path when given.")
     earnings_usd: float = Field(ge=0, le=1_000, description="USD earned in the hour.")
     cpu_cores: float = Field(ge=0, le=4096, description="CPU cores used.")
     memory_gb: float = Field(ge=0, le=65_536, description="Memory used, GB.")
@@ -98,8 +116,8 @@ class PredictionRequest(_Model):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"rows": ["<192+ TelemetryRow objects>"], "fallback": True}]})
 
-    rows: list[TelemetryRow] = Field(min_length=24, max_length=24 * 90, description="Hourly telemetry, any order, no duplicate hours.")
-    fallback: bool = Field(False, description="Serve the seasonal-naive baseline instead of a 503 when no model is usable.")
+    rows: list[TelemetryRow] = Field(min_length=24, max_length=24 * 90, description="Hourly telemetry, any order." + UNIQUE_HOURS)
+    fallback: StrictBool = Field(False, description="Serve the seasonal-naive baseline instead of a 503 when no model is usable.")
 
     _rows_unique = field_validator("rows")(classmethod(lambda cls, rows: _check_rows(rows)))
 
@@ -156,7 +174,7 @@ class PredictionResponse(_Model):
 class EvaluationRequest(_Model):
     """Telemetry with known outcomes; the stored model is scored on it (no training happens)."""
 
-    rows: list[TelemetryRow] = Field(min_length=24, max_length=24 * 365, description="Hourly telemetry with actual earnings.")
+    rows: list[TelemetryRow] = Field(min_length=24, max_length=24 * 365, description="Hourly telemetry with actual earnings." + UNIQUE_HOURS)
 
     _rows_unique = field_validator("rows")(classmethod(lambda cls, rows: _check_rows(rows)))
 
@@ -205,7 +223,7 @@ class TrainRequest(_Model):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"options": {"epochs": 60}}, {}]})
 
-    rows: list[TelemetryRow] = Field(default_factory=list, max_length=24 * 365 * 2, description="Extra telemetry to ingest first.")
+    rows: list[TelemetryRow] = Field(default_factory=list, max_length=24 * 365 * 2, description="Extra telemetry to ingest first." + UNIQUE_HOURS)
     options: TrainingOptions = Field(default_factory=TrainingOptions, description="Run config overrides.")
 
     _rows_unique = field_validator("rows")(classmethod(lambda cls, rows: _check_rows(rows)))
@@ -286,22 +304,25 @@ class AllocationRequest(_Model):
                     "earnings": {"honeygain": [0.003] * 24, "storj": [0.006], "akash": [0.04]},
                     "earnings_basis": "current_allocation",
                 }
-            ]
+            ],
+            # the validator's "not both": non-empty earnings together with use_latest_forecasts=true
+            "not": {"required": ["earnings", "use_latest_forecasts"],
+                    "properties": {"earnings": {"type": "object", "minProperties": 1}, "use_latest_forecasts": {"const": True}}},
         },
     )
 
-    current_allocations: dict[str, float] = Field(
+    current_allocations: dict[ProtocolName, Share] = Field(
         default_factory=dict,
         description="Protocol -> allocation share in [0, 1] running now; omitted protocols use the stored allocation_state (or the catalog's initial allocation).",
     )
-    earnings: dict[str, list[float]] | None = Field(
+    earnings: dict[ProtocolName, EarningsSeries] | None = Field(
         None, description="Protocol -> predicted $/h: 1 value or 24 hourly values (the mean or the next hour is used, per the catalog)."
     )
     earnings_basis: Literal["current_allocation", "full_allocation"] = Field(
         "current_allocation",
         description="'current_allocation': the predictions are what the protocol earns at its current share (like /predict/earnings); 'full_allocation': at share 1.0.",
     )
-    use_latest_forecasts: bool = Field(False, description="Ignore nothing: read every protocol's predictions from the forecasts table.")
+    use_latest_forecasts: StrictBool = Field(False, description="Ignore nothing: read every protocol's predictions from the forecasts table.")
 
     @field_validator("current_allocations")
     @classmethod
@@ -395,10 +416,16 @@ class AllocationResponse(_Model):
 # ----------------------------------------------------------------------------- anomalies
 
 
+class DetectionRow(TelemetryRow):
+    """A telemetry row that names its protocol (anomaly scoring mixes protocols)."""
+
+    protocol: ProtocolName = Field(description="Protocol of the row (required here).")
+
+
 class AnomalyDetectionRequest(_Model):
     """Telemetry rows of any protocols to score with the stored anomaly detector."""
 
-    rows: list[TelemetryRow] = Field(min_length=1, max_length=24 * 90 * 20, description="Rows; `protocol` is required on each.")
+    rows: list[DetectionRow] = Field(min_length=1, max_length=24 * 90 * 20, description="Rows; `protocol` is required on each.")
 
     @model_validator(mode="after")
     def _protocol_on_rows(self) -> "AnomalyDetectionRequest":
@@ -471,3 +498,76 @@ class HealthResponse(_Model):
     allocation_age_seconds: float | None
     checked_at: datetime
     version: str
+
+
+# ----------------------------------------------------------------------------- errors and the document
+
+
+class ProblemFieldError(BaseModel):
+    field: str = Field(description="Dotted path of the offending field (e.g. body.rows.3.ts).")
+    message: str
+    type: str | None = None
+
+
+class Problem(BaseModel):
+    """RFC 7807 problem details: every error response of the service (``application/problem+json``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="URI naming the problem kind (stable).")
+    title: str
+    status: int = Field(ge=400, le=599)
+    detail: str | None = None
+    instance: str | None = Field(None, description="Path of the request.")
+    errors: list[ProblemFieldError] | None = Field(None, description="Every invalid field (422 only).")
+
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+def state_the_contract(spec: dict[str, Any], protocol_names: list[str]) -> dict[str, Any]:
+    """Make the OpenAPI document say what the service enforces (in place; returns ``spec``).
+
+    - a string with the protocol-name pattern, and every ``{protocol}`` path parameter, becomes an ``enum``
+      of the catalog's names; a ``patternProperties`` keyed by protocol name becomes ``propertyNames``
+      (the same enum) with ``additionalProperties`` (no other key is valid);
+    - every 4xx/5xx response (and the ``default``) is ``application/problem+json`` with the ``Problem``
+      schema instead of FastAPI's ``application/json``.
+    """
+    from pydantic.json_schema import models_json_schema
+
+    names = sorted(protocol_names)
+    _, extra = models_json_schema([(Problem, "serialization")], ref_template="#/components/schemas/{model}")
+    spec.setdefault("components", {}).setdefault("schemas", {}).update(extra.get("$defs", {}))
+
+    def narrow(node: Any) -> Any:
+        if isinstance(node, dict):
+            if node.get("pattern") == PROTOCOL_NAME_PATTERN and node.get("type") == "string":
+                node = {k: v for k, v in node.items() if k != "pattern"} | {"enum": names}
+            pattern_properties = node.get("patternProperties")
+            if isinstance(pattern_properties, dict) and set(pattern_properties) == {PROTOCOL_NAME_PATTERN}:
+                node = {k: v for k, v in node.items() if k != "patternProperties"}
+                node["propertyNames"] = {"enum": names}
+                node["additionalProperties"] = pattern_properties[PROTOCOL_NAME_PATTERN]
+            return {k: narrow(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [narrow(v) for v in node]
+        return node
+
+    narrowed = narrow({k: v for k, v in spec.items()})
+    spec.clear()
+    spec.update(narrowed)
+    problem = {"schema": {"$ref": "#/components/schemas/Problem"}}
+    for item in spec.get("paths", {}).values():
+        for operation in item.values():
+            if not isinstance(operation, dict):
+                continue
+            for parameter in operation.get("parameters", []):
+                if parameter.get("in") == "path" and parameter.get("name") == "protocol":
+                    parameter["schema"] = {**{k: v for k, v in parameter.get("schema", {}).items() if k != "pattern"}, "type": "string", "enum": names}
+            if "requestBody" in operation:  # a body that is not JSON at all never reaches the validators
+                operation.setdefault("responses", {}).setdefault("400", {"description": "The body is not parseable JSON."})
+            for code, response in operation.get("responses", {}).items():
+                if code == "default" or str(code)[:1] in ("4", "5"):
+                    response["content"] = {PROBLEM_MEDIA_TYPE: problem}
+    return spec

@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from earnopt_assets.api_schemas import state_the_contract
 from earnopt_assets.service.errors import install_problem_handlers
 from earnopt_assets.service.metrics import StateCollector
 from earnopt_assets.service.middleware import BodySizeLimitMiddleware, RequestLogMiddleware
@@ -85,13 +86,15 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.add_middleware(RequestLogMiddleware, metrics=middleware_metrics)
     for router in (predict.router, allocation.router, anomalies.router, models.router, training.router, ops.router):
         app.include_router(router)
-    _document_raw_bodies(app)
+    _document_raw_bodies(app, settings)
     return app
 
 
-def _document_raw_bodies(app: FastAPI) -> None:
+def _document_raw_bodies(app: FastAPI, settings: ServiceSettings) -> None:
     """``/predict/earnings`` reads its body itself (so cache hits skip parsing); put its request model
-    into the OpenAPI components so ``/docs`` still shows and validates it."""
+    into the OpenAPI components so ``/docs`` still shows and validates it. The document then states the
+    contract the validators enforce: protocol names as an enum of the catalog's (read at build time),
+    errors as ``application/problem+json`` (``api_schemas.state_the_contract``)."""
     from pydantic.json_schema import models_json_schema
 
     from earnopt_assets.service.schemas import PredictionRequest
@@ -103,10 +106,16 @@ def _document_raw_bodies(app: FastAPI) -> None:
             spec = build()
             _, extra = models_json_schema([(PredictionRequest, "validation")], ref_template="#/components/schemas/{model}")
             spec.setdefault("components", {}).setdefault("schemas", {}).update(extra.get("$defs", {}))
-            app.openapi_schema = spec
+            app.openapi_schema = state_the_contract(spec, _catalog_names(settings))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _catalog_names(settings: ServiceSettings) -> list[str]:
+    from earnopt_assets.catalog import load_catalog
+
+    return list(load_catalog(settings.catalog).enabled_names)
 
 
 class _MetricsProxy:

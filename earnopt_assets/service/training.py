@@ -108,6 +108,9 @@ class InstanceTrainLauncher:
 
     def launch(self, protocol: str, *, ingest_first: bool, run_config: dict[str, Any] | None = None) -> str:
         """Start the worker and return the run id the Dagster run will carry."""
+        # create (and migrate) a fresh instance's storage here first: a worker and a GET /runs opening
+        # the same new SQLite file at once race on its schema (alembic_version UNIQUE) and one fails
+        self.instance()
         run_id = str(uuid.uuid4())
         self.records_dir.mkdir(parents=True, exist_ok=True)
         record = {
