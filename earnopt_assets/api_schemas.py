@@ -554,7 +554,7 @@ def state_the_contract(spec: dict[str, Any], protocol_names: list[str]) -> dict[
             return [narrow(v) for v in node]
         return node
 
-    narrowed = narrow({k: v for k, v in spec.items()})
+    narrowed = narrow(dict(spec))
     spec.clear()
     spec.update(narrowed)
     problem = {"schema": {"$ref": "#/components/schemas/Problem"}}

@@ -6,15 +6,14 @@ rejected and schema-valid ones accepted, ...). Bounded by a small ``max_examples
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import hypothesis
 import hypothesis.errors
 import pandas as pd
 import pytest
 import schemathesis
-from schemathesis import GenerationMode
 from fastapi.testclient import TestClient
+from schemathesis import GenerationMode
 from schemathesis.checks import CHECKS, load_all_checks
 
 from earnopt_assets.service.app import create_app
@@ -98,7 +97,7 @@ def test_every_operation_passes_every_check(app) -> None:
             @hypothesis.settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
                                  suppress_health_check=list(hypothesis.HealthCheck))
             def run(case) -> None:
-                if mode is GenerationMode.POSITIVE:  # run() is called within this iteration
+                if mode is GenerationMode.POSITIVE:  # noqa: B023 - run() is called within this iteration
                     valid_rows(case, history_hours)
                 case.call_and_validate(headers={"Authorization": f"Bearer {TOKEN}"}, checks=checks)
 
@@ -106,7 +105,7 @@ def test_every_operation_passes_every_check(app) -> None:
                 run()
             except hypothesis.errors.Unsatisfiable:
                 assert mode is GenerationMode.NEGATIVE  # no parameter or body to break: nothing negative exists
-            except (Exception, BaseExceptionGroup) as exc:  # noqa: BLE001 - every failing operation is reported
+            except (Exception, BaseExceptionGroup) as exc:  # every failing operation is reported
                 failures.append(f"{operation.label} ({mode.value}): {exc}")
     assert operations >= 10
     assert not failures, "\n\n".join(failures)
