@@ -171,6 +171,21 @@ class PredictionResponse(_Model):
 # ----------------------------------------------------------------------------- evaluation
 
 
+class StoredForecastResponse(_Model):
+    """The newest forecast the pipeline stored for one protocol (``earnings_forecast`` rows, as written)."""
+
+    protocol: str
+    device: str
+    forecast_time: datetime = Field(description="UTC wall clock when the pipeline made the forecast.")
+    origin_ts: datetime = Field(description="Last observed hour the forecast starts from.")
+    source: str = Field(description="Forecaster that produced the rows (lstm, mstl, ets, seasonal_naive_168, ...).")
+    model_version: str | None = Field(None, description="LSTM champion version when source is lstm.")
+    reason: str | None = Field(None, description="Why this source serves the protocol.")
+    below_target: bool = Field(False, description="The source's holdout MAPE misses the target.")
+    predictions: list[HourlyPrediction] = Field(description="One row per target hour, with the stored intervals (null when not scored).")
+    total_usd: float = Field(ge=0, description="Sum of the predictions.")
+
+
 class EvaluationRequest(_Model):
     """Telemetry with known outcomes; the stored model is scored on it (no training happens)."""
 

@@ -144,6 +144,24 @@ def latest_forecasts(conn: duckdb.DuckDBPyConnection, device: str | None = None)
     ).df()
 
 
+def latest_forecast_of(conn: duckdb.DuckDBPyConnection, protocol: str, device: str) -> pd.DataFrame:
+    """Rows of the newest forecast of one (device, protocol), by target hour (empty without a forecast).
+    The read behind ``GET /forecasts/{protocol}``: one protocol, so the poll reads only its rows."""
+    if not table_exists(conn, "forecasts"):
+        return pd.DataFrame(columns=list(FORECAST_COLUMNS))
+    present = {row[0] for row in conn.execute("SELECT column_name FROM information_schema.columns WHERE table_name = 'forecasts'").fetchall()}
+    select = ", ".join(c if c in present else f"NULL AS {c}" for c in FORECAST_COLUMNS)
+    return conn.execute(
+        f"""
+        SELECT {select} FROM forecasts
+        WHERE device = ? AND protocol = ?
+          AND forecast_time = (SELECT max(forecast_time) FROM forecasts WHERE device = ? AND protocol = ?)
+        ORDER BY target_ts
+        """,
+        [device, protocol, device, protocol],
+    ).df()
+
+
 def forecasts_of_version(
     conn: duckdb.DuckDBPyConnection, device: str, protocol: str, model_version: str, since: datetime | None = None
 ) -> pd.DataFrame:

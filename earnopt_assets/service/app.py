@@ -20,7 +20,7 @@ from earnopt_assets.api_schemas import state_the_contract
 from earnopt_assets.service.errors import install_problem_handlers
 from earnopt_assets.service.metrics import StateCollector
 from earnopt_assets.service.middleware import BodySizeLimitMiddleware, RequestLogMiddleware
-from earnopt_assets.service.routers import allocation, anomalies, models, ops, predict, training
+from earnopt_assets.service.routers import allocation, anomalies, forecasts, models, ops, predict, training
 from earnopt_assets.service.settings import ServiceSettings
 from earnopt_assets.service.state import ServiceState
 
@@ -84,7 +84,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         allow_headers=["Authorization", "Content-Type"],
     )
     app.add_middleware(RequestLogMiddleware, metrics=middleware_metrics)
-    for router in (predict.router, allocation.router, anomalies.router, models.router, training.router, ops.router):
+    for router in (predict.router, forecasts.router, allocation.router, anomalies.router, models.router, training.router, ops.router):
         app.include_router(router)
     _document_raw_bodies(app, settings)
     return app
