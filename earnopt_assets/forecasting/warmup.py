@@ -181,3 +181,76 @@ def young_forecast(ts: pd.Series | pd.DatetimeIndex | np.ndarray, earnings: np.n
 def young_history(series: pd.DataFrame) -> bool:
     """True while a telemetry frame (ts, earnings_usd) is below the statistical step (< 7 days)."""
     return history_hours(series["ts"], series["earnings_usd"].to_numpy(dtype=float)) < STATISTICAL_MIN_HOURS
+
+
+# ------------------------------------------------------------------ the statistical step (7 days .. LSTM minimum)
+
+YOUNG_SCORING_HOURS = 72  # the last 3 days' daily origins score the candidates while no training run decides
+
+
+def statistical_step_forecast(ts: np.ndarray, earnings: np.ndarray, allocation: np.ndarray, *, why: str = "") -> StepForecast:
+    """From 7 days without a serving decision: score every statistical candidate on the last 3 days' daily
+    origins (the harness: same origins, same information for all), serve the best one from the newest hour,
+    with conformal intervals from those residuals widened by W(n). Raises ValueError when none can run."""
+    from earnopt_assets.forecasting.candidates import OriginContext, statistical_candidates
+    from earnopt_assets.forecasting.harness import fit_intervals, score_candidates
+
+    ts = np.asarray(ts, dtype="datetime64[ns]")
+    earnings = np.asarray(earnings, dtype=float)
+    allocation = np.asarray(allocation, dtype=float)
+    hours = history_hours(ts, earnings)
+    widening = widening_factor(hours)
+    start = max(24, len(ts) - YOUNG_SCORING_HOURS)
+    candidates = statistical_candidates()
+    result = score_candidates(ts, earnings, allocation, start, candidates)
+    best = result.best()
+    score = result.scores[best]
+    context = OriginContext(ts=ts, earnings=earnings, allocation=allocation)
+    point = np.clip(np.nan_to_num(np.asarray(candidates[best](context), dtype=float), nan=0.0), 0.0, None)
+    intervals = fit_intervals(result).get(best)
+    if intervals is not None:
+        bounds = intervals.widen(widening).apply(point)
+    else:
+        bounds = _bounds(point, float(np.nanstd(score.residuals)) if np.isfinite(score.residuals).any() else 0.5 * float(point.mean()), widening)
+    mape = f"{score.mape_pct:.1f} %" if score.mape_pct is not None else "n/a"
+    prefix = f"{why}; " if why else ""
+    reason = (f"{prefix}{best}: {hours / 24:.1f} days of history (statistical step, LSTM from {LSTM_MIN_HISTORY_HOURS // 24} days); "
+              f"best of {len(result.complete())} candidates on the last {len(result.origins)} daily origins (MAPE {mape}); "
+              f"intervals x{widening:.1f} for short history")
+    targets = pd.DatetimeIndex(context.target_ts)
+    return StepForecast(best, reason, targets, point, {k: np.asarray(v, dtype=float) for k, v in bounds.items()}, hours, widening)
+
+
+# ------------------------------------------------------------------ earnings_model readiness
+
+@dataclass(frozen=True)
+class TrainingReadiness:
+    """Whether a protocol has the LSTM's minimum history (#17), and how far along it is."""
+
+    history_hours: float
+    needed_hours: int = LSTM_MIN_HISTORY_HOURS
+
+    @property
+    def ready(self) -> bool:
+        return self.history_hours >= self.needed_hours
+
+    @property
+    def summary(self) -> str:
+        return f"warming up: {self.history_hours / 24:.1f} of {self.needed_hours / 24:g} days"
+
+    @property
+    def rule(self) -> str:
+        return LSTM_MIN_HISTORY_RULE
+
+    @property
+    def serving_now(self) -> str:
+        return step_for(self.history_hours) if self.history_hours < STATISTICAL_MIN_HOURS else "the best statistical candidate"
+
+
+def young_holdout_days(feature_hours: float, min_holdout_days: int) -> int:
+    """The holdout of a young series: ``min_holdout_days`` once the features span twice that, else what is
+    left after a week of training rows, never under 3 days (every candidate is still scored at the same
+    origins, so the comparison stays like with like)."""
+    if feature_hours >= 2 * min_holdout_days * 24:
+        return min_holdout_days
+    return max(YOUNG_HOLDOUT_DAYS, min(min_holdout_days, int((feature_hours - LSTM_MIN_TRAIN_HOURS) // 24)))

@@ -129,4 +129,39 @@ def build_and_publish_features(
         snapshots = pool.submit(write_feature_snapshots, arrow, features_dir, catalog, protocols)
         replace_table(arrow)
         written = snapshots.result()
+    write_history_spans(raw, features_dir, catalog)
     return table, stats, written
+
+
+HISTORY_FILE = "history.json"
+
+
+def write_history_spans(raw: pd.DataFrame, features_dir: Path, catalog: Catalog) -> Path:
+    """``features_dir/history.json``: per device and catalog protocol, the telemetry span in hours (first to
+    last observed hour, inclusive). Training reads it to say how far a young series is from its minimum
+    history (#17) without opening the warehouse."""
+    from earnopt_assets.atomic import atomic_write_json
+
+    spans: dict[str, dict[str, dict[str, object]]] = {}
+    if not raw.empty:
+        known = raw.loc[raw["protocol"].isin(catalog.names)]
+        for (device, protocol), part in known.groupby(["device", "protocol"], sort=True):
+            ts = pd.to_datetime(part["ts"])
+            hours = (ts.max() - ts.min()) / pd.Timedelta(hours=1) + 1
+            spans.setdefault(str(device), {})[str(protocol)] = {
+                "first_ts": ts.min().isoformat(), "last_ts": ts.max().isoformat(), "hours": float(hours)}
+    return atomic_write_json(Path(features_dir) / HISTORY_FILE, spans)
+
+
+def read_history_hours(features_dir: Path, device: str, protocol: str) -> float | None:
+    """The telemetry span in hours ``earnings_features`` recorded for one series (None: not recorded)."""
+    import json
+
+    path = Path(features_dir) / HISTORY_FILE
+    try:
+        spans = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    entry = spans.get(device, {}).get(protocol) if isinstance(spans, dict) else None
+    hours = entry.get("hours") if isinstance(entry, dict) else None
+    return float(hours) if isinstance(hours, (int, float)) else None
