@@ -57,8 +57,9 @@ OBSERVED_ALLOCATION_HOURS = 24
 MIN_OBSERVED_ALLOCATION = 0.02
 NO_CHANGE = 1e-6
 
-# "prior", "recent_level", "seasonal_naive_24": the young-series steps of forecasting.warmup (#17)
-ForecastSource = Literal["lstm", "seasonal_naive_fallback", "no_data", "request", "prior", "recent_level", "seasonal_naive_24"]
+# "prior", "recent_level", "seasonal_naive_24": the young-series steps of forecasting.warmup (#17); a stored forecast
+# passes its own source through (forecasting.registry: lstm, lstm_base_only, mstl, ets, seasonal_naive_*, ...)
+ForecastSource = str
 Action = Literal["restart", "adjust", "keep"]
 PlanStatus = Literal["applied", "kept", "rejected"]
 EarningsBasis = Literal["current_allocation", "full_allocation"]
@@ -266,9 +267,8 @@ def assemble_inputs(
             if "lower_80" in forecast and forecast["lower_80"].notna().all():
                 lower = _expected_from_forecast(forecast["lower_80"].to_numpy(float), forecast["target_ts"].to_numpy("datetime64[us]"), now, settings.expected_earnings)
             sources = set(forecast["source"].astype(str))
-            source: ForecastSource = "lstm" if sources == {"lstm"} else "seasonal_naive_fallback"
-            if len(sources) == 1 and next(iter(sources)) in ("prior", "recent_level", "seasonal_naive_24"):
-                source = next(iter(sources))  # a warm-up step (#17): named as such
+            # the forecast's true source (lstm, lstm_base_only, mstl, ets, seasonal_naive_*, a warm-up step (#17), ...)
+            source: ForecastSource = "+".join(sorted(sources))
             detail = f"forecast of {pd.Timestamp(forecast['forecast_time'].iloc[0])} ({', '.join(sorted(sources))})"
             planned = (forecast_plans or {}).get(name)
             origin = forecast["origin_ts"].iloc[0] if "origin_ts" in forecast else None

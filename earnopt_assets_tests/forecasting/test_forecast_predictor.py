@@ -354,9 +354,11 @@ def test_training_priority_helper_renices_only_the_calling_worker():
     before = os.nice(0)
     script = (
         "import os; from earnopt_assets.forecasting.model.network import lower_training_priority; "
-        "start = os.nice(0); print(lower_training_priority(5) - start)"
+        "start = os.nice(0); print(start, lower_training_priority(5))"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-1] == "5"
+    start, after = (int(v) for v in done.stdout.strip().splitlines()[-1].split())
+    # niceness saturates at 19 (an in-process Dagster training step earlier in this session may have reniced us)
+    assert after == min(19, start + 5)
     assert os.nice(0) == before
