@@ -110,33 +110,51 @@ class ModelRegistry:
 
 @dataclass
 class DetectorHolder:
+    """The anomaly detector, loaded on first use: loading it imports scikit-learn, skops and SciPy
+    (~1.7 s CPU, ~75 MB RSS), which the forecasting service should not pay at start. :meth:`probe` (at
+    start) only looks for the saved files; :meth:`get` loads them, and reloads after a retraining."""
+
     directory: Path
     detector: Any | None = None
     error: str | None = None
     fingerprint: tuple | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def _fingerprint(self) -> tuple | None:
         from earnopt_assets.anomaly.detector import DETECTOR_NAME, detector_store
 
         return detector_store(self.directory).fingerprint(DETECTOR_NAME)
 
-    def load(self) -> None:
-        from earnopt_assets.anomaly.detector import AnomalyDetector
+    def probe(self) -> None:
+        """Record whether a detector is saved, without loading it."""
+        self.fingerprint = self._fingerprint()
+        self.detector = None
+        self.error = None if self.fingerprint is not None else f"no anomaly detector saved under {self.directory}"
 
+    @property
+    def available(self) -> bool:
+        """A detector is loaded, or saved and not (yet) known to fail loading."""
+        return self.detector is not None or (self.fingerprint is not None and self.error is None)
+
+    def load(self) -> None:
         self.fingerprint = self._fingerprint()
         if self.fingerprint is None:
             self.detector, self.error = None, f"no anomaly detector saved under {self.directory}"
             return
+        from earnopt_assets.anomaly.detector import AnomalyDetector
+
         try:
             self.detector, self.error = AnomalyDetector.load(self.directory), None
         except Exception as exc:
             log.warning("cannot load anomaly detector: %s", exc)
-            self.error = f"anomaly detector failed to load: {exc}"
+            self.error = f"anomaly detector failed to load: {exc}"  # a previously loaded one keeps serving
 
     def get(self) -> Any | None:
-        if self._fingerprint() != self.fingerprint:
-            self.load()
-        return self.detector
+        with self._lock:
+            fingerprint = self._fingerprint()
+            if fingerprint != self.fingerprint or (self.detector is None and fingerprint is not None and self.error is None):
+                self.load()
+            return self.detector
 
 
 class PredictionCache:
@@ -221,10 +239,10 @@ class ServiceState:
 
     def startup(self) -> None:
         self.models.load_all()
-        self.detector.load()
+        self.detector.probe()
         log.info(
             "earnopt service ready: %d/%d models loaded, anomaly detector %s",
-            len(self.models.loaded()), len(self.catalog.enabled_names), "loaded" if self.detector.detector else "absent",
+            len(self.models.loaded()), len(self.catalog.enabled_names), "saved (loads on first use)" if self.detector.available else "absent",
         )
 
     def shutdown(self) -> None:

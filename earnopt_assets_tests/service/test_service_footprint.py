@@ -1,0 +1,56 @@
+"""The light-tenant levers of the service (issue 16 §2): what it does NOT load at start, and that the
+faster NumPy forward pass answers exactly what the reference recurrence answers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from earnopt_assets.service.state import DetectorHolder
+from earnopt_assets_tests.service.helpers import train_tiny_detector
+
+
+def test_the_detector_is_found_at_start_and_loaded_on_first_use(small_catalog, data_dir: Path):
+    models = data_dir / "models"
+    holder = DetectorHolder(models / "anomaly")
+    holder.probe()
+    assert not holder.available and holder.error and holder.get() is None  # nothing saved yet
+    train_tiny_detector(small_catalog, models)
+    holder = DetectorHolder(models / "anomaly")
+    holder.probe()
+    assert holder.available and holder.detector is None and holder.error is None  # found, not loaded
+    detector = holder.get()
+    assert detector is not None and holder.detector is detector and holder.get() is detector  # loaded once
+
+
+def test_a_corrupt_saved_detector_is_reported_on_first_use(small_catalog, data_dir: Path):
+    models = data_dir / "models"
+    train_tiny_detector(small_catalog, models)
+    for path in (models / "anomaly").rglob("*"):
+        if path.is_file() and path.suffix not in (".json", "") and path.name != "CURRENT":
+            path.write_bytes(b"not a model")
+    holder = DetectorHolder(models / "anomaly")
+    holder.probe()
+    assert holder.available
+    assert holder.get() is None and holder.error and not holder.available
+
+
+def test_service_start_imports_no_anomaly_or_training_stack(small_catalog_path: Path, data_dir: Path):
+    """Start (state + every model + the detector probe) must not import scikit-learn, skops, SciPy,
+    statsforecast or TensorFlow: they cost ~1.7 s CPU and ~75 MB RSS the forecasts never use."""
+    code = (
+        "import sys\n"
+        "from earnopt_assets.service.app import create_app\n"
+        "from earnopt_assets.service.settings import ServiceSettings\n"
+        "from earnopt_assets.service.state import ServiceState\n"
+        f"state = ServiceState(ServiceSettings(data_dir={str(data_dir)!r}, catalog={str(small_catalog_path)!r}))\n"
+        "state.startup()\n"
+        "print(' '.join(m for m in ('sklearn', 'skops', 'scipy', 'statsforecast', 'tensorflow', 'keras') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == ""
