@@ -254,3 +254,37 @@ def young_holdout_days(feature_hours: float, min_holdout_days: int) -> int:
     if feature_hours >= 2 * min_holdout_days * 24:
         return min_holdout_days
     return max(YOUNG_HOLDOUT_DAYS, min(min_holdout_days, int((feature_hours - LSTM_MIN_TRAIN_HOURS) // 24)))
+
+
+# ------------------------------------------------------------------ entry points for training.py / defs
+
+def warmup_forecast(telemetry: pd.DataFrame, *, decided: bool, why: str = "") -> StepForecast | None:
+    """The warm-up step for one series' recent telemetry (ts, earnings_usd, allocation) when no decided
+    source can serve: ``recent_level`` / ``seasonal_naive_24`` below 7 days; from 7 days, while no training
+    run has decided (``decided`` False), the statistical step. None = not a warm-up case (the caller's
+    fallback serves)."""
+    frame = telemetry.sort_values("ts")
+    hours = history_hours(frame["ts"], frame["earnings_usd"].to_numpy(dtype=float))
+    if hours <= 0:
+        return None
+    if hours < STATISTICAL_MIN_HOURS:
+        return young_forecast(frame["ts"], frame["earnings_usd"].to_numpy(dtype=float), why=why)
+    if decided:
+        return None
+    from earnopt_assets.forecasting.candidates import OriginContext
+
+    context = OriginContext.from_frame(frame)
+    try:
+        return statistical_step_forecast(context.ts, context.earnings, context.allocation, why=why)
+    except ValueError:
+        return None
+
+
+def training_readiness(features: pd.DataFrame, recorded_hours: float | None) -> TrainingReadiness:
+    """Readiness from the span ``earnings_features`` recorded (history.json), else from the feature rows,
+    which start after the 168 h lag warm-up (span + 168 h)."""
+    if recorded_hours is not None:
+        return TrainingReadiness(float(recorded_hours))
+    if features.empty:
+        return TrainingReadiness(0.0)
+    return TrainingReadiness(history_hours(features["ts"]) + FEATURE_WARMUP_HOURS)
