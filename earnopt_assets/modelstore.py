@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from earnopt_assets.atomic import atomic_write_json, atomic_write_text
+from earnopt_assets.atomic import atomic_write_json, atomic_write_text, pid_alive
 
 CURRENT_FILE = "CURRENT"
 MANIFEST_FILE = "MANIFEST.json"
@@ -46,6 +46,18 @@ DEFAULT_KEEP = 3
 STALE_STAGING_SECONDS = 3600.0
 SAFE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 VERSION_NAME = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_.-]{0,79}$")
+
+
+def remove_dead_writers_staging(versions: Path) -> list[Path]:
+    """Remove staging directories whose writer died (``.staging-<pid>-*`` with no such process): a
+    SIGKILL mid-save cannot clean up after itself, the next save does."""
+    removed = []
+    for staging in versions.glob(STAGING_PREFIX + "*"):
+        pid = staging.name[len(STAGING_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            shutil.rmtree(staging, ignore_errors=True)
+            removed.append(staging)
+    return removed
 
 
 class ModelStoreError(RuntimeError):
@@ -165,7 +177,8 @@ class ModelStore:
         versions = self.model_dir(name) / VERSIONS_DIR
         versions.mkdir(parents=True, exist_ok=True)
         final_name = _check(VERSION_NAME, version, "model version") if version is not None else new_version_name()
-        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=versions))
+        remove_dead_writers_staging(versions)
+        staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=versions))
         staged = StagedVersion(staging, final_name)
         try:
             yield staged
