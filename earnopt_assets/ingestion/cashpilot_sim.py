@@ -109,6 +109,8 @@ class LocalPrometheus:
             done = subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics", str(source), str(self.data)],
                            check=False, capture_output=True, text=True)
             if done.returncode != 0:
+                if workdir is None:
+                    shutil.rmtree(self.workdir, ignore_errors=True)  # nothing to keep from a failed backfill
                 raise RuntimeError(f"promtool create-blocks-from openmetrics failed: {(done.stderr or done.stdout)[-2000:]}")
             self.backfill_seconds = time.monotonic() - started
         targets = list(scrape_targets)
