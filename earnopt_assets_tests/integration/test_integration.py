@@ -187,6 +187,7 @@ def _decision_holds(analysis: dict, settings) -> bool:
         improvement_pct >= settings.min_improvement_pct
         and analysis["net_benefit_usd_per_hour"] > settings.min_net_benefit_usd_per_hour
         and analysis["change_l1"] <= settings.max_change_l1 + 1e-9
+        and analysis["criteria"].get("gain_beats_cost_with_probability", True)  # allocation.risk_aversion
     )
 
 
@@ -217,7 +218,7 @@ def test_new_telemetry_refreshes_forecasts_and_the_tick_follows_the_decision_rul
 
     # An operator lowers the bar to cents: the same situation now reallocates, and state follows.
     raw = yaml.safe_load(pipeline.catalog_path.read_text())
-    raw["allocation"] = {"min_improvement_pct": 0.0, "min_net_benefit_usd_per_hour": 0.0, "max_change_l1": 50.0}
+    raw["allocation"] = {"min_improvement_pct": 0.0, "min_net_benefit_usd_per_hour": 0.0, "max_change_l1": 50.0, "risk_aversion": 0.0}
     pipeline.catalog_path.write_text(yaml.safe_dump(raw, sort_keys=False))
     pipeline.reload()
     pipeline.tick()
