@@ -11,11 +11,12 @@ source                      history                point forecast for each of th
 ``seasonal_naive_24``       n >= 24 h              w * S_h + (1 - w) * L, S_h = median of the same hour on the
                                                    (up to 7) previous days, w = d / (d + 1), d = whole days seen
 statistical candidates      n >= 168 h             scored in the harness by ``earnings_model`` (served source)
-``lstm``                    n >= LSTM minimum      the champion rule decides (see :func:`lstm_minimum_history`)
+``lstm``                    n >= 25 days           the champion rule decides (see :func:`lstm_minimum_history`)
 ==========================  =====================  ==========================================================
 
 Intervals at every step, wider when history is short. With ``sd`` the spread of the step's own errors
-(prior: a log-normal with sigma ``PRIOR_LOG_SIGMA``; level: std of the hours in the level window; naive:
+(prior: a log-normal with sigma ``PRIOR_LOG_SIGMA``; level: std of the hours in the level window, at least
+``LEVEL_MIN_RELATIVE_SD`` x L since a level cannot see the daily rhythm; naive:
 std of e_t - e_{t-24} over the pairs seen), bounds = point -/+ z * sd * W(n), z = 1.2816 (80 %) and 1.96
 (95 %), clipped at 0, with the widening factor
 
@@ -44,30 +45,49 @@ NAIVE_MIN_HOURS = 24
 STATISTICAL_MIN_HOURS = 168
 FULL_CONFIDENCE_HOURS = 28 * 24
 MAX_WIDENING = 3.0
+LEVEL_MIN_RELATIVE_SD = 0.3  # typical daily swing around the level (bandwidth/storage protocols)
 PRIOR_LOG_SIGMA = 1.0  # the catalog's prior is a figure for a typical host: a factor e either way is ~1 sd
 Z = {"80": 1.2816, "95": 1.96}
 PRIOR_ELASTICITY = 0.6  # earnings ~ allocation^0.6 (numerics.response.PRIOR_BETA)
 
-# The LSTM's minimum history (lstm_minimum_history): earnings_features start once the lag-168 feature exists;
-# the network then needs a week of training rows (every weekday once; the interval calibration origins lie
-# inside it) and the young holdout is 3 days (3 daily origins scored like with like for every candidate).
+# The LSTM's minimum history (lstm_minimum_history), each term from what reads it:
+# * earnings_features start once the lag-168 feature exists (the model sees feature rows only);
+# * the model's first training origin needs min_history_hours(sequence_length) = 216 h of its own lag history;
+# * it needs >= 48 training origins, each with a 24 h target;
+# * a young validation of 72 h (the model's default is 7 days; 3 days still choose the early-stopping epoch
+#   and the blend weight on hours never trained on);
+# * a young holdout of 3 days: 3 daily origins on which every candidate and the champion are scored alike.
 FEATURE_WARMUP_HOURS = 168
-LSTM_MIN_TRAIN_HOURS = 168
+MIN_TRAIN_ORIGINS = 48
+YOUNG_VALIDATION_HOURS = 72
 YOUNG_HOLDOUT_DAYS = 3
 
 
-def lstm_minimum_history(feature_warmup_hours: int = FEATURE_WARMUP_HOURS, min_train_hours: int = LSTM_MIN_TRAIN_HOURS,
-                         holdout_days: int = YOUNG_HOLDOUT_DAYS) -> int:
-    """Hours of raw history before the LSTM can train and be judged: warm-up + training + holdout."""
-    return feature_warmup_hours + min_train_hours + holdout_days * 24
+def model_lag_hours(sequence_length: int = 24) -> int:
+    """The model's own lag history before its first origin (``forecasting.model.forecast.min_history_hours``)."""
+    from earnopt_assets.forecasting.model.forecast import min_history_hours
+
+    return int(min_history_hours(sequence_length))
 
 
+def lstm_min_train_hours(sequence_length: int = 24) -> int:
+    """Feature rows the young LSTM needs before its holdout: lag history + 48 origins + horizon + validation."""
+    return model_lag_hours(sequence_length) + MIN_TRAIN_ORIGINS + HORIZON_HOURS + YOUNG_VALIDATION_HOURS
+
+
+def lstm_minimum_history(sequence_length: int = 24, holdout_days: int = YOUNG_HOLDOUT_DAYS) -> int:
+    """Hours of raw telemetry before the LSTM can train and be judged: feature warm-up + training + holdout."""
+    return FEATURE_WARMUP_HOURS + lstm_min_train_hours(sequence_length) + holdout_days * 24
+
+
+LSTM_MIN_TRAIN_HOURS = lstm_min_train_hours()
 LSTM_MIN_HISTORY_HOURS = lstm_minimum_history()
 LSTM_MIN_HISTORY_RULE = (
-    f"the LSTM trains once a protocol has {LSTM_MIN_HISTORY_HOURS // 24} days of telemetry: "
-    f"{FEATURE_WARMUP_HOURS // 24} days before the first feature row (the lag-168 'same hour last week' feature), "
-    f"{LSTM_MIN_TRAIN_HOURS // 24} days of training rows (each weekday once) and a {YOUNG_HOLDOUT_DAYS}-day holdout on "
-    f"which every candidate is scored at the same origins (the holdout grows to max(20 %, 7 days) as history allows)"
+    f"the LSTM trains once a protocol has {LSTM_MIN_HISTORY_HOURS / 24:g} days of telemetry = "
+    f"{FEATURE_WARMUP_HOURS} h before the first feature row (the lag-168 'same hour last week' feature) + "
+    f"{model_lag_hours()} h of the model's own lag history + {MIN_TRAIN_ORIGINS} training origins + "
+    f"{HORIZON_HOURS} h target + {YOUNG_VALIDATION_HOURS} h validation + a {YOUNG_HOLDOUT_DAYS}-day holdout on which "
+    f"every candidate is scored at the same origins (holdout and validation grow to 7 days as history allows)"
 )
 
 
@@ -153,7 +173,8 @@ def young_forecast(ts: pd.Series | pd.DatetimeIndex | np.ndarray, earnings: np.n
     widening = widening_factor(hours)
     recent = series[series.index > last - pd.Timedelta(hours=24)]
     level = float(recent.mean())
-    level_sd = float(recent.std(ddof=0)) if len(recent) >= 2 else 0.5 * abs(level)
+    # a level cannot see the daily rhythm: its sd is floored at LEVEL_MIN_RELATIVE_SD of the level
+    level_sd = max(float(recent.std(ddof=0)) if len(recent) >= 2 else 0.0, LEVEL_MIN_RELATIVE_SD * abs(level))
     targets = pd.date_range(last + pd.Timedelta(hours=1), periods=horizon, freq="h")
     prefix = f"{why}; " if why else ""
     if hours < NAIVE_MIN_HOURS:
@@ -248,10 +269,10 @@ class TrainingReadiness:
 
 
 def young_holdout_days(feature_hours: float, min_holdout_days: int) -> int:
-    """The holdout of a young series: ``min_holdout_days`` once the features span twice that, else what is
-    left after a week of training rows, never under 3 days (every candidate is still scored at the same
-    origins, so the comparison stays like with like)."""
-    if feature_hours >= 2 * min_holdout_days * 24:
+    """The holdout of a young series: ``min_holdout_days`` once the feature rows leave the LSTM its minimum
+    training hours besides it, else what is left after those hours, never under 3 days (every candidate is
+    still scored at the same origins, so the comparison stays like with like)."""
+    if feature_hours - min_holdout_days * 24 >= LSTM_MIN_TRAIN_HOURS:
         return min_holdout_days
     return max(YOUNG_HOLDOUT_DAYS, min(min_holdout_days, int((feature_hours - LSTM_MIN_TRAIN_HOURS) // 24)))
 
@@ -264,6 +285,8 @@ def warmup_forecast(telemetry: pd.DataFrame, *, decided: bool, why: str = "") ->
     run has decided (``decided`` False), the statistical step. None = not a warm-up case (the caller's
     fallback serves)."""
     frame = telemetry.sort_values("ts")
+    if why.startswith("no_decision"):
+        why = "no training run yet"  # the caller's sentence names the fallback this step replaces
     hours = history_hours(frame["ts"], frame["earnings_usd"].to_numpy(dtype=float))
     if hours <= 0:
         return None
