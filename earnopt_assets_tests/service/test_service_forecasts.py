@@ -6,6 +6,7 @@ from datetime import datetime
 
 import duckdb
 import pandas as pd
+import pytest
 from fastapi.testclient import TestClient
 
 from earnopt_assets.forecasting.store import write_forecasts
@@ -39,6 +40,10 @@ def test_the_newest_forecast_is_served_with_its_intervals(data_dir, small_catalo
         assert abs(body["total_usd"] - 0.048) < 1e-9 and body["model_version"] is None
         older = client.get("/forecasts/storj").json()  # only the seeded forecast, without intervals
         assert older["source"] == "lstm" and older["model_version"] == "v-test" and older["predictions"][0]["lower_80"] is None
+        # a newer forecast written while the service runs is served at the next poll (no stale answer)
+        with duckdb.connect(str(db)) as conn:
+            write_forecasts(conn, newer.assign(forecast_time=pd.Timestamp(NEWER) + pd.Timedelta(hours=1), value=0.003))
+        assert client.get("/forecasts/honeygain").json()["total_usd"] == pytest.approx(0.072)
         for path, status in (("/forecasts/akash", 404), ("/forecasts/nope", 404)):
             problem = client.get(path)
             assert problem.status_code == status and problem.headers["content-type"] == "application/problem+json"
