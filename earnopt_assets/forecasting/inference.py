@@ -15,7 +15,9 @@ with Keras within 1e-5 for every architecture the config allows):
 * Dropout: identity at inference.
 * Dense(k): y = h W + b.
 
-Everything is computed in float64 over a whole batch of windows (n, L, C) at once.
+Everything is computed in float64 over a whole batch of windows (n, L, C) at once. The forward pass
+reorders the gate blocks once per layer (i, f, o, c: one sigmoid and one tanh per step) and precomputes
+the input projection of all steps in one GEMM.
 Export format: ``network.json`` = ``{"members": [{"layers": [{"type": "lstm", "units": u,
 "return_sequences": bool} | {"type": "dense", "units": k}], ...}]}`` and ``network.npz`` with arrays
 ``m{member}_l{layer}_{kernel|recurrent_kernel|bias}`` (loaded with ``allow_pickle=False``).
@@ -24,7 +26,7 @@ Export format: ``network.json`` = ``{"members": [{"layers": [{"type": "lstm", "u
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -34,24 +36,55 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
-def lstm_forward(x: np.ndarray, kernel: np.ndarray, recurrent: np.ndarray, bias: np.ndarray, return_sequences: bool) -> np.ndarray:
+def gates_ifoc(kernel: np.ndarray, recurrent: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keras' gate blocks (i, f, c, o) reordered to (i, f, o, c): the three sigmoid gates become one
+    contiguous block, so each step applies one sigmoid and one tanh instead of four slices."""
+    units = recurrent.shape[0]
+    order = np.r_[0 : 2 * units, 3 * units : 4 * units, 2 * units : 3 * units]
+    return (
+        np.ascontiguousarray(kernel[:, order]),
+        np.ascontiguousarray(recurrent[:, order]),
+        np.ascontiguousarray(bias[order]),
+    )
+
+
+def lstm_forward_ifoc(x: np.ndarray, kernel: np.ndarray, recurrent: np.ndarray, bias: np.ndarray, return_sequences: bool) -> np.ndarray:
+    """The LSTM of the module docstring with gate blocks in (i, f, o, c) order (:func:`gates_ifoc`).
+
+    The input part of every step is one GEMM over the whole sequence; each step then costs one
+    ``h U`` GEMM and in-place elementwise work on preallocated buffers (no temporaries per gate)."""
     n, steps, _ = x.shape
     units = recurrent.shape[0]
-    projected = x @ kernel + bias  # (n, L, 4u): the input part of every step in one GEMM
+    projected = x @ kernel
+    projected += bias  # (n, L, 4u)
     h = np.zeros((n, units))
     c = np.zeros((n, units))
+    g = np.empty((n, 4 * units))
+    scratch = np.empty((n, units))
+    sig, candidate = g[:, : 3 * units], g[:, 3 * units :]
+    i, f, o = sig[:, :units], sig[:, units : 2 * units], sig[:, 2 * units :]
     outputs = np.empty((n, steps, units)) if return_sequences else None
     for s in range(steps):
-        g = projected[:, s, :] + h @ recurrent
-        i = sigmoid(g[:, :units])
-        f = sigmoid(g[:, units : 2 * units])
-        candidate = np.tanh(g[:, 2 * units : 3 * units])
-        o = sigmoid(g[:, 3 * units :])
-        c = f * c + i * candidate
-        h = o * np.tanh(c)
+        np.matmul(h, recurrent, out=g)
+        g += projected[:, s, :]
+        sig *= 0.5  # sigmoid(v) = 0.5 * (1 + tanh(v / 2)), in place
+        np.tanh(sig, out=sig)
+        sig += 1.0
+        sig *= 0.5
+        np.tanh(candidate, out=candidate)
+        c *= f
+        np.multiply(i, candidate, out=scratch)
+        c += scratch
+        np.tanh(c, out=scratch)
+        np.multiply(o, scratch, out=h)
         if outputs is not None:
             outputs[:, s, :] = h
     return outputs if outputs is not None else h
+
+
+def lstm_forward(x: np.ndarray, kernel: np.ndarray, recurrent: np.ndarray, bias: np.ndarray, return_sequences: bool) -> np.ndarray:
+    """The LSTM of the module docstring with Keras' weight layout (gate blocks i, f, c, o)."""
+    return lstm_forward_ifoc(np.asarray(x, dtype=np.float64), *gates_ifoc(kernel, recurrent, bias), return_sequences)
 
 
 @dataclass
@@ -60,12 +93,22 @@ class NumpyNetwork:
 
     layers: list[dict[str, Any]]
     weights: list[dict[str, np.ndarray]]
+    # (i, f, o, c)-ordered copies of the LSTM weights by layer, rebuilt if a weights array is replaced
+    _fused: dict[int, tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def _lstm_weights(self, index: int, w: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+        source = (w["kernel"], w["recurrent_kernel"], w["bias"])
+        cached = self._fused.get(index)
+        if cached is None or any(a is not b for a, b in zip(cached[0], source)):
+            cached = (source, gates_ifoc(*source))
+            self._fused[index] = cached
+        return cached[1]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         out = np.asarray(x, dtype=np.float64)
-        for spec, w in zip(self.layers, self.weights):
+        for index, (spec, w) in enumerate(zip(self.layers, self.weights)):
             if spec["type"] == "lstm":
-                out = lstm_forward(out, w["kernel"], w["recurrent_kernel"], w["bias"], bool(spec["return_sequences"]))
+                out = lstm_forward_ifoc(out, *self._lstm_weights(index, w), bool(spec["return_sequences"]))
             elif spec["type"] == "dense":
                 out = out @ w["kernel"] + w["bias"]
             else:  # pragma: no cover - rejected at load

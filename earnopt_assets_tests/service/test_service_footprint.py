@@ -54,3 +54,43 @@ def test_service_start_imports_no_anomaly_or_training_stack(small_catalog_path: 
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == ""
+
+
+def _reference_lstm(x: np.ndarray, kernel: np.ndarray, recurrent: np.ndarray, bias: np.ndarray, return_sequences: bool) -> np.ndarray:
+    """The Keras recurrence written out gate by gate (blocks i, f, c, o), one window at a time."""
+    units = recurrent.shape[0]
+    out = []
+    for window in x:
+        h, c, seq = np.zeros(units), np.zeros(units), []
+        for step in window:
+            g = step @ kernel + h @ recurrent + bias
+            i, f = 1 / (1 + np.exp(-g[:units])), 1 / (1 + np.exp(-g[units : 2 * units]))
+            candidate, o = np.tanh(g[2 * units : 3 * units]), 1 / (1 + np.exp(-g[3 * units :]))
+            c = f * c + i * candidate
+            h = o * np.tanh(c)
+            seq.append(h)
+        out.append(np.stack(seq) if return_sequences else h)
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_fused_gate_forward_equals_the_reference_recurrence(batch: int):
+    from earnopt_assets.forecasting.inference import NumpyNetwork
+
+    rng = np.random.default_rng(3)
+    layers = [{"type": "lstm", "units": 16, "return_sequences": True}, {"type": "lstm", "units": 8, "return_sequences": False}, {"type": "dense", "units": 24}]
+    weights = [
+        {"kernel": rng.normal(0, 0.3, (5, 64)), "recurrent_kernel": rng.normal(0, 0.3, (16, 64)), "bias": rng.normal(0, 0.3, 64)},
+        {"kernel": rng.normal(0, 0.3, (16, 32)), "recurrent_kernel": rng.normal(0, 0.3, (8, 32)), "bias": rng.normal(0, 0.3, 32)},
+        {"kernel": rng.normal(0, 0.3, (8, 24)), "bias": rng.normal(0, 0.3, 24)},
+    ]
+    network = NumpyNetwork(layers, weights)
+    x = rng.normal(size=(batch, 12, 5))
+    hidden = _reference_lstm(x, *weights[0].values(), True)
+    expected = _reference_lstm(hidden, *weights[1].values(), False) @ weights[2]["kernel"] + weights[2]["bias"]
+    np.testing.assert_allclose(network(x), expected, rtol=0, atol=1e-12)
+    # the reordered weights are cached per layer, and rebuilt when a weights array is replaced
+    weights[0]["bias"] = weights[0]["bias"] + 0.5
+    hidden = _reference_lstm(x, *weights[0].values(), True)
+    expected = _reference_lstm(hidden, *weights[1].values(), False) @ weights[2]["kernel"] + weights[2]["bias"]
+    np.testing.assert_allclose(network(x), expected, rtol=0, atol=1e-12)
