@@ -84,3 +84,26 @@ def rows_to_jsonl(rows: Sequence[TelemetryRow], *, protocol: str, default_device
 
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+HOUR_NS = 3_600_000_000_000
+
+
+def hourly_grid(ts_ns: np.ndarray, values: dict[str, np.ndarray], *, max_span_factor: int = 4) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
+    """The posted columns (unique whole-hour ``ts_ns``, any order) on their contiguous hourly grid, missing
+    hours NaN: what ``OriginContext.from_frame`` builds, without pandas. None when the rows are empty or so
+    sparse that the grid would exceed ``max_span_factor`` x the rows (the frame path then decides)."""
+    if len(ts_ns) == 0:
+        return None
+    start = int(ts_ns.min())
+    slots = (ts_ns - start) // HOUR_NS
+    length = int(slots.max()) + 1
+    if length > max_span_factor * len(ts_ns):
+        return None
+    grid = (start + np.arange(length, dtype=np.int64) * HOUR_NS).astype("datetime64[ns]")
+    out = {}
+    for name, column in values.items():
+        full = np.full(length, np.nan)
+        full[slots] = column
+        out[name] = full
+    return grid, out

@@ -94,3 +94,31 @@ def test_fused_gate_forward_equals_the_reference_recurrence(batch: int):
     hidden = _reference_lstm(x, *weights[0].values(), True)
     expected = _reference_lstm(hidden, *weights[1].values(), False) @ weights[2]["kernel"] + weights[2]["bias"]
     np.testing.assert_allclose(network(x), expected, rtol=0, atol=1e-12)
+
+
+def test_statistical_sources_grid_the_posted_columns_as_the_frame_path_does():
+    """The no-DataFrame context of a statistical answer equals ``OriginContext.from_frame`` (unordered rows, gaps)."""
+    import pandas as pd
+
+    from earnopt_assets.forecasting.candidates import OriginContext, statistical_candidates
+    from earnopt_assets.service.telemetry import hourly_grid
+
+    rng = np.random.default_rng(4)
+    ts = pd.date_range("2026-11-01", periods=400, freq="h").to_numpy()
+    keep = np.sort(rng.choice(400, size=380, replace=False))  # 20 missing hours
+    order = rng.permutation(len(keep))
+    ts_posted = ts[keep][order]
+    earnings = rng.gamma(2.0, 0.01, len(keep))
+    allocation = rng.uniform(0.2, 1.0, len(keep))
+    frame = pd.DataFrame({"ts": ts_posted, "earnings_usd": earnings, "allocation": allocation})
+    expected = OriginContext.from_frame(frame)
+    grid, values = hourly_grid(ts_posted.astype("datetime64[ns]").astype(np.int64), {"earnings_usd": earnings, "allocation": allocation})
+    context = OriginContext(ts=grid, earnings=values["earnings_usd"], allocation=values["allocation"])
+    np.testing.assert_array_equal(context.ts, expected.ts)
+    np.testing.assert_array_equal(context.earnings, expected.earnings)
+    np.testing.assert_array_equal(context.allocation, expected.allocation)
+    for name in ("seasonal_naive_24", "seasonal_naive_168"):
+        candidate = statistical_candidates()[name]
+        np.testing.assert_array_equal(candidate(context), candidate(expected))
+    # rows so sparse that the grid would dwarf them are left to the frame path
+    assert hourly_grid(np.array([0, 1000 * 3_600_000_000_000]), {"earnings_usd": np.ones(2)}) is None

@@ -24,7 +24,7 @@ from earnopt_assets.service.schemas import (
     PredictionResponse,
 )
 from earnopt_assets.service.state import ServiceState
-from earnopt_assets.service.telemetry import rows_to_columns, rows_to_frame, utc_now
+from earnopt_assets.service.telemetry import hourly_grid, rows_to_columns, rows_to_frame, utc_now
 
 router = APIRouter(tags=["predictions"])
 
@@ -170,16 +170,21 @@ def _prepare(protocol: str, request: PredictionRequest, entry: Any, plan: Plan, 
             fallback_reason = f"{plan.source} serves {protocol} but needs more history: {exc}"
         except SequenceValidationError as exc:
             raise UnprocessableData(str(exc), field="rows") from None
-    frame = rows_to_frame(request.rows, protocol=protocol, default_device=state.catalog.host.device)
-    device = str(frame["device"].iloc[0])
     if fallback_reason is None and plan.source != "seasonal_naive_fallback":
         from earnopt_assets.forecasting.candidates import InsufficientHistory, OriginContext, statistical_candidates
 
+        # fast path: the posted columns straight onto the hourly grid (no DataFrame), as from_frame does
+        device, ts_ns, columns = rows_to_columns(request.rows, protocol=protocol, default_device=state.catalog.host.device)
+        gridded = hourly_grid(ts_ns, {"earnings_usd": columns["earnings_usd"], "allocation": columns["allocation"]})
         candidate = statistical_candidates().get(plan.source)
         try:
             if candidate is None:
                 raise InsufficientHistory(f"unknown candidate {plan.source!r}")
-            context = OriginContext.from_frame(frame)
+            if gridded is None:
+                context = OriginContext.from_frame(rows_to_frame(request.rows, protocol=protocol, default_device=device))
+            else:
+                grid, values = gridded
+                context = OriginContext(ts=grid, earnings=values["earnings_usd"], allocation=values["allocation"])
             values = np.asarray(candidate(context), dtype=float)
             return _response(protocol, device, None, plan, pd.DatetimeIndex(context.target_ts), values)
         except InsufficientHistory as exc:
@@ -193,6 +198,8 @@ def _prepare(protocol: str, request: PredictionRequest, entry: Any, plan: Plan, 
                 f"{fallback_reason}; train one with POST /train/{protocol}, or send \"fallback\": true for the seasonal-naive baseline",
                 protocol=protocol,
             )
+    frame = rows_to_frame(request.rows, protocol=protocol, default_device=state.catalog.host.device)
+    device = str(frame["device"].iloc[0])
     targets, values = _baseline(frame)
     return _response(protocol, device, None, Plan("seasonal_naive_fallback", fallback_reason, True, None, False), targets, values)
 
