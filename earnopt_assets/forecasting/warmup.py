@@ -280,10 +280,12 @@ def young_holdout_days(feature_hours: float, min_holdout_days: int) -> int:
 # ------------------------------------------------------------------ entry points for training.py / defs
 
 def warmup_forecast(telemetry: pd.DataFrame, *, decided: bool, why: str = "") -> StepForecast | None:
-    """The warm-up step for one series' recent telemetry (ts, earnings_usd, allocation) when no decided
-    source can serve: ``recent_level`` / ``seasonal_naive_24`` below 7 days; from 7 days, while no training
-    run has decided (``decided`` False), the statistical step. None = not a warm-up case (the caller's
-    fallback serves)."""
+    """The warm-up step for one series' recent telemetry (ts, earnings_usd, allocation) while no training
+    run has decided its source (``decided`` False): ``recent_level`` / ``seasonal_naive_24`` below 7 days,
+    the statistical step from 7 days. None = not a warm-up case (a decided source that cannot run on this
+    telemetry: the caller's gap-tolerant fallback serves and says why)."""
+    if decided:
+        return None
     frame = telemetry.sort_values("ts")
     if why.startswith("no_decision"):
         why = "no training run yet"  # the caller's sentence names the fallback this step replaces
@@ -292,8 +294,6 @@ def warmup_forecast(telemetry: pd.DataFrame, *, decided: bool, why: str = "") ->
         return None
     if hours < STATISTICAL_MIN_HOURS:
         return young_forecast(frame["ts"], frame["earnings_usd"].to_numpy(dtype=float), why=why)
-    if decided:
-        return None
     from earnopt_assets.forecasting.candidates import OriginContext
 
     context = OriginContext.from_frame(frame)
