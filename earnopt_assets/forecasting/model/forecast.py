@@ -15,6 +15,11 @@ Per origin ``t`` (z = allocation-normalised earnings, causally filled; b = the s
   ``e^_{t+h} = z^_{t+h} * clip(a_{t+h})**beta`` with a_{t+h} the planned share (default: held at a_t).
   g is the blend weight chosen on validation. The recursive head runs 24 one-step forecasts, appending
   each z^ to the history and recomputing the base and the window from it.
+* combination with a weekly seasonal forecast ``s_{t+h}``: ``z~_{t+h} = (1 - c) * z^_{t+h} + c * s_{t+h}``,
+  ``s`` = ``last_week`` (``z_{t+h-168}``) or ``median_4_weeks`` (``median_{k=1..4} z_{t+h-168k}``, robust
+  to one unusual week), the kind and ``c`` (``naive_weight``) chosen together on the validation origins
+  after ``g`` (``c = 0``: the model alone). Averaging a model with simple seasonal forecasts is a classic
+  robust combination: a level-adjusted base over-extrapolates short level shifts (holidays, outages).
 
 Training samples and forecasts use the SAME functions: training gathers windows from the one long
 series at many origins, forecasting from per-origin tails of :data:`TAIL_HOURS` (enough for every lag
@@ -81,6 +86,8 @@ class FittedState:
     target_std: float
     blend: float = 1.0
     allocation_response: dict[str, Any] | None = None
+    naive_weight: float = 0.0  # c of the combination with a weekly seasonal forecast (module docstring); 0 in older versions
+    naive_kind: str = "last_week"  # which one: a key of WEEKLY_NAIVE_KINDS
     validation_scores: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -95,6 +102,8 @@ class FittedState:
             "target_mean": self.target_mean,
             "target_std": self.target_std,
             "blend": self.blend,
+            "naive_weight": self.naive_weight,
+            "naive_kind": self.naive_kind,
             "validation_scores": self.validation_scores,
         }
 
@@ -112,6 +121,12 @@ class FittedState:
         blend = float(data["blend"])
         if not 0.0 <= blend <= 1.0:
             raise ValueError(f"blend {blend} is not in [0, 1]")
+        naive_weight = float(data.get("naive_weight", 0.0))
+        if not 0.0 <= naive_weight <= 1.0:
+            raise ValueError(f"naive_weight {naive_weight} is not in [0, 1]")
+        naive_kind = str(data.get("naive_kind", "last_week"))
+        if naive_kind not in WEEKLY_NAIVE_KINDS:
+            raise ValueError(f"naive_kind {naive_kind!r} is not one of {WEEKLY_NAIVE_KINDS}")
         return cls(
             base=StatisticalBase.from_json(data["base"]),
             allocation_beta=None if beta is None else float(beta),
@@ -121,6 +136,8 @@ class FittedState:
             target_mean=float(data["target_mean"]),
             target_std=float(data["target_std"]),
             blend=blend,
+            naive_weight=naive_weight,
+            naive_kind=naive_kind,
             allocation_response=data.get("allocation_response"),
             validation_scores={str(k): float(v) for k, v in (data.get("validation_scores") or {}).items()},
         )
@@ -226,18 +243,22 @@ def forecast_z(
     timezone: str,
     future_allocation: np.ndarray,
     blend: float | None = None,
+    naive_weight: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(base z path, model z path), both (n, 24), for every tail; ``network`` None = base only."""
+    """(base z path, model z path), both (n, 24), for every tail; ``network`` None = base only (still
+    combined with the weekly naive by ``naive_weight``, default the fitted one)."""
     g = state.blend if blend is None else float(blend)
+    c = state.naive_weight if naive_weight is None else float(naive_weight)
     n, T = tails.Z.shape
     rows = np.arange(n)
     origins = tails.origins
     base_path = state.base.predict(tails.Z, rows, origins)
+    kind = state.naive_kind
     if network is None or g == 0.0:
-        return base_path, base_path.copy()
+        return base_path, combine_with_weekly_naive(base_path, tails, c, kind)
     if head == "direct":
         base_path, correction, eps = direct_correction(tails, state, network, sequence_length=sequence_length, timezone=timezone)
-        return base_path, apply_ratio(base_path, g * correction, eps)
+        return base_path, combine_with_weekly_naive(apply_ratio(base_path, g * correction, eps), tails, c, kind)
     # recursive: one step at a time, each prediction appended to the history
     Z = np.concatenate([tails.Z, np.full((n, HORIZON_HOURS), np.nan)], axis=1)
     A = np.concatenate([tails.A, np.clip(future_allocation, ALLOCATION_FLOOR, 1.0)], axis=1)
@@ -252,7 +273,42 @@ def forecast_z(
         value = apply_ratio(step_base[:, 0], g * (state.target_mean + state.target_std * out), EPS_FRACTION * scale)
         predicted[:, k] = value
         Z[:, T + k] = value
-    return base_path, predicted
+    return base_path, combine_with_weekly_naive(predicted, tails, c, kind)
+
+
+WEEKLY_NAIVE_KINDS: tuple[str, ...] = ("last_week", "median_4_weeks")
+
+
+def weekly_naive_path(tails: Tails, kind: str = "last_week") -> np.ndarray:
+    """(n, 24) weekly seasonal forecast of h = 1..24 from each tail (causally filled, ends at the origin t):
+    ``last_week`` = z_{t+h-168}; ``median_4_weeks`` = median over k = 1..4 of z_{t+h-168k} (weeks before
+    the tail's start are NaN and skipped)."""
+    T = tails.Z.shape[1]
+    weeks = 1 if kind == "last_week" else 4
+    lags = []
+    for k in range(1, weeks + 1):
+        start = T - 168 * k
+        if start < 0:
+            break
+        lags.append(tails.Z[:, start : start + HORIZON_HOURS])
+    if not lags:
+        return np.full((tails.Z.shape[0], HORIZON_HOURS), np.nan)
+    stacked = np.stack(lags)
+    if weeks == 1:
+        return stacked[0]
+    finite = np.isfinite(stacked).any(axis=0)
+    out = np.full(stacked.shape[1:], np.nan)
+    out[finite] = np.nanmedian(stacked[:, finite], axis=0)
+    return out
+
+
+def combine_with_weekly_naive(path: np.ndarray, tails: Tails, weight: float, kind: str = "last_week") -> np.ndarray:
+    """``(1 - c) * path + c * s`` (c = ``weight``, s = :func:`weekly_naive_path` of ``kind``); where s is NaN
+    the model's value stays."""
+    if weight <= 0.0:
+        return path.copy()
+    naive = weekly_naive_path(tails, kind)
+    return np.where(np.isfinite(naive), (1.0 - weight) * path + weight * naive, path)
 
 
 def all_one_step_base(Z: np.ndarray, base: StatisticalBase) -> np.ndarray:

@@ -92,6 +92,8 @@ def save_model(model: Any, store: ModelStore | str | Path | None, extra_metadata
             "ensemble_size": len(model.network.members),
             "blend": model.state.blend,
             "validation_mape_by_blend": model.state.validation_scores,
+            "naive_weight": model.state.naive_weight,  # weight of the weekly seasonal naive in the combination
+            "naive_kind": model.state.naive_kind,
             "training": model.training.to_json() if getattr(model, "training", None) is not None else None,
             "allocation_beta": model.state.allocation_beta,
             "allocation_response": model.state.allocation_response,

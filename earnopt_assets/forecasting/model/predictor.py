@@ -48,10 +48,12 @@ from earnopt_assets.forecasting.model.errors import (  # noqa: F401  (callers im
 from earnopt_assets.forecasting.model.forecast import (
     CHANNELS,
     LEVEL_FLOOR_FRACTION,
+    WEEKLY_NAIVE_KINDS,
     FittedState,
     Tails,
     apply_ratio,
     build_tails,
+    combine_with_weekly_naive,
     direct_correction,
     forecast_z,
     held_future_allocation,
@@ -93,6 +95,9 @@ class TrainingHistory:
     blend: float = 0.0
     validation_mape: dict[str, float] = field(default_factory=dict)
     warm_started: bool = False
+    naive_weight: float = 0.0  # combination weight of the weekly seasonal naive, chosen after the blend
+    naive_kind: str = "last_week"
+    validation_mape_by_naive_weight: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -346,6 +351,27 @@ class EarningsPredictor:
         state.validation_scores = scores
         history.blend = state.blend
         history.validation_mape = scores
+
+        # then the weight c of the weekly seasonal naive in the combination, on the same validation origins
+        if cfg.head == "direct":
+            chosen = apply_ratio(base_path, state.blend * correction, eps)
+        else:
+            _, chosen = forecast_z(tails, state, self.network, head=cfg.head, sequence_length=L, timezone=cfg.timezone, future_allocation=held, naive_weight=0.0)
+        naive_scores: dict[str, float] = {}
+        options: list[tuple[float, int, str, float]] = []  # (MAPE, kind order, kind, c): ties -> smaller c, last_week
+        for order, kind in enumerate(WEEKLY_NAIVE_KINDS):
+            for c in cfg.blend_grid:
+                value = mape_pct(actual, to_earnings(combine_with_weekly_naive(chosen, tails, c, kind), held, beta))
+                if value is not None:
+                    naive_scores[f"{kind} {c:g}"] = value
+                    options.append((round(value, 9), order, kind, float(c)))
+        if options:
+            best = min(o[0] for o in options)
+            _, _, kind, c = min((o for o in options if o[0] <= best + 1e-9), key=lambda o: (o[3], o[1]))
+            state.naive_weight, state.naive_kind = c, kind
+        history.naive_weight = state.naive_weight
+        history.naive_kind = state.naive_kind
+        history.validation_mape_by_naive_weight = naive_scores
         history.total_seconds = time.perf_counter() - started
 
         self.training = history
@@ -355,8 +381,8 @@ class EarningsPredictor:
         self.trained_at = pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
         self.metrics, self.last_evaluation = {}, None
         log.info(
-            "%s fitted in %.1fs (network %.1fs, %d samples, epochs %s): blend %.2f, validation MAPE by blend %s",
-            self.protocol, history.total_seconds, history.network_seconds, len(X_train), history.epochs_run, state.blend, scores,
+            "%s fitted in %.1fs (network %.1fs, %d samples, epochs %s): blend %.2f, validation MAPE by blend %s, weekly %s weight %.2f",
+            self.protocol, history.total_seconds, history.network_seconds, len(X_train), history.epochs_run, state.blend, scores, state.naive_kind, state.naive_weight,
         )
         return history
 
