@@ -66,7 +66,7 @@ class EarningsModelConfig(dg.Config):
     seed: int = 7
     holdout_fraction: float = Field(0.2, gt=0, lt=0.5)
     min_holdout_days: int = Field(7, ge=1)
-    calibration_days: int = Field(7, ge=1, description="Days of origins before the holdout that calibrate the 80/95 % intervals.")
+    calibration_days: int = Field(14, ge=1, description="Days of origins before the holdout that calibrate the 80/95 % intervals (kept inside the challenger's validation period, never trained on).")
     mape_target_pct: float = Field(DEFAULT_MAPE_TARGET_PCT, gt=0)
 
     def settings(self):

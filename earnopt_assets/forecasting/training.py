@@ -7,7 +7,10 @@ One training run (:func:`train_protocol`) for one protocol:
    (allocation held at the origin), every statistical candidate (:func:`.candidates.statistical_candidates`),
    the challenger (``lstm``) and the current champion re-scored on this holdout (``champion``). Conformal
    80/95 % intervals per candidate are calibrated on the ``calibration_days`` of origins just before the
-   holdout, so the holdout coverage is out-of-sample.
+   holdout, so the holdout coverage is out-of-sample. The challenger's validation period is widened to
+   cover that calibration window, so its calibration forecasts come from weights never fitted on those
+   hours (the window only chose the early-stopping epoch and the blend weight); the holdout coverage of
+   the served source is checked and a note says when its 80 % interval under-covers.
 3. :func:`.registry.judge_challenger` decides the check and whether CURRENT moves; the challenger is saved
    as a version either way, CURRENT moves only on promotion.
 4. :func:`.registry.choose_source` picks what serves (champion or best statistical candidate) and the
@@ -31,6 +34,7 @@ import pandas as pd
 
 from earnopt_assets.forecasting.candidates import HORIZON_HOURS, OriginContext, statistical_candidates
 from earnopt_assets.forecasting.model.config import ModelConfig
+from earnopt_assets.forecasting.model.errors import InsufficientHistoryError
 from earnopt_assets.forecasting.model.predictor import EarningsPredictor, ModelLoadError, SequenceValidationError
 from earnopt_assets.forecasting.registry import (
     CHAMPION_KEY,
@@ -54,7 +58,9 @@ log = logging.getLogger(__name__)
 
 HOLDOUT_FRACTION = 0.2
 MIN_HOLDOUT_DAYS = 7
-CALIBRATION_DAYS = 7
+CALIBRATION_DAYS = 14
+# the served source's 80 % interval covering fewer holdout hours than this is reported as under-covering
+MIN_HOLDOUT_COVERAGE_80_PCT = 70.0
 
 
 @dataclass
@@ -150,6 +156,12 @@ def hourly_series(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return grid.to_numpy(dtype="datetime64[ns]"), data["earnings_usd"].to_numpy(dtype=float), allocation
 
 
+def _default_validation_hours(config: ModelConfig, rows: int) -> int:
+    """The model's own validation length for ``rows`` training hours (see ``EarningsPredictor.fit``)."""
+    window = min(rows, config.max_train_hours)
+    return int(config.validation_hours or max(config.min_validation_hours, round(config.validation_fraction * window)))
+
+
 def load_model(models_dir: str | Path, protocol: str, version: str) -> EarningsPredictor:
     return EarningsPredictor.load(models_dir, protocol, version)
 
@@ -200,10 +212,18 @@ def train_protocol(
         except (ModelLoadError, OSError, ValueError) as exc:
             notes.append(f"champion {champion_version} could not be loaded ({exc}); judged without it and it cannot serve")
             champion_version = None
-    challenger: EarningsPredictor | None = EarningsPredictor(settings.model_config(protocol, timezone, host_totals))
+    config = settings.model_config(protocol, timezone, host_totals)
+    challenger: EarningsPredictor | None = EarningsPredictor(config)
+    calibration_hours = settings.calibration_days * 24
     started = time.perf_counter()
+    default_validation = _default_validation_hours(config, len(train))
     try:
-        challenger.fit(train, warm_start=champion)
+        # the interval calibration origins (just before the holdout) must be forecasts of weights never fitted on them
+        try:
+            challenger.fit(train, warm_start=champion, validation_hours=max(default_validation, calibration_hours + HORIZON_HOURS))
+        except InsufficientHistoryError:  # too short for that validation: the model's own, and say the calibration overlaps training
+            challenger.fit(train, warm_start=champion, validation_hours=default_validation)
+            notes.append(f"history too short to keep the {settings.calibration_days} calibration days out of the challenger's training: its intervals may be too narrow")
     except SequenceValidationError as exc:  # too little clean history for the network: the candidates still compete
         notes.append(f"no challenger: the LSTM could not be trained on {len(train)} training rows ({exc})")
         challenger = None
@@ -211,7 +231,6 @@ def train_protocol(
 
     ts, earnings, allocation = hourly_series(features)
     start_index = int(np.searchsorted(ts, holdout_start.to_datetime64()))
-    calibration_hours = settings.calibration_days * 24
     batch = {LSTM_SOURCE: challenger.batch_forecaster()} if challenger is not None else {}
     if champion is not None:
         batch[CHAMPION_KEY] = champion.batch_forecaster()
@@ -257,6 +276,12 @@ def train_protocol(
     served_key = champion_key if decision.source in (LSTM_SOURCE, LSTM_BASE_SOURCE) else decision.source
     if served_key in intervals:
         decision.intervals = intervals[served_key].to_json()
+    served_coverage = scores.get(served_key, {}).get("coverage_80_pct")
+    if served_coverage is not None and served_coverage < MIN_HOLDOUT_COVERAGE_80_PCT:
+        notes.append(
+            f"the served {decision.source} 80 % interval covered {served_coverage:.0f} % of the holdout hours "
+            f"(calibrated on the {settings.calibration_days} days before it): the intervals are too narrow for this period"
+        )
     decision.holdout_start = str(holdout_start)
     decision.training = {**verdict.to_json(), "challenger_version": challenger_version, "trained_at": decision.decided_at, "notes": notes}
     write_serving_decision(models_dir, decision)
