@@ -200,7 +200,18 @@ def train_protocol(
     from earnopt_assets.forecasting.harness import score_with_calibrated_intervals
 
     models_dir = Path(models_dir)
-    train, holdout = split_holdout(features, settings.holdout_fraction, settings.min_holdout_days)
+    from earnopt_assets.forecasting.warmup import history_hours, young_holdout_days
+
+    # a young series (#17) is judged on a shorter holdout (>= 3 days), every candidate on the same origins
+    holdout_days = young_holdout_days(history_hours(features["ts"]) if len(features) else 0.0, settings.min_holdout_days)
+    train, holdout = split_holdout(features, settings.holdout_fraction, holdout_days)
+    if holdout_days < settings.min_holdout_days:  # young: the model validates on 3 days too (forecasting.warmup)
+        from earnopt_assets.forecasting.warmup import YOUNG_VALIDATION_HOURS, model_lag_hours
+
+        # and calibrates its intervals only on origins the LSTM can forecast (after its own lag history)
+        calibration_days = max(1, min(settings.calibration_days, (len(train) - model_lag_hours(settings.sequence_length)) // 24))
+        settings = replace(settings, calibration_days=calibration_days,
+                           model_options={"min_validation_hours": YOUNG_VALIDATION_HOURS, **settings.model_options})
     holdout_start = pd.Timestamp(holdout["ts"].iloc[0])
     notes: list[str] = []
 
@@ -399,6 +410,12 @@ def forecast_protocol(
             why = f"data_too_short: {decision.source} serves but cannot run on this history: {exc}"
     else:
         why = decision.reason
+    from earnopt_assets.forecasting.warmup import warmup_forecast
+
+    # a young series (#17): recent_level / seasonal_naive_24 below 7 days, the statistical step until a run decides
+    step = warmup_forecast(telemetry, decided=decision is not None, why=why)
+    if step is not None:
+        return ProtocolForecast(protocol, origin, step.targets, step.values, step.source, None, step.reason, step.intervals, True, None)
     targets, values = fallback_forecast(telemetry["ts"], telemetry["earnings_usd"].to_numpy(dtype=float), HORIZON_HOURS)
     log.info("%s: seasonal-naive fallback (%s)", protocol, why)
     return ProtocolForecast(protocol, origin, targets, values, FALLBACK_SOURCE, None, why, None, True, None)
@@ -439,15 +456,28 @@ def forecast_all(
     planned: Mapping[str, float],
     forecast_time: Any,
     device: str,
+    priors: Mapping[str, float] | None = None,
 ) -> ForecastRun:
-    """:func:`forecast_protocol` for each protocol with telemetry, assembled as ``forecasts`` rows."""
+    """:func:`forecast_protocol` for each protocol with telemetry, assembled as ``forecasts`` rows; a protocol
+    without telemetry gets the ``prior`` step from ``priors`` ($/h at full allocation, the catalog's, #17)."""
     from earnopt_assets.forecasting.store import forecast_rows
 
     parts, served, skipped = [], [], []
     for protocol in protocols:
-        series = telemetry.loc[telemetry["protocol"] == protocol]
+        series = telemetry.loc[telemetry["protocol"] == protocol] if not telemetry.empty else telemetry
         if series.empty:
             skipped.append(protocol)
+            if priors is not None and protocol in priors:
+                from earnopt_assets.forecasting.warmup import prior_forecast
+
+                step = prior_forecast(priors[protocol], planned.get(protocol), pd.Timestamp(forecast_time))
+                result = ProtocolForecast(protocol, pd.Timestamp(forecast_time).floor("h"), step.targets, step.values, step.source,
+                                          None, step.reason, step.intervals, True, None)
+                parts.append(
+                    forecast_rows(forecast_time, device, protocol, result.origin_ts, result.targets, result.values, result.source,
+                                  None, result.reason, result.intervals, True)
+                )
+                served.append(forecast_summary_row(result, planned.get(protocol)))
             continue
         result = forecast_protocol(series, protocol, models_dir, planned_allocation=planned.get(protocol))
         parts.append(

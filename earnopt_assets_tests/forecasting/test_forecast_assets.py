@@ -94,7 +94,9 @@ def test_two_partitions_end_to_end(pipeline):
         assert group["horizon_hours"].tolist() == list(range(1, 25))
         assert (group["target_ts"] - group["origin_ts"] == group["horizon_hours"].map(lambda h: pd.Timedelta(hours=h))).all()
     first = rows.groupby("protocol").first()
-    assert first.loc["akash", "source"] == "seasonal_naive_fallback" and first.loc["akash", "reason"].startswith("no_decision")
+    # no training run yet with 10 days in the forecast window (#17): the statistical step, scored on the last 3 days
+    assert first.loc["akash", "source"] in ("seasonal_naive_24", "seasonal_naive_168", "mstl", "ets")
+    assert first.loc["akash", "reason"].startswith("no training run yet")
     for protocol, decision in decisions.items():
         group = rows.loc[rows["protocol"] == protocol]
         assert set(group["source"]) == {decision.source}  # named truthfully: the decided source, not "lstm"

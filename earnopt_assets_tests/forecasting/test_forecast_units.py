@@ -239,7 +239,9 @@ def test_forecast_serves_the_decided_source_with_its_intervals(trained_storj, tm
 def test_no_decision_means_fallback(tmp_path, small_catalog):
     telemetry, _ = simulated(small_catalog, ["akash"], days=3)
     result = forecast_protocol(telemetry, "akash", tmp_path)
-    assert result.source == "seasonal_naive_fallback" and result.reason.startswith("no_decision")
+    # no training run yet on 3 days (#17): the warm-up step, with its intervals
+    assert result.source == "seasonal_naive_24" and result.reason.startswith("no training run yet")
+    assert result.intervals is not None
     with pytest.raises(ValueError):
         forecast_protocol(telemetry.iloc[:0], "akash", tmp_path)
 
