@@ -14,7 +14,10 @@ Fit (:meth:`EarningsPredictor.fit`) on one protocol's hourly frame (``ts``, ``ea
    ``ensemble_size`` seeds is averaged;
 4. blend weight g in ``blend_grid``: the one with the lowest MAPE of 24 h forecasts (allocation held at
    the origin, as the headline scores it) over the validation origins (ties → the smaller g). g = 0 is
-   the base alone: when the correction does not help on validation the model says so.
+   the base alone: when the correction does not help on validation the model says so;
+5. then the combination with a weekly seasonal forecast (``last_week`` or ``median_4_weeks``, weight c in
+   ``blend_grid``) on the same validation origins (ties → smaller c, then ``last_week``; c = 0 = the model
+   alone): see :func:`.forecast.combine_with_weekly_naive`.
 
 Forecasts are NumPy only (:mod:`earnopt_assets.forecasting.inference`); TensorFlow is imported only by
 :meth:`fit`.
