@@ -166,13 +166,13 @@ def test_training_records_history_validation_and_the_blend(trained):
     assert 0.0 <= predictor.blend <= 1.0 and predictor.allocation_beta is not None
 
 
-def test_weekly_naive_weight_and_kind_are_the_validation_best(trained):
-    """The combination with a weekly seasonal forecast is chosen on validation after the blend (ties: smaller weight)."""
-    from earnopt_assets.forecasting.model.forecast import WEEKLY_NAIVE_KINDS
+def test_seasonal_naive_weight_and_kind_are_the_validation_best(trained):
+    """The combination with a seasonal naive forecast is chosen on validation after the blend (ties: smaller weight)."""
+    from earnopt_assets.forecasting.model.forecast import SEASONAL_NAIVE_KINDS
 
     predictor, _, _ = trained
     history = predictor.training
-    assert set(history.validation_mape_by_naive_weight) == {f"{k} {c:g}" for k in WEEKLY_NAIVE_KINDS for c in predictor.config.blend_grid}
+    assert set(history.validation_mape_by_naive_weight) == {f"{k} {c:g}" for k in SEASONAL_NAIVE_KINDS for c in predictor.config.blend_grid}
     best = min(history.validation_mape_by_naive_weight.values())
     chosen = history.validation_mape_by_naive_weight[f"{predictor.state.naive_kind} {predictor.state.naive_weight:g}"]
     assert chosen == pytest.approx(best)
@@ -180,24 +180,24 @@ def test_weekly_naive_weight_and_kind_are_the_validation_best(trained):
     assert history.validation_mape_by_naive_weight["last_week 0"] == pytest.approx(history.validation_mape[f"{predictor.blend:g}"])
 
 
-def test_weekly_naive_paths_and_the_combination():
-    from earnopt_assets.forecasting.model.forecast import Tails, combine_with_weekly_naive, weekly_naive_path
+def test_seasonal_naive_paths_and_the_combination():
+    from earnopt_assets.forecasting.model.forecast import Tails, combine_with_seasonal_naive, seasonal_naive_path
 
     T = 4 * 168 + 24
     z = np.arange(T, dtype=float)[None, :]
     z[0, T - 2 * 168 : T - 2 * 168 + 24] = 1e6  # one unusual week: the 4-week median ignores it
     tails = Tails(z, np.ones_like(z), np.arange(T)[None, :])
-    last_week = weekly_naive_path(tails, "last_week")
+    last_week = seasonal_naive_path(tails, "last_week")
     np.testing.assert_array_equal(last_week[0], np.arange(T - 168, T - 144))
-    median = weekly_naive_path(tails, "median_4_weeks")[0]
+    median = seasonal_naive_path(tails, "median_4_weeks")[0]
     lags = np.stack([z[0, T - 168 * k : T - 168 * k + 24] for k in range(1, 5)])
     np.testing.assert_allclose(median, np.median(lags, axis=0))
     assert median.max() < 1e6
     path = np.full((1, 24), 10.0)
-    np.testing.assert_array_equal(combine_with_weekly_naive(path, tails, 0.0), path)
-    np.testing.assert_allclose(combine_with_weekly_naive(path, tails, 0.25, "last_week"), 0.75 * path + 0.25 * last_week)
+    np.testing.assert_array_equal(combine_with_seasonal_naive(path, tails, 0.0), path)
+    np.testing.assert_allclose(combine_with_seasonal_naive(path, tails, 0.25, "last_week"), 0.75 * path + 0.25 * last_week)
     short = Tails(np.full((1, 100), 3.0), np.ones((1, 100)), np.arange(100)[None, :])  # no week of history: the model stays
-    np.testing.assert_array_equal(combine_with_weekly_naive(path, short, 0.5, "median_4_weeks"), path)
+    np.testing.assert_array_equal(combine_with_seasonal_naive(path, short, 0.5, "median_4_weeks"), path)
 
 
 def test_state_without_a_naive_weight_loads_as_the_model_alone(trained):
@@ -271,7 +271,7 @@ def test_blend_zero_is_the_statistical_base(trained, monkeypatch):
     predictor, train, _ = trained
     series = series_from_frame(train, "storj")
     monkeypatch.setattr(predictor.state, "blend", 0.0)
-    monkeypatch.setattr(predictor.state, "naive_weight", 0.0)  # the model alone, without the weekly combination
+    monkeypatch.setattr(predictor.state, "naive_weight", 0.0)  # the model alone, without the seasonal naive combination
     np.testing.assert_allclose(predictor.predict_next_24h(train), predictor.base_forecast_series([series])[0], rtol=1e-12)
 
 

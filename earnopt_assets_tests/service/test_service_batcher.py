@@ -166,7 +166,8 @@ def test_concurrent_http_requests_are_batched_and_equal_single_forecasts(tmp_pat
     predictor = EarningsPredictor.load(data_dir / "models", "honeygain")
     telemetry = simulated(small_catalog, ["honeygain"], 12, end="2026-11-25T10:00:00")
     series = telemetry.sort_values("ts").reset_index(drop=True)
-    windows = [series.iloc[len(series) - 200 - k : len(series) - k] for k in range(8)]
+    need = predictor.required_history_hours + 4  # just over the model's minimum history
+    windows = [series.iloc[len(series) - need - k : len(series) - k] for k in range(8)]
     settings = ServiceSettings(data_dir=data_dir, catalog=small_catalog_path, prediction_cache_size=0, predict_batch_wait_ms=1000)
     with TestClient(create_app(settings)) as client:
         with ThreadPoolExecutor(8) as pool:
@@ -176,7 +177,7 @@ def test_concurrent_http_requests_are_batched_and_equal_single_forecasts(tmp_pat
         for window, response in zip(windows, responses):
             assert response.status_code == 200, response.text
             body = response.json()
-            assert body["source"] == "model" and not body["cached"]
+            assert body["source"] == "lstm" and not body["cached"]
             got = np.array([p["earnings_usd"] for p in body["predictions"]])
             assert np.allclose(got, predictor.predict_next_24h(window), rtol=1e-5, atol=1e-9)
             assert body["predictions"][0]["ts"].startswith((window["ts"].max() + np.timedelta64(1, "h")).strftime("%Y-%m-%dT%H"))

@@ -15,9 +15,10 @@ Per origin ``t`` (z = allocation-normalised earnings, causally filled; b = the s
   ``e^_{t+h} = z^_{t+h} * clip(a_{t+h})**beta`` with a_{t+h} the planned share (default: held at a_t).
   g is the blend weight chosen on validation. The recursive head runs 24 one-step forecasts, appending
   each z^ to the history and recomputing the base and the window from it.
-* combination with a weekly seasonal forecast ``s_{t+h}``: ``z~_{t+h} = (1 - c) * z^_{t+h} + c * s_{t+h}``,
+* combination with a seasonal naive forecast ``s_{t+h}``: ``z~_{t+h} = (1 - c) * z^_{t+h} + c * s_{t+h}``,
   ``s`` = ``last_week`` (``z_{t+h-168}``) or ``median_4_weeks`` (``median_{k=1..4} z_{t+h-168k}``, robust
   to one unusual week), the kind and ``c`` (``naive_weight``) chosen together on the validation origins
+  (``z_{t+h-24}`` is not offered: it is already one of the base's NNLS components)
   after ``g`` (``c = 0``: the model alone). Averaging a model with simple seasonal forecasts is a classic
   robust combination: a level-adjusted base over-extrapolates short level shifts (holidays, outages).
 
@@ -86,8 +87,8 @@ class FittedState:
     target_std: float
     blend: float = 1.0
     allocation_response: dict[str, Any] | None = None
-    naive_weight: float = 0.0  # c of the combination with a weekly seasonal forecast (module docstring); 0 in older versions
-    naive_kind: str = "last_week"  # which one: a key of WEEKLY_NAIVE_KINDS
+    naive_weight: float = 0.0  # c of the combination with a seasonal naive forecast (module docstring); 0 in older versions
+    naive_kind: str = "last_week"  # which one: a key of SEASONAL_NAIVE_KINDS
     validation_scores: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -125,8 +126,8 @@ class FittedState:
         if not 0.0 <= naive_weight <= 1.0:
             raise ValueError(f"naive_weight {naive_weight} is not in [0, 1]")
         naive_kind = str(data.get("naive_kind", "last_week"))
-        if naive_kind not in WEEKLY_NAIVE_KINDS:
-            raise ValueError(f"naive_kind {naive_kind!r} is not one of {WEEKLY_NAIVE_KINDS}")
+        if naive_kind not in SEASONAL_NAIVE_KINDS:
+            raise ValueError(f"naive_kind {naive_kind!r} is not one of {SEASONAL_NAIVE_KINDS}")
         return cls(
             base=StatisticalBase.from_json(data["base"]),
             allocation_beta=None if beta is None else float(beta),
@@ -246,7 +247,7 @@ def forecast_z(
     naive_weight: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(base z path, model z path), both (n, 24), for every tail; ``network`` None = base only (still
-    combined with the weekly naive by ``naive_weight``, default the fitted one)."""
+    combined with the seasonal naive by ``naive_weight``, default the fitted one)."""
     g = state.blend if blend is None else float(blend)
     c = state.naive_weight if naive_weight is None else float(naive_weight)
     n, T = tails.Z.shape
@@ -255,10 +256,10 @@ def forecast_z(
     base_path = state.base.predict(tails.Z, rows, origins)
     kind = state.naive_kind
     if network is None or g == 0.0:
-        return base_path, combine_with_weekly_naive(base_path, tails, c, kind)
+        return base_path, combine_with_seasonal_naive(base_path, tails, c, kind)
     if head == "direct":
         base_path, correction, eps = direct_correction(tails, state, network, sequence_length=sequence_length, timezone=timezone)
-        return base_path, combine_with_weekly_naive(apply_ratio(base_path, g * correction, eps), tails, c, kind)
+        return base_path, combine_with_seasonal_naive(apply_ratio(base_path, g * correction, eps), tails, c, kind)
     # recursive: one step at a time, each prediction appended to the history
     Z = np.concatenate([tails.Z, np.full((n, HORIZON_HOURS), np.nan)], axis=1)
     A = np.concatenate([tails.A, np.clip(future_allocation, ALLOCATION_FLOOR, 1.0)], axis=1)
@@ -273,14 +274,14 @@ def forecast_z(
         value = apply_ratio(step_base[:, 0], g * (state.target_mean + state.target_std * out), EPS_FRACTION * scale)
         predicted[:, k] = value
         Z[:, T + k] = value
-    return base_path, combine_with_weekly_naive(predicted, tails, c, kind)
+    return base_path, combine_with_seasonal_naive(predicted, tails, c, kind)
 
 
-WEEKLY_NAIVE_KINDS: tuple[str, ...] = ("last_week", "median_4_weeks")
+SEASONAL_NAIVE_KINDS: tuple[str, ...] = ("last_week", "median_4_weeks")
 
 
-def weekly_naive_path(tails: Tails, kind: str = "last_week") -> np.ndarray:
-    """(n, 24) weekly seasonal forecast of h = 1..24 from each tail (causally filled, ends at the origin t):
+def seasonal_naive_path(tails: Tails, kind: str = "last_week") -> np.ndarray:
+    """(n, 24) seasonal naive forecast of h = 1..24 from each tail (causally filled, ends at the origin t):
     ``last_week`` = z_{t+h-168}; ``median_4_weeks`` = median over k = 1..4 of z_{t+h-168k} (weeks before
     the tail's start are NaN and skipped)."""
     T = tails.Z.shape[1]
@@ -302,12 +303,12 @@ def weekly_naive_path(tails: Tails, kind: str = "last_week") -> np.ndarray:
     return out
 
 
-def combine_with_weekly_naive(path: np.ndarray, tails: Tails, weight: float, kind: str = "last_week") -> np.ndarray:
-    """``(1 - c) * path + c * s`` (c = ``weight``, s = :func:`weekly_naive_path` of ``kind``); where s is NaN
+def combine_with_seasonal_naive(path: np.ndarray, tails: Tails, weight: float, kind: str = "last_week") -> np.ndarray:
+    """``(1 - c) * path + c * s`` (c = ``weight``, s = :func:`seasonal_naive_path` of ``kind``); where s is NaN
     the model's value stays."""
     if weight <= 0.0:
         return path.copy()
-    naive = weekly_naive_path(tails, kind)
+    naive = seasonal_naive_path(tails, kind)
     return np.where(np.isfinite(naive), (1.0 - weight) * path + weight * naive, path)
 
 

@@ -15,9 +15,9 @@ Fit (:meth:`EarningsPredictor.fit`) on one protocol's hourly frame (``ts``, ``ea
 4. blend weight g in ``blend_grid``: the one with the lowest MAPE of 24 h forecasts (allocation held at
    the origin, as the headline scores it) over the validation origins (ties → the smaller g). g = 0 is
    the base alone: when the correction does not help on validation the model says so;
-5. then the combination with a weekly seasonal forecast (``last_week`` or ``median_4_weeks``, weight c in
+5. then the combination with a seasonal naive forecast (``last_week`` or ``median_4_weeks``, weight c in
    ``blend_grid``) on the same validation origins (ties → smaller c, then ``last_week``; c = 0 = the model
-   alone): see :func:`.forecast.combine_with_weekly_naive`.
+   alone): see :func:`.forecast.combine_with_seasonal_naive`.
 
 Forecasts are NumPy only (:mod:`earnopt_assets.forecasting.inference`); TensorFlow is imported only by
 :meth:`fit`.
@@ -51,12 +51,12 @@ from earnopt_assets.forecasting.model.errors import (  # noqa: F401  (callers im
 from earnopt_assets.forecasting.model.forecast import (
     CHANNELS,
     LEVEL_FLOOR_FRACTION,
-    WEEKLY_NAIVE_KINDS,
+    SEASONAL_NAIVE_KINDS,
     FittedState,
     Tails,
     apply_ratio,
     build_tails,
-    combine_with_weekly_naive,
+    combine_with_seasonal_naive,
     direct_correction,
     forecast_z,
     held_future_allocation,
@@ -98,7 +98,7 @@ class TrainingHistory:
     blend: float = 0.0
     validation_mape: dict[str, float] = field(default_factory=dict)
     warm_started: bool = False
-    naive_weight: float = 0.0  # combination weight of the weekly seasonal naive, chosen after the blend
+    naive_weight: float = 0.0  # combination weight of the seasonal naive, chosen after the blend
     naive_kind: str = "last_week"
     validation_mape_by_naive_weight: dict[str, float] = field(default_factory=dict)
 
@@ -355,16 +355,16 @@ class EarningsPredictor:
         history.blend = state.blend
         history.validation_mape = scores
 
-        # then the weight c of the weekly seasonal naive in the combination, on the same validation origins
+        # then the weight c of the seasonal naive in the combination, on the same validation origins
         if cfg.head == "direct":
             chosen = apply_ratio(base_path, state.blend * correction, eps)
         else:
             _, chosen = forecast_z(tails, state, self.network, head=cfg.head, sequence_length=L, timezone=cfg.timezone, future_allocation=held, naive_weight=0.0)
         naive_scores: dict[str, float] = {}
         options: list[tuple[float, int, str, float]] = []  # (MAPE, kind order, kind, c): ties -> smaller c, last_week
-        for order, kind in enumerate(WEEKLY_NAIVE_KINDS):
+        for order, kind in enumerate(SEASONAL_NAIVE_KINDS):
             for c in cfg.blend_grid:
-                value = mape_pct(actual, to_earnings(combine_with_weekly_naive(chosen, tails, c, kind), held, beta))
+                value = mape_pct(actual, to_earnings(combine_with_seasonal_naive(chosen, tails, c, kind), held, beta))
                 if value is not None:
                     naive_scores[f"{kind} {c:g}"] = value
                     options.append((round(value, 9), order, kind, float(c)))
@@ -384,7 +384,7 @@ class EarningsPredictor:
         self.trained_at = pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
         self.metrics, self.last_evaluation = {}, None
         log.info(
-            "%s fitted in %.1fs (network %.1fs, %d samples, epochs %s): blend %.2f, validation MAPE by blend %s, weekly %s weight %.2f",
+            "%s fitted in %.1fs (network %.1fs, %d samples, epochs %s): blend %.2f, validation MAPE by blend %s, seasonal naive %s weight %.2f",
             self.protocol, history.total_seconds, history.network_seconds, len(X_train), history.epochs_run, state.blend, scores, state.naive_kind, state.naive_weight,
         )
         return history
