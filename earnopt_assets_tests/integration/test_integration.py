@@ -24,7 +24,7 @@ from earnopt_assets.simulator import simulate
 from earnopt_assets.warehouse import connect
 
 END = pd.Timestamp("2026-06-30T23:00")
-DAYS = 24
+DAYS = 26  # past the LSTM's 25-day minimum history (forecasting.warmup), so every model trains
 HELD_BACK_HOURS = 6
 TINY_MODEL = {"epochs": 2, "lstm_units_1": 8, "lstm_units_2": 4, "min_holdout_days": 3}
 RESOURCE_KEYS = {"cpu_cores": "cpu_cores", "memory_gb": "memory_gb", "bandwidth_mbps": "bandwidth_mbps", "storage_gb": "storage_gb"}
