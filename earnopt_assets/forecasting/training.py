@@ -136,7 +136,7 @@ def split_holdout(features: pd.DataFrame, fraction: float = HOLDOUT_FRACTION, mi
         raise SequenceValidationError("no feature rows to split")
     ts = pd.DatetimeIndex(frame["ts"])
     span_hours = (ts[-1] - ts[0]) / pd.Timedelta(hours=1) + 1
-    holdout_hours = max(int(round(span_hours * fraction)), min_days * 24)
+    holdout_hours = max(round(span_hours * fraction), min_days * 24)
     cut = ts[-1] - pd.Timedelta(hours=holdout_hours - 1)
     train, holdout = frame[frame["ts"] < cut], frame[frame["ts"] >= cut]
     if len(train) < holdout_hours:
