@@ -205,15 +205,20 @@ def train_protocol(
     # a young series (#17) is judged on a shorter holdout (>= 3 days), every candidate on the same origins
     holdout_days = young_holdout_days(history_hours(features["ts"]) if len(features) else 0.0, settings.min_holdout_days)
     train, holdout = split_holdout(features, settings.holdout_fraction, holdout_days)
-    if holdout_days < settings.min_holdout_days:  # young: the model validates on 3 days too (forecasting.warmup)
-        from earnopt_assets.forecasting.warmup import YOUNG_VALIDATION_HOURS, model_lag_hours
+    from earnopt_assets.forecasting.warmup import YOUNG_VALIDATION_HOURS, model_lag_hours
 
-        # and calibrates its intervals only on origins the LSTM can forecast (after its own lag history)
-        calibration_days = max(1, min(settings.calibration_days, (len(train) - model_lag_hours(settings.sequence_length)) // 24))
-        settings = replace(settings, calibration_days=calibration_days,
-                           model_options={"min_validation_hours": YOUNG_VALIDATION_HOURS, **settings.model_options})
+    # calibration origins only where the LSTM can forecast (past its own lag history, a day of slack): on a
+    # young series the 14 calibration days would otherwise start before the model's first possible origin
+    usable_days = (len(train) - model_lag_hours(settings.sequence_length) - HORIZON_HOURS) // 24
+    if usable_days < settings.calibration_days:
+        notes_young = f"calibration shortened to {max(1, usable_days)} days: the LSTM forecasts only after {model_lag_hours(settings.sequence_length)} h of history"
+        settings = replace(settings, calibration_days=max(1, usable_days))
+    else:
+        notes_young = ""
+    if holdout_days < settings.min_holdout_days:  # young: the model validates on 3 days too (forecasting.warmup)
+        settings = replace(settings, model_options={"min_validation_hours": YOUNG_VALIDATION_HOURS, **settings.model_options})
     holdout_start = pd.Timestamp(holdout["ts"].iloc[0])
-    notes: list[str] = []
+    notes: list[str] = [notes_young] if notes_young else []
 
     champion_version = current_version(models_dir, protocol)
     champion: EarningsPredictor | None = None
