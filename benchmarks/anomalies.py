@@ -54,7 +54,7 @@ def label_events(labels: pd.DataFrame) -> pd.DataFrame:
 
 def match(alerts: list[Alert], events: pd.DataFrame) -> np.ndarray:
     grace = pd.Timedelta(hours=GRACE_HOURS)
-    by_protocol = {p: g for p, g in events.groupby("protocol")}
+    by_protocol = dict(events.groupby("protocol"))
     out = np.zeros(len(alerts), dtype=bool)
     for i, alert in enumerate(alerts):
         ev = by_protocol.get(alert.protocol)

@@ -66,8 +66,8 @@ def prepare_data_dir(work: Path, protocols: tuple[str, ...] = (PROTOCOL,)) -> tu
     if all((real / "models" / p / "CURRENT").exists() for p in protocols):
         return real, default_catalog_path(), f"real data dir {real}"
     from earnopt_assets.catalog import load_catalog
-    from earnopt_assets.ingestion.features import build_feature_table
     from earnopt_assets.forecasting.training import TrainingSettings, train_protocol
+    from earnopt_assets.ingestion.features import build_feature_table
     from earnopt_assets.simulator import simulate
 
     data_dir = work / "data"
@@ -105,7 +105,7 @@ class Server:
                "EARNOPT_PREDICTION_CACHE_SIZE": str(cache_size), "EARNOPT_LOG_LEVEL": "warning", "TF_CPP_MIN_LOG_LEVEL": "2"}
         # stderr to a file, not a pipe: an undrained pipe fills up (client-disconnect tracebacks when the
         # load stops) and blocks the server.
-        self.log = tempfile.TemporaryFile(mode="w+")
+        self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - lives as long as the server; closed in stop()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "earnopt_assets.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
             env=env, cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=self.log, text=True,
@@ -225,7 +225,7 @@ def drive_wrk(url: str, bodies: list[bytes], clients: int, duration_s: float, wo
     threads = max(1, min(2, clients))
     command = ["wrk", "-t", str(threads), "-c", str(clients), "-d", f"{max(1, round(duration_s))}s", "--timeout", "30s", "-s", str(script), url]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=duration_s + 120)
-    line = next((l for l in done.stdout.splitlines() if l.startswith("WRK ")), None)
+    line = next((row for row in done.stdout.splitlines() if row.startswith("WRK ")), None)
     if line is None:
         raise RuntimeError(f"wrk printed no summary: {done.stdout} {done.stderr}")
     fields = {k: float(v) for k, v in (item.split("=") for item in line.split()[1:])}

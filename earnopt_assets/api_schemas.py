@@ -9,7 +9,7 @@ the client must stay importable without FastAPI, DuckDB, Dagster or TensorFlow.
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, WithJsonSchema, field_validator, model_validator
@@ -41,7 +41,7 @@ class _Model(BaseModel):
 
 def _utc(value: datetime) -> datetime:
     """Naive timestamps are UTC; aware ones are converted to UTC."""
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 # ----------------------------------------------------------------------------- telemetry
@@ -361,7 +361,7 @@ class AllocationRequest(_Model):
         return value
 
     @model_validator(mode="after")
-    def _one_source(self) -> "AllocationRequest":
+    def _one_source(self) -> AllocationRequest:
         if self.earnings and self.use_latest_forecasts:
             raise ValueError("give either earnings or use_latest_forecasts, not both")
         return self
@@ -443,7 +443,7 @@ class AnomalyDetectionRequest(_Model):
     rows: list[DetectionRow] = Field(min_length=1, max_length=24 * 90 * 20, description="Rows; `protocol` is required on each.")
 
     @model_validator(mode="after")
-    def _protocol_on_rows(self) -> "AnomalyDetectionRequest":
+    def _protocol_on_rows(self) -> AnomalyDetectionRequest:
         for index, row in enumerate(self.rows):
             if row.protocol is None:
                 raise ValueError(f"rows.{index}.protocol: required for anomaly detection")

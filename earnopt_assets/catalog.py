@@ -92,7 +92,7 @@ class ProtocolSpec(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _min_le_max(self) -> "ProtocolSpec":
+    def _min_le_max(self) -> ProtocolSpec:
         if self.max_allocation < self.min_allocation:
             raise ValueError(
                 f"max_allocation ({self.max_allocation}) is below min_allocation ({self.min_allocation})"
@@ -154,7 +154,7 @@ class HostSpec(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _reserve_leaves_room(self) -> "HostSpec":
+    def _reserve_leaves_room(self) -> HostSpec:
         for resource in ("cpu_cores", "memory_gb"):
             reserved, total = getattr(self.reserved, resource), getattr(self, resource)
             if reserved >= total:
@@ -234,7 +234,7 @@ class AlertSettings(_Strict):
     delivery_budget_seconds: float = Field(10.0, gt=0, le=300, description="Bound on one alert's delivery to one channel.")
 
     @model_validator(mode="after")
-    def _critical_beyond_warning(self) -> "AlertSettings":
+    def _critical_beyond_warning(self) -> AlertSettings:
         if self.earnings_drop_critical < self.earnings_drop_threshold:
             raise ValueError(
                 f"earnings_drop_critical ({self.earnings_drop_critical}) is below "
@@ -322,7 +322,7 @@ class PrometheusSource(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _fields_known(self) -> "PrometheusSource":
+    def _fields_known(self) -> PrometheusSource:
         for protocol, fields in self.queries.items():
             unknown = sorted(set(fields) - set(PROMETHEUS_FIELDS))
             if unknown:
@@ -396,7 +396,7 @@ class Catalog(_Strict):
     source: str | None = Field(None, description="File the catalog was loaded from.")
 
     @model_validator(mode="after")
-    def _unique_names(self) -> "Catalog":
+    def _unique_names(self) -> Catalog:
         seen: set[str] = set()
         for index, protocol in enumerate(self.protocols):
             if protocol.name in seen:

@@ -275,7 +275,7 @@ class MLClient(_Core):
         self._sleep = sleep
         self.last_attempts = 0
 
-    def __enter__(self) -> "MLClient":
+    def __enter__(self) -> MLClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -371,7 +371,7 @@ class AsyncMLClient(_Core):
                                        limits=limits or httpx.Limits(max_connections=100, max_keepalive_connections=100))
         self.last_attempts = 0
 
-    async def __aenter__(self) -> "AsyncMLClient":
+    async def __aenter__(self) -> AsyncMLClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

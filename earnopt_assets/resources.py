@@ -6,9 +6,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import duckdb
-
 import dagster as dg
+import duckdb
 from dagster_duckdb import DuckDBResource
 
 from earnopt_assets.catalog import Catalog, load_catalog

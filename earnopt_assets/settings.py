@@ -32,7 +32,7 @@ class EarnoptPaths:
     data_dir: Path
 
     @classmethod
-    def from_env(cls) -> "EarnoptPaths":
+    def from_env(cls) -> EarnoptPaths:
         return cls(default_data_dir())
 
     @property
@@ -78,7 +78,7 @@ class EarnoptPaths:
     def dagster_home(self) -> Path:
         return self.data_dir / "dagster_home"
 
-    def ensure(self) -> "EarnoptPaths":
+    def ensure(self) -> EarnoptPaths:
         for directory in (self.landing, self.features_dir, self.rejected, self.archive, self.models, self.allocation_dir, self.labels):
             directory.mkdir(parents=True, exist_ok=True)
         return self

@@ -5,8 +5,8 @@
 #   scripts/test.sh <any pytest args>  e.g. a file or -k; no coverage gate (a subset cannot reach it)
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 
-# enabled by the lead after the tree-wide fix:
-# ruff check .
+# Lint first: a violation fails the run (and CI) before the slower tests start.
+ruff check .
 
 COVERAGE_GATE=(--cov-fail-under=85)
 if [ "$#" -gt 0 ]; then

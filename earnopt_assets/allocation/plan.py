@@ -45,7 +45,14 @@ from earnopt_assets.allocation.allocator import (
     should_reallocate,
     utilization_pct,
 )
-from earnopt_assets.allocation.risk import Z_80_LOWER, apply_risk_rule, downside_sd, gain_sd, planning_potentials, potential_sd
+from earnopt_assets.allocation.risk import (
+    Z_80_LOWER,
+    apply_risk_rule,
+    downside_sd,
+    gain_sd,
+    planning_potentials,
+    potential_sd,
+)
 from earnopt_assets.catalog import Catalog
 from earnopt_assets.numerics.response import ResponseCurve, fit_response_curve
 

@@ -31,18 +31,18 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from earnopt_assets.anomaly.series import RESOURCES, SeriesContext, iter_series, trailing_stats
 from earnopt_assets.atomic import atomic_write_bytes, atomic_write_json
-from earnopt_assets.modelstore import ModelStore
 from earnopt_assets.catalog import ProtocolKind, ProtocolSpec
 from earnopt_assets.ingestion.features import lag, rolling_mean
-from earnopt_assets.anomaly.series import RESOURCES, SeriesContext, iter_series, trailing_stats
+from earnopt_assets.modelstore import ModelStore
 
 DETECTION_FEATURES: tuple[str, ...] = ("earnings_dev_24h", "earnings_vs_last_week", "resource_zscore", "failure_rate")
 FORMAT_VERSION = 1
@@ -163,7 +163,7 @@ class AnomalyDetector:
         return np.isfinite(values).all(axis=1)
 
     # ------------------------------------------------------------------ API
-    def fit(self, df: pd.DataFrame) -> "AnomalyDetector":
+    def fit(self, df: pd.DataFrame) -> AnomalyDetector:
         """Fit on the rows whose features are all finite. Needs at least 50 such rows."""
         from sklearn.ensemble import IsolationForest
 
@@ -184,7 +184,7 @@ class AnomalyDetector:
             self.training_window = TrainingWindow(ts.min().isoformat(), ts.max().isoformat(), int(keep.sum()))
         else:
             self.training_window = TrainingWindow(None, None, int(keep.sum()))
-        self.version = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        self.version = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         return self
 
     def _require_fitted(self) -> None:
@@ -223,7 +223,7 @@ class AnomalyDetector:
             "sklearn_version": sklearn.__version__,
             "model_file": MODEL_FILE,
             "model_sha256": model_sha256,
-            "saved_at": datetime.now(timezone.utc).isoformat(),
+            "saved_at": datetime.now(UTC).isoformat(),
         }
 
     def save(self, directory: str | Path) -> Path:
@@ -242,7 +242,7 @@ class AnomalyDetector:
         return staged.path
 
     @classmethod
-    def load(cls, directory: str | Path) -> "AnomalyDetector":
+    def load(cls, directory: str | Path) -> AnomalyDetector:
         """Load the version ``latest.json`` names, validating every part before trusting it."""
         import skops.io as sio
 

@@ -18,6 +18,7 @@ alone and ~5-7 ms each in a batch of 32 (the base gathers and the LSTM GEMMs amo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -89,7 +90,7 @@ class PredictionBatcher:
         self._wakeup.set()
         try:
             return await asyncio.wait_for(asyncio.shield(pending.future), self.timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if pending in self._queue:  # not started yet: nobody computes it now
                 self._queue.remove(pending)
             raise BatchTimeout(f"forecast not ready within {self.timeout_s:g} s (server overloaded)") from None
@@ -163,9 +164,7 @@ class PredictionBatcher:
                 pending.future.exception()  # retrieved: no "never retrieved" warning for abandoned waiters
         self._queue.clear()
         self._worker.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await self._worker
-        except asyncio.CancelledError:
-            pass
         self._executor.shutdown(wait=True, cancel_futures=True)
 

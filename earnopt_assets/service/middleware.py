@@ -3,10 +3,12 @@ method, path, status and duration; Prometheus request metrics; and the request b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from earnopt_assets.service.errors import PROBLEM_BASE, PROBLEM_MEDIA_TYPE
 
@@ -122,10 +124,8 @@ class BodySizeLimitMiddleware:
                 forwarded_start = True
             await send(message)
 
-        try:
+        with contextlib.suppress(_BodyTooLarge):
             await self.app(scope, limited_receive, guarded_send)
-        except _BodyTooLarge:
-            pass
         if too_large and not forwarded_start:
             await self._reject(scope, send)
 

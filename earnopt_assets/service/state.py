@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -235,7 +235,7 @@ class ServiceState:
         self.batcher: Any = None  # PredictionBatcher, created in the running event loop by the app's lifespan
         self._allocator: Any = None
         self._allocator_lock = threading.Lock()
-        self.started_at = datetime.now(timezone.utc)
+        self.started_at = datetime.now(UTC)
 
     def startup(self) -> None:
         self.models.load_all()

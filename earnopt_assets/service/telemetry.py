@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
@@ -33,7 +33,7 @@ def rows_to_frame(rows: Sequence[TelemetryRow], *, protocol: str | None, default
         record = row.model_dump()
         record["device"] = row.device or default_device
         record["protocol"] = protocol if protocol is not None else row.protocol
-        record["ts"] = row.ts.astimezone(timezone.utc).replace(tzinfo=None)
+        record["ts"] = row.ts.astimezone(UTC).replace(tzinfo=None)
         records.append(record)
     frame = pd.DataFrame.from_records(records, columns=list(FRAME_COLUMNS))
     if single_device and frame["device"].nunique() > 1:
@@ -77,13 +77,13 @@ def rows_to_jsonl(rows: Sequence[TelemetryRow], *, protocol: str, default_device
         record = row.model_dump(exclude_none=True)
         record["protocol"] = protocol
         record["device"] = row.device or default_device
-        record["ts"] = row.ts.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        record["ts"] = row.ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         lines.append(json.dumps(record, sort_keys=True))
     return "\n".join(lines) + "\n"
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 HOUR_NS = 3_600_000_000_000

@@ -30,7 +30,7 @@ import sys
 import threading
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,7 @@ class RunState:
 
 
 def _epoch_to_dt(value: float | None) -> datetime | None:
-    return datetime.fromtimestamp(value, tz=timezone.utc) if value else None
+    return datetime.fromtimestamp(value, tz=UTC) if value else None
 
 
 class InstanceTrainLauncher:
@@ -122,7 +122,7 @@ class InstanceTrainLauncher:
             "ingest_first": ingest_first,
             "run_config": run_config or {},
             "workspace_module": self.workspace_module,
-            "created_at": datetime.now(timezone.utc).isoformat(),
+            "created_at": datetime.now(UTC).isoformat(),
             "detail": None,
         }
         atomic_write_json(self._record_path(run_id), record)

@@ -171,7 +171,7 @@ def test_hanging_receiver_never_fails_the_run(small_catalog_path, small_catalog,
 def test_anomaly_model_excludes_alerted_hours_and_fails_clearly_without_telemetry(small_resources, small_catalog, data_dir, telemetry):
     result = dg.materialize([anomaly_model], resources=small_resources, raise_on_error=False)
     assert not result.success
-    failure = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"][0]
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "raw_earnings" in failure.event_specific_data.error.message
 
     write_warehouse(data_dir, small_catalog, telemetry)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 
 from earnopt_assets.catalog import Catalog
-from earnopt_assets.ingestion.features import build_feature_table
 from earnopt_assets.forecasting.model.predictor import EarningsPredictor
+from earnopt_assets.ingestion.features import build_feature_table
 from earnopt_assets.simulator import simulate
 
 END = "2026-06-30T23:00"

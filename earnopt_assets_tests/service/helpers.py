@@ -20,7 +20,7 @@ import pandas as pd
 from earnopt_assets.catalog import Catalog
 
 SIM_END = "2026-11-20T23:00:00"
-TINY_MODEL = dict(epochs=2, batch_size=64, sequence_length=12, lstm_units=(8, 4), patience=2, min_validation_hours=48, train_threads=2)
+TINY_MODEL = {"epochs": 2, "batch_size": 64, "sequence_length": 12, "lstm_units": (8, 4), "patience": 2, "min_validation_hours": 48, "train_threads": 2}
 
 
 def simulated(catalog: Catalog, protocols: list[str], days: int, *, end: str = SIM_END, seed: int = 5, anomalies: bool = False) -> pd.DataFrame:

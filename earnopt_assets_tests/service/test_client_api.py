@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from earnopt_assets.api_schemas import TelemetryRow
 from earnopt_assets.client import (
     AsyncMLClient,
     AuthenticationError,
@@ -25,7 +26,6 @@ from earnopt_assets.client import (
     telemetry_records,
 )
 from earnopt_assets.service.app import create_app
-from earnopt_assets.api_schemas import TelemetryRow
 from earnopt_assets.service.settings import ServiceSettings
 from earnopt_assets_tests.service.helpers import running_server, simulated
 
@@ -103,7 +103,7 @@ def test_telemetry_records_accepts_frames_models_and_dicts():
     assert records[0] == {"ts": "2026-11-25T10:00:00", "earnings_usd": 0.1, "connection_failures": 0, "protocol": "honeygain"}
     assert records[1]["latency_ms"] == 12.5 and "protocol" not in records[1]
     assert isinstance(records[1]["connection_failures"], int)
-    row = TelemetryRow(ts=datetime(2026, 11, 25, 10, tzinfo=timezone.utc), earnings_usd=0.1, cpu_cores=0.1, memory_gb=0.1,
+    row = TelemetryRow(ts=datetime(2026, 11, 25, 10, tzinfo=UTC), earnings_usd=0.1, cpu_cores=0.1, memory_gb=0.1,
                        bandwidth_mbps=1, storage_gb=0.1, allocation=0.5, connection_failures=0)
     assert telemetry_records([row])[0]["ts"] == "2026-11-25T10:00:00Z"
     assert telemetry_records([{"ts": datetime(2026, 11, 25, 10), "allocation": 1}])[0] == {"ts": "2026-11-25T10:00:00", "allocation": 1}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from earnopt_assets.api_schemas import AllocationResponse, HealthResponse, PredictionResponse
 from earnopt_assets.client import (
     APIConnectionError,
     AsyncMLClient,
@@ -28,7 +28,6 @@ from earnopt_assets.client import (
     UnprocessableError,
 )
 from earnopt_assets.service.app import create_app
-from earnopt_assets.api_schemas import AllocationResponse, HealthResponse, PredictionResponse
 from earnopt_assets.service.settings import ServiceSettings
 from earnopt_assets_tests.service.helpers import copy_models, free_port, running_server, simulated, train_tiny_model
 
@@ -84,7 +83,7 @@ class FlakyProxy:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def __enter__(self) -> "FlakyProxy":
+    def __enter__(self) -> FlakyProxy:
         self._thread.start()
         return self
 

@@ -12,6 +12,7 @@ from earnopt_assets.service.app import create_app
 from earnopt_assets.service.settings import ServiceSettings
 from earnopt_assets_tests.integration.webserver import running_webserver
 
+
 @pytest.fixture
 def webserver(tmp_path: Path, data_dir: Path, small_catalog_path: Path):
     with running_webserver(data_dir / "dagster_home", data_dir, small_catalog_path, tmp_path / "webserver.log") as url:

@@ -15,7 +15,14 @@ import pytest
 
 from earnopt_assets.service.app import create_app
 from earnopt_assets.service.settings import ServiceSettings
-from earnopt_assets_tests.service.helpers import copy_models, free_port, rows_payload, running_server, simulated, train_tiny_model
+from earnopt_assets_tests.service.helpers import (
+    copy_models,
+    free_port,
+    rows_payload,
+    running_server,
+    simulated,
+    train_tiny_model,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -76,7 +83,7 @@ def test_earnopt_serve_process(data_dir, small_catalog_path, tiny_models):
                 break
             except httpx.TransportError:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"earnopt serve did not come up:\n{process.stdout.read() if process.stdout else ''}")
+                    raise AssertionError(f"earnopt serve did not come up:\n{process.stdout.read() if process.stdout else ''}") from None
                 time.sleep(0.3)
         assert health.json()["models_loaded"] == 1
         unauthorized = httpx.post(f"http://127.0.0.1:{port}/train/honeygain", headers={"Authorization": "Bearer nope"})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -42,7 +42,7 @@ def health(response: Response, state: ServiceState = Depends(get_state)) -> Heal
     models are missing, the warehouse is busy, or telemetry/allocations are stale; else ``ok``. A
     ``down`` service answers HTTP 503 so load balancers take it out of rotation.
     """
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     expected = state.catalog.enabled_names
     # get() re-checks each model's files (a stat while unchanged), so a model trained since the last
     # request counts at once.
@@ -95,7 +95,7 @@ def health(response: Response, state: ServiceState = Depends(get_state)) -> Heal
 def _plan_time(state: ServiceState) -> datetime | None:
     plan = state.paths.latest_plan
     try:
-        return datetime.fromtimestamp(plan.stat().st_mtime, tz=timezone.utc)
+        return datetime.fromtimestamp(plan.stat().st_mtime, tz=UTC)
     except OSError:
         return None
 
@@ -117,7 +117,7 @@ def metrics_snapshot(state: ServiceState) -> dict[str, Any]:
     }
     try:
         snap["forecasts"] = reads.latest_forecasts(state.db_path, state.catalog.host.device)
-        available, alerts = reads.open_alerts(state.db_path)
+        _available, alerts = reads.open_alerts(state.db_path)
         counts: dict[tuple[str, str], int] = {}
         for alert in alerts:
             key = (str(alert.get("protocol") or "host"), str(alert.get("severity") or "unknown"))
@@ -125,7 +125,7 @@ def metrics_snapshot(state: ServiceState) -> dict[str, Any]:
         snap["alerts"] = counts
         telemetry_ts = reads.latest_telemetry_ts(state.db_path)
         if telemetry_ts is not None:
-            snap["telemetry_age"] = (datetime.now(timezone.utc) - telemetry_ts).total_seconds()
+            snap["telemetry_age"] = (datetime.now(UTC) - telemetry_ts).total_seconds()
     except (reads.WarehouseMissing, reads.WarehouseBusy):
         pass
     return snap
@@ -150,7 +150,7 @@ def _alert_fields(row: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in row.items():
         if isinstance(value, datetime) and value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
+            value = value.replace(tzinfo=UTC)
         out[key] = value
     try:
         evidence = json.loads(out.get("evidence") or "{}")
