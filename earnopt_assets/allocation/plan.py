@@ -64,7 +64,7 @@ OBSERVED_ALLOCATION_HOURS = 24
 MIN_OBSERVED_ALLOCATION = 0.02
 NO_CHANGE = 1e-6
 
-# "prior", "recent_level", "seasonal_naive_24": the young-series steps of forecasting.warmup (#17); a stored forecast
+# "prior", "recent_level", "seasonal_naive_24_level_blend": the young-series steps of forecasting.warmup (#17); a stored forecast
 # passes its own source through (forecasting.registry: lstm, lstm_base_only, mstl, ets, seasonal_naive_*, ...)
 ForecastSource = str
 Action = Literal["restart", "adjust", "keep"]

@@ -94,7 +94,7 @@ def resource_allocation(context: dg.AssetExecutionContext, earnopt: EarnoptResou
 
 PLOTTED_CYCLES = 96  # one day of 15-minute cycles
 # Forecast sources that mean the earnings_forecast input was missing, stale or still warming up (#17).
-DEGRADED_FORECAST_SOURCES = ("prior", "recent_level", "seasonal_naive_24", "seasonal_naive_fallback", "no_data")
+DEGRADED_FORECAST_SOURCES = ("prior", "recent_level", "seasonal_naive_24_level_blend", "seasonal_naive_fallback", "no_data")
 
 
 def degraded_inputs_markdown(plan: AllocationPlan) -> str:

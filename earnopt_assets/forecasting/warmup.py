@@ -8,7 +8,7 @@ source                      history                point forecast for each of th
 ==========================  =====================  ==========================================================
 ``prior``                   no telemetry           the catalog's ``prior_usd_per_hour`` x allocation^beta
 ``recent_level``            n >= 1 h               level L = mean of the observed hours of the last 24 h
-``seasonal_naive_24``       n >= 24 h              w * S_h + (1 - w) * L, S_h = median of the same hour on the
+``seasonal_naive_24_level_blend`` n >= 24 h              w * S_h + (1 - w) * L, S_h = median of the same hour on the
                                                    (up to 7) previous days, w = d / (d + 1), d = whole days seen
 statistical candidates      n >= 168 h             scored in the harness by ``earnings_model`` (served source)
 ``lstm``                    n >= 25 days           the champion rule decides (see :func:`lstm_minimum_history`)
@@ -38,7 +38,7 @@ from earnopt_assets.forecasting.candidates import HORIZON_HOURS
 
 PRIOR_SOURCE = "prior"
 LEVEL_SOURCE = "recent_level"
-NAIVE_SOURCE = "seasonal_naive_24"
+NAIVE_SOURCE = "seasonal_naive_24_level_blend"  # not the statistical candidate "seasonal_naive_24"
 WARMUP_SOURCES: tuple[str, ...] = (PRIOR_SOURCE, LEVEL_SOURCE, NAIVE_SOURCE)
 LEVEL_MIN_HOURS = 1
 NAIVE_MIN_HOURS = 24
@@ -159,7 +159,7 @@ def prior_forecast(prior_usd_per_hour: float, allocation: float | None, origin: 
 
 def young_forecast(ts: pd.Series | pd.DatetimeIndex | np.ndarray, earnings: np.ndarray, horizon: int = HORIZON_HOURS,
                    *, why: str = "") -> StepForecast:
-    """``recent_level`` (>= 1 h) or ``seasonal_naive_24`` blended with the level (>= 24 h) for the next
+    """``recent_level`` (>= 1 h) or ``seasonal_naive_24_level_blend`` (seasonal naive 24 blended with the level, >= 24 h) for the next
     ``horizon`` hours after the last observed hour. Raises ValueError without any observed hour."""
     index = pd.DatetimeIndex(pd.to_datetime(np.asarray(ts)))
     values = np.asarray(earnings, dtype=float)
@@ -194,7 +194,7 @@ def young_forecast(ts: pd.Series | pd.DatetimeIndex | np.ndarray, earnings: np.n
     diffs = series.to_numpy() - lagged
     diffs = diffs[np.isfinite(diffs)]
     sd = float(np.std(diffs)) if len(diffs) >= 12 else level_sd
-    reason = (f"{prefix}seasonal_naive_24: {hours / 24:.1f} days of history (< 7): {weight:.2f} x same hour on the "
+    reason = (f"{prefix}seasonal_naive_24_level_blend: {hours / 24:.1f} days of history (< 7): {weight:.2f} x same hour on the "
               f"previous {min(days, 7)} day(s) + {1 - weight:.2f} x 24 h level; intervals x{widening:.1f} for short history")
     return StepForecast(NAIVE_SOURCE, reason, targets, point, _bounds(point, sd, widening), hours, widening)
 
@@ -281,7 +281,7 @@ def young_holdout_days(feature_hours: float, min_holdout_days: int) -> int:
 
 def warmup_forecast(telemetry: pd.DataFrame, *, decided: bool, why: str = "") -> StepForecast | None:
     """The warm-up step for one series' recent telemetry (ts, earnings_usd, allocation) while no training
-    run has decided its source (``decided`` False): ``recent_level`` / ``seasonal_naive_24`` below 7 days,
+    run has decided its source (``decided`` False): ``recent_level`` / ``seasonal_naive_24_level_blend`` below 7 days,
     the statistical step from 7 days. None = not a warm-up case (a decided source that cannot run on this
     telemetry: the caller's gap-tolerant fallback serves and says why)."""
     if decided:

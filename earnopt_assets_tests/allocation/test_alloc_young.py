@@ -23,7 +23,7 @@ def _plan_metadata(data_dir: Path, small_resources) -> dict:
 def test_plan_from_the_first_day_without_forecasts_or_alerts(data_dir: Path, small_catalog_path: Path, small_catalog, small_resources) -> None:
     load_simulated(data_dir, small_catalog, days=1)
     metadata = _plan_metadata(data_dir, small_resources)
-    assert set(metadata["forecast_sources"].value.values()) == {"seasonal_naive_24"}  # 24 h: naive + level
+    assert set(metadata["forecast_sources"].value.values()) == {"seasonal_naive_24_level_blend"}  # 24 h: naive + level
     degraded = metadata["degraded_inputs"].value
     assert "alerts have not run yet" in degraded and "no degraded caps" in degraded
     assert all(f"- {name}: forecast seasonal naive 24" in degraded for name in small_catalog.enabled_names)

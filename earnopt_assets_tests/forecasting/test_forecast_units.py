@@ -240,7 +240,7 @@ def test_no_decision_means_fallback(tmp_path, small_catalog):
     telemetry, _ = simulated(small_catalog, ["akash"], days=3)
     result = forecast_protocol(telemetry, "akash", tmp_path)
     # no training run yet on 3 days (#17): the warm-up step, with its intervals
-    assert result.source == "seasonal_naive_24" and result.reason.startswith("no training run yet")
+    assert result.source == "seasonal_naive_24_level_blend" and result.reason.startswith("no training run yet")
     assert result.intervals is not None
     with pytest.raises(ValueError):
         forecast_protocol(telemetry.iloc[:0], "akash", tmp_path)

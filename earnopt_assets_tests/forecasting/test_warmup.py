@@ -68,7 +68,7 @@ def test_steps_switch_as_the_clock_advances(small_catalog, data_dir):
         steps[hours] = (set(rows["source"]), float(((rows["upper_80"] - rows["lower_80"]) / rows["value"]).mean()))
     assert steps[0][0] == {"prior"}
     assert steps[6][0] == {"recent_level"}
-    assert steps[48][0] == {"seasonal_naive_24"}
+    assert steps[48][0] == {"seasonal_naive_24_level_blend"}
     assert steps[240][0] <= set(STATISTICAL_NAMES)
     widths = [steps[h][1] for h in (0, 6, 48, 240)]
     assert widths == sorted(widths, reverse=True), widths  # every step narrower than the one before

@@ -19,7 +19,7 @@ from earnopt_assets.settings import EarnoptPaths
 TINY = {"epochs": 1, "lstm_units_1": 4, "lstm_units_2": 2}
 ALLOWED = {
     6: {"recent_level"},
-    48: {"seasonal_naive_24"},
+    48: {"seasonal_naive_24_level_blend"},
     240: set(STATISTICAL_NAMES),
 }
 
