@@ -124,15 +124,19 @@ def run_to_end(step: str, env: dict[str, str]) -> tuple[bool, dict[str, float]]:
     """A clean run; (succeeded, time each marker was seen relative to the start). A failed run's last
     error line is kept under ``seen["error"]`` (as text) for the report."""
     started = time.monotonic()
-    process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", step], env=env, cwd=str(REPO),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out, err = process.communicate()
-    seen: dict = {}
-    for line in out.splitlines():
-        seen.setdefault(line.strip().split(" ")[0], time.monotonic() - started)
-    if process.returncode:
-        errors = [line.strip() for line in err.splitlines() if "Error" in line or "error" in line]
-        seen["error"] = (errors[-1] if errors else err.strip()[-300:])[:300]
+    with tempfile.TemporaryFile(mode="w+") as err_file:  # a file: an undrained stderr pipe would block the child
+        process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", step], env=env, cwd=str(REPO),
+                                   stdout=subprocess.PIPE, stderr=err_file, text=True, bufsize=1)
+        seen: dict = {}
+        assert process.stdout is not None
+        for line in process.stdout:  # markers timed as they arrive
+            seen.setdefault(line.strip().split(" ")[0], time.monotonic() - started)
+        process.wait()
+        if process.returncode:
+            err_file.seek(0)
+            err = err_file.read()
+            errors = [line.strip() for line in err.splitlines() if "Error" in line or "error" in line]
+            seen["error"] = (errors[-1] if errors else err.strip()[-300:])[:300]
     return process.returncode == 0, seen
 
 
