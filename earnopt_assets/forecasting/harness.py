@@ -235,15 +235,20 @@ def score_candidates(
     batch_forecasters: Mapping[str, BatchForecaster] | None = None,
     intervals: Mapping[str, ConformalIntervals] | None = None,
     holdout_end: int | None = None,
+    unscored: np.ndarray | None = None,
 ) -> HarnessResult:
-    """Score every candidate at the same rolling origins with the same information (module docstring)."""
+    """Score every candidate at the same rolling origins with the same information (module docstring).
+
+    ``unscored``: hours (bool, like ``earnings``) whose actual is not scored, e.g. imputed hours whose
+    earnings were spread over a collector gap; they stay in the forecasters' context."""
     earnings = np.asarray(earnings, dtype=float)
     n = len(earnings)
     if not (len(ts) == len(allocation) == n):
         raise ValueError("ts, earnings and allocation need the same length")
     origins = rolling_origins(n, holdout_start, horizon, step, holdout_end)
     contexts = origin_contexts(ts, earnings, allocation, origins, horizon=horizon, conditional=conditional)
-    actuals = np.array([earnings[o + 1 : o + 1 + horizon] for o in origins]).reshape(len(origins), horizon)
+    scored = earnings if unscored is None else np.where(np.asarray(unscored, dtype=bool), np.nan, earnings)
+    actuals = np.array([scored[o + 1 : o + 1 + horizon] for o in origins]).reshape(len(origins), horizon)
     scale = seasonal_naive_scale(earnings[:holdout_start], MASE_SEASON)
     intervals = intervals or {}
     scores: dict[str, CandidateScore] = {}
@@ -285,17 +290,18 @@ def score_with_calibrated_intervals(
     batch_forecasters: Mapping[str, BatchForecaster] | None = None,
     conditional: bool = False,
     interval_mode: str = "relative",
+    unscored: np.ndarray | None = None,
 ) -> tuple[HarnessResult, dict[str, ConformalIntervals]]:
     """Calibrate intervals on origins whose targets lie in ``[holdout_start - calibration_hours,
     holdout_start)``, then score the holdout with them (coverage out-of-sample)."""
     calibration_start = max(1, holdout_start - calibration_hours)
     calibration = score_candidates(
         ts, earnings, allocation, calibration_start, forecasters, horizon=horizon, step=calibration_step or step,
-        conditional=conditional, batch_forecasters=batch_forecasters, holdout_end=holdout_start,
+        conditional=conditional, batch_forecasters=batch_forecasters, holdout_end=holdout_start, unscored=unscored,
     )
     intervals = fit_intervals(calibration, mode=interval_mode)
     result = score_candidates(
         ts, earnings, allocation, holdout_start, forecasters, horizon=horizon, step=step,
-        conditional=conditional, batch_forecasters=batch_forecasters, intervals=intervals,
+        conditional=conditional, batch_forecasters=batch_forecasters, intervals=intervals, unscored=unscored,
     )
     return result, intervals

@@ -156,6 +156,15 @@ def hourly_series(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return grid.to_numpy(dtype="datetime64[ns]"), data["earnings_usd"].to_numpy(dtype=float), allocation
 
 
+def imputed_on_grid(frame: pd.DataFrame, ts: np.ndarray) -> np.ndarray | None:
+    """Hours of the grid ``ts`` (from :func:`hourly_series`) flagged ``imputed`` in ``frame`` (earnings
+    spread over a collector gap), or None when the frame has no flag. The harness does not score them."""
+    if "imputed" not in frame.columns:
+        return None
+    flagged = pd.DatetimeIndex(frame.loc[frame["imputed"].fillna(False).astype(bool), "ts"])
+    return pd.DatetimeIndex(ts).isin(flagged)
+
+
 def _default_validation_hours(config: ModelConfig, rows: int) -> int:
     """The model's own validation length for ``rows`` training hours (see ``EarningsPredictor.fit``)."""
     window = min(rows, config.max_train_hours)
@@ -253,7 +262,7 @@ def train_protocol(
     started = time.perf_counter()
     result, intervals = score_with_calibrated_intervals(
         ts, earnings, allocation, start_index, statistical_candidates(),
-        calibration_hours=calibration_hours, batch_forecasters=batch,
+        calibration_hours=calibration_hours, batch_forecasters=batch, unscored=imputed_on_grid(features, ts),
     )
     scoring_seconds = time.perf_counter() - started
     total = len(result.origins)

@@ -22,6 +22,7 @@ from earnopt_assets.atomic import atomic_write_bytes
 from earnopt_assets.catalog import Catalog
 from earnopt_assets.ingestion.features import (
     FEATURE_COLUMNS,
+    IMPUTED_COLUMN,
     KEY_COLUMNS,
     FeatureBuildStats,
     build_feature_table,
@@ -30,8 +31,9 @@ from earnopt_assets.ingestion.features import (
 from earnopt_assets.ingestion.store import read_telemetry
 from earnopt_assets.warehouse import TELEMETRY_COLUMNS, table_exists
 
-# The telemetry contract minus the optional latency, which no feature uses.
-RAW_FEATURE_INPUT_COLUMNS: tuple[str, ...] = tuple(c for c in TELEMETRY_COLUMNS if c != "latency_ms")
+# The telemetry contract minus the optional latency, which no feature uses, plus the imputed-hour flag
+# (carried to the snapshots so training can leave those hours out of its targets; features unchanged).
+RAW_FEATURE_INPUT_COLUMNS: tuple[str, ...] = (*(c for c in TELEMETRY_COLUMNS if c != "latency_ms"), IMPUTED_COLUMN)
 
 
 def load_raw_for_features(conn: duckdb.DuckDBPyConnection) -> pd.DataFrame:
@@ -40,10 +42,13 @@ def load_raw_for_features(conn: duckdb.DuckDBPyConnection) -> pd.DataFrame:
 
 
 def to_arrow(table: pd.DataFrame | pa.Table) -> pa.Table:
-    """The feature table as Arrow with exactly the key and feature columns (convert once, reuse)."""
+    """The feature table as Arrow with exactly the key and feature columns, plus ``imputed`` when the
+    table carries it (convert once, reuse)."""
+    names = table.column_names if isinstance(table, pa.Table) else list(table.columns)
+    columns = [*KEY_COLUMNS, *FEATURE_COLUMNS, *([IMPUTED_COLUMN] if IMPUTED_COLUMN in names else [])]
     if isinstance(table, pa.Table):
-        return table.select([*KEY_COLUMNS, *FEATURE_COLUMNS])
-    return pa.Table.from_pandas(table[[*KEY_COLUMNS, *FEATURE_COLUMNS]].reset_index(drop=True), preserve_index=False)
+        return table.select(columns)
+    return pa.Table.from_pandas(table[columns].reset_index(drop=True), preserve_index=False)
 
 
 def feature_key_duplicates(conn: duckdb.DuckDBPyConnection, limit: int = 10) -> tuple[int, pd.DataFrame]:

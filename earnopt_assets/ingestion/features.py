@@ -69,6 +69,11 @@ HEALTH_FEATURES: tuple[str, ...] = ("failure_rate_24h",)
 
 FEATURE_COLUMNS: tuple[str, ...] = EARNINGS_FEATURES + CALENDAR_FEATURES + RESOURCE_FEATURES + HEALTH_FEATURES
 
+# Carried beside the features when the raw telemetry has it (``read_telemetry``'s ``imputed``): the hour's
+# earnings were spread over a collector gap, not measured. Not a feature (values unchanged); training
+# excludes such hours from its targets and scoring.
+IMPUTED_COLUMN = "imputed"
+
 # Hours of history a row needs before all its features exist.
 WARMUP_HOURS = 168
 
@@ -386,6 +391,8 @@ def build_feature_table(raw: pd.DataFrame, host_totals: Mapping[str, float], tim
     table.insert(0, "ts", kept_ts)
     table.insert(0, "protocol", pd.array(np.asarray(protocol_names, dtype=object)[protocol_codes[keep]], dtype=str))
     table.insert(0, "device", pd.array(np.asarray(device_names, dtype=object)[device_codes[keep]], dtype=str))
+    if IMPUTED_COLUMN in raw.columns:
+        table[IMPUTED_COLUMN] = column(raw[IMPUTED_COLUMN].fillna(False).to_numpy(dtype=bool))[keep]
     stats.output_rows = len(table)
     return table, stats
 
@@ -417,6 +424,11 @@ def build_feature_table_reference(raw: pd.DataFrame, host_totals: Mapping[str, f
         table[column] = table[column].astype("float64")
     table["device"] = table["device"].astype(str)
     table["protocol"] = table["protocol"].astype(str)
+    if IMPUTED_COLUMN in raw.columns:
+        flags = raw[[*KEY_COLUMNS, IMPUTED_COLUMN]].astype({"device": str, "protocol": str})
+        flags["ts"] = pd.to_datetime(flags["ts"]).astype("datetime64[us]")
+        table = table.merge(flags, on=list(KEY_COLUMNS), how="left")
+        table[IMPUTED_COLUMN] = table[IMPUTED_COLUMN].fillna(False).astype(bool)
     stats.output_rows = len(table)
     return table, stats
 

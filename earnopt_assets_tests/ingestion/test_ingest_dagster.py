@@ -97,7 +97,7 @@ def test_materialize_ingestion_assets_end_to_end(data_dir, small_catalog, small_
     for protocol in small_catalog.names:
         snapshot = read_feature_snapshot(paths.features_dir, protocol, small_catalog)
         expected = table.loc[table["protocol"] == protocol].reset_index(drop=True)
-        assert list(snapshot.columns) == ["device", "protocol", "ts", *FEATURE_COLUMNS]
+        assert list(snapshot.columns) == ["device", "protocol", "ts", *FEATURE_COLUMNS, "imputed"]  # the flag rides along (#14 §6)
         pd.testing.assert_frame_equal(snapshot[list(FEATURE_COLUMNS)], expected[list(FEATURE_COLUMNS)], check_dtype=False)
     with pytest.raises(FileNotFoundError, match="materialize earnings_features"):
         read_feature_snapshot(paths.features_dir / "elsewhere", "storj", small_catalog)

@@ -78,6 +78,8 @@ class HourlySeries:
     ts: np.ndarray  # datetime64[ns], UTC-naive
     earnings: np.ndarray
     allocation: np.ndarray  # carried forward over missing hours; 1.0 where never known
+    # True where the hour's earnings were spread over a collector gap (not measured); None: none known
+    imputed: np.ndarray | None = None
 
     @property
     def epoch_hours(self) -> np.ndarray:
@@ -149,6 +151,9 @@ def series_from_frame(frame: pd.DataFrame, who: str) -> HourlySeries:
         ts = ts.tz_convert("UTC").tz_localize(None)
     allocation = frame["allocation"].to_numpy(dtype=float) if "allocation" in frame.columns else None
     series = series_from_arrays(ts.as_unit("ns").to_numpy(), frame["earnings_usd"].to_numpy(dtype=float), allocation, who)
+    if "imputed" in frame.columns:
+        series.imputed = np.zeros(len(series.ts), dtype=bool)
+        series.imputed[(ts.as_unit("ns").asi8 - series.ts[0].astype(np.int64)) // HOUR_NS] = frame["imputed"].fillna(False).to_numpy(dtype=bool)
     lags = [(c, k) for c, k in (("lag_168", 168), ("lag_24", 24), ("lag_2", 2), ("lag_1", 1)) if c in frame.columns]
     if not lags:
         return series
@@ -164,7 +169,9 @@ def series_from_frame(frame: pd.DataFrame, who: str) -> HourlySeries:
     first = int(np.argmax(np.isfinite(earnings))) if np.isfinite(earnings).any() else 168
     grid_ts = (series.ts[0].astype(np.int64) + np.arange(-168, len(series.ts)) * HOUR_NS).astype("datetime64[ns]")
     allocation_grid = np.concatenate([np.full(168, series.allocation[0]), series.allocation])
-    return HourlySeries(grid_ts[first:], earnings[first:], allocation_grid[first:])
+    # hours recovered from lag columns carry no flag: treated as measured
+    imputed = None if series.imputed is None else np.concatenate([np.zeros(168, dtype=bool), series.imputed])[first:]
+    return HourlySeries(grid_ts[first:], earnings[first:], allocation_grid[first:], imputed)
 
 
 def mape_pct(actual: np.ndarray, predicted: np.ndarray) -> float | None:
@@ -253,6 +260,12 @@ class EarningsPredictor:
 
         ``warm_start``: a fitted model of the same architecture (the champion) whose weights initialise
         the networks instead of a random init. Nothing after ``frame``'s last hour is read.
+
+        Hours flagged ``imputed`` in ``frame`` (earnings spread over a collector gap) are not observed
+        targets: they are NaN in the base's NNLS targets (skipped), a network sample with one among its
+        target hours is dropped, and they are neither in the allocation-response fit nor scored when the
+        blend and naive weights are chosen. As inputs (lags, levels) they keep their value: the spread
+        average is the best estimate of those hours.
         """
         from earnopt_assets.forecasting.model.network import train_network
         from earnopt_assets.numerics.response import fit_response_curve
@@ -262,6 +275,7 @@ class EarningsPredictor:
         series = series_from_frame(frame, self.protocol)
         n = len(series.ts)
         finite = np.isfinite(series.earnings)
+        imputed = np.zeros(n, dtype=bool) if series.imputed is None else series.imputed
         L = cfg.sequence_length
         first_origin = min_history_hours(L) - 1
         # validation: the last hours, never trained on
@@ -281,18 +295,19 @@ class EarningsPredictor:
         train_part = slice(0, val_start)
         beta = response = None
         if "allocation" in frame.columns:
-            ok = finite[train_part] & np.isfinite(series.allocation[train_part])
+            ok = finite[train_part] & ~imputed[train_part] & np.isfinite(series.allocation[train_part])
             curve = fit_response_curve(series.allocation[train_part][ok], series.earnings[train_part][ok])
             beta, response = float(curve.beta), _json_safe(curve.to_dict())
         z_raw = normalise(series.earnings, series.allocation, beta)
         z = causal_fill(z_raw)
+        z_target = np.where(imputed, np.nan, z_raw)  # what the losses see: imputed hours are not targets
         E = series.epoch_hours
         floor = max(LEVEL_FLOOR_FRACTION * float(np.nanmean(np.abs(z_raw[train_part]))), 1e-9)
 
         # base: NNLS per horizon on the training origins (targets = raw z of the 24 hours after each);
         # its sample weighting and fit span chosen on the validation origins
         def targets_of(origins: np.ndarray) -> np.ndarray:
-            return z_raw[origins[:, None] + np.arange(1, HORIZON_HOURS + 1)[None, :]]
+            return z_target[origins[:, None] + np.arange(1, HORIZON_HOURS + 1)[None, :]]
 
         base = StatisticalBase.fit_by_validation(
             z[None, :], train_origins, targets_of(train_origins), val_origins, targets_of(val_origins), cfg.max_train_hours
@@ -301,8 +316,8 @@ class EarningsPredictor:
         state = FittedState(base, beta, floor, np.zeros(C), np.ones(C), 0.0, 1.0, 1.0, response)
 
         net_origins = train_origins[train_origins >= val_start - cfg.max_train_hours][:: -1][:: cfg.sample_stride_hours][::-1]
-        X_train, Y_train, _ = training_samples(z, z_raw, series.allocation, E, net_origins, state, L, cfg.timezone, cfg.outputs)
-        X_val, Y_val, kept_val = training_samples(z, z_raw, series.allocation, E, val_origins, state, L, cfg.timezone, cfg.outputs)
+        X_train, Y_train, _ = training_samples(z, z_target, series.allocation, E, net_origins, state, L, cfg.timezone, cfg.outputs)
+        X_val, Y_val, kept_val = training_samples(z, z_target, series.allocation, E, val_origins, state, L, cfg.timezone, cfg.outputs)
         if len(X_train) < 32 or len(X_val) < 1:
             raise InsufficientHistoryError(f"{self.protocol}: {len(X_train)} training / {len(X_val)} validation samples with all target hours observed")
         flat = X_train.reshape(-1, C)
@@ -336,7 +351,7 @@ class EarningsPredictor:
         # blend weight on the validation origins only (allocation held at each origin)
         tails = build_tails(z, series.allocation, E, kept_val, self.tail_hours)
         held = np.repeat(tails.A[:, -1:], HORIZON_HOURS, axis=1)
-        actual = series.earnings[kept_val[:, None] + np.arange(1, HORIZON_HOURS + 1)[None, :]]
+        actual = np.where(imputed, np.nan, series.earnings)[kept_val[:, None] + np.arange(1, HORIZON_HOURS + 1)[None, :]]
         scores: dict[str, float] = {}
         if cfg.head == "direct":  # one network pass; the blend weight only scales the log-ratio correction
             base_path, correction, eps = direct_correction(tails, state, self.network, sequence_length=L, timezone=cfg.timezone)
