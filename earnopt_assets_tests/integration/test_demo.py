@@ -9,7 +9,8 @@ import pytest
 
 from earnopt_assets.catalog import load_catalog
 from earnopt_assets.cli import main
-from earnopt_assets.demo import DOWNSTREAM_STAGE, INGEST_STAGE, run_demo
+from earnopt_assets.demo import DOWNSTREAM_STAGE, INGEST_STAGE
+from earnopt_assets_tests.integration.demo_process import run_demo_process
 
 TINY = {"epochs": 2, "lstm_units_1": 8, "lstm_units_2": 4, "min_holdout_days": 3}
 
@@ -23,10 +24,10 @@ def dagster_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
-def test_demo_simulates_once_and_materializes_everything(data_dir: Path, small_catalog_path: Path, dagster_home: Path, capsys) -> None:
+@pytest.mark.slow
+def test_demo_simulates_once_and_materializes_everything(data_dir: Path, small_catalog_path: Path, dagster_home: Path) -> None:
     catalog = load_catalog(small_catalog_path)
-    code = run_demo(data_dir, days=24, seed=5, model_config=TINY)
-    out = capsys.readouterr().out
+    code, out = run_demo_process(data_dir, days=24, seed=5, model_config=TINY)
     assert "no telemetry yet: simulating 24 days" in out
 
     instance = dg.DagsterInstance.get()
@@ -39,8 +40,7 @@ def test_demo_simulates_once_and_materializes_everything(data_dir: Path, small_c
     assert (data_dir / "allocation" / "latest.json").exists()
 
     # A second run finds the archived telemetry and does not simulate again.
-    code_again = run_demo(data_dir, days=24, seed=5, model_config=TINY)
-    out = capsys.readouterr().out
+    code_again, out = run_demo_process(data_dir, days=24, seed=5, model_config=TINY)
     assert "not simulating" in out
     assert code_again in (0, 1)
 

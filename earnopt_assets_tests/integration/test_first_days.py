@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 from earnopt_assets.catalog import load_catalog
-from earnopt_assets.demo import run_demo
 from earnopt_assets.forecasting.candidates import STATISTICAL_NAMES
 from earnopt_assets.settings import EarnoptPaths
+from earnopt_assets_tests.integration.demo_process import run_demo_process
 
 TINY = {"epochs": 1, "lstm_units_1": 4, "lstm_units_2": 2}
 ALLOWED = {
@@ -49,12 +49,11 @@ def land_recent_telemetry(data_dir: Path, catalog, hours: int) -> None:
 
 
 @pytest.mark.parametrize("hours", sorted(ALLOWED))
-def test_pipeline_is_green_with_a_plan_on_young_history(hours: int, data_dir: Path, small_catalog_path: Path, dagster_home: Path, capsys) -> None:
+def test_pipeline_is_green_with_a_plan_on_young_history(hours: int, data_dir: Path, small_catalog_path: Path, dagster_home: Path) -> None:
     catalog = load_catalog(small_catalog_path)
     land_recent_telemetry(data_dir, catalog, hours)
 
-    code = run_demo(data_dir, model_config=TINY)
-    out = capsys.readouterr().out
+    code, out = run_demo_process(data_dir, model_config=TINY)
     assert code == 0, out
     instance = dg.DagsterInstance.get()
     runs = instance.get_runs()
