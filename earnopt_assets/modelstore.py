@@ -31,7 +31,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +78,19 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+_last_stamp: datetime | None = None
+
+
 def new_version_name(now: datetime | None = None) -> str:
+    """``YYYYmmddTHHMMSSfffZ-<random>``; names sort in save order, so pruning keeps the newest. Two saves in
+    the same millisecond of one process get consecutive milliseconds (the random part alone would not sort)."""
+    global _last_stamp
     stamp = now or datetime.now(UTC)
+    stamp = stamp.replace(microsecond=stamp.microsecond // 1000 * 1000)
+    if now is None:
+        if _last_stamp is not None and stamp <= _last_stamp:
+            stamp = _last_stamp + timedelta(milliseconds=1)
+        _last_stamp = stamp
     return f"{stamp.strftime('%Y%m%dT%H%M%S')}{stamp.microsecond // 1000:03d}Z-{secrets.token_hex(4)}"
 
 

@@ -179,6 +179,7 @@ def test_invalid_training_settings_name_the_field(tmp_path, training, field, mes
     assert f"  {field}: " in str(excinfo.value) and message in str(excinfo.value)
 
 
+@pytest.mark.slow
 def test_training_step_runs_with_the_catalogs_limits(small_catalog_path, small_resources, data_dir):
     """The earnings_model step renices its worker by training.nice and saves a model whose config carries
     training.threads / training.nice (in-process here, so this pytest worker stays niced afterwards)."""

@@ -93,6 +93,7 @@ def metadata(result, key: str) -> dict:
     return {k: v.value for k, v in event.materialization.metadata.items()}
 
 
+@pytest.mark.slow
 def test_materialize_anomaly_assets_end_to_end(small_catalog_path, small_catalog, small_resources, data_dir, telemetry, receiver):
     set_alert_settings(small_catalog_path, channels=[{"kind": "webhook", "url": receiver.url, "min_severity": "warning"}],
                        delivery_timeout_seconds=1.0, delivery_backoff_seconds=0.05)
@@ -154,6 +155,7 @@ def test_materialize_anomaly_assets_end_to_end(small_catalog_path, small_catalog
     assert history == [(None, "degraded"), ("degraded", "healthy")]
 
 
+@pytest.mark.slow
 def test_hanging_receiver_never_fails_the_run(small_catalog_path, small_catalog, small_resources, data_dir, telemetry, receiver):
     receiver.default = "hang"
     set_alert_settings(small_catalog_path, channels=[{"kind": "ntfy", "url": receiver.url, "min_severity": "info"}],

@@ -53,6 +53,7 @@ def forecasts(paths: EarnoptPaths) -> pd.DataFrame:
         return conn.execute("SELECT * FROM forecasts ORDER BY forecast_time, protocol, target_ts").df()
 
 
+@pytest.mark.slow
 def test_two_partitions_end_to_end(pipeline):
     _, resources, paths, instance = pipeline
     decisions = {}
@@ -134,6 +135,7 @@ def sabotage_challengers(monkeypatch):
     monkeypatch.setattr(EarningsPredictor, "fit", bad_fit)
 
 
+@pytest.mark.slow
 def test_failing_challenger_is_not_used_by_the_forecast_job(pipeline, monkeypatch):
     """The blocking check's visible effect, through the real Dagster job: a challenger that fails its check
     never becomes champion, and earnings_forecast serves the previous champion or the statistical source."""

@@ -181,6 +181,7 @@ def trained_storj(tmp_path_factory):
     return catalog, telemetry, features, models, report
 
 
+@pytest.mark.slow
 def test_train_protocol_scores_every_candidate_and_records_the_decision(trained_storj):
     _, _, _, models, report = trained_storj
     assert report.holdout_rows == 7 * 24

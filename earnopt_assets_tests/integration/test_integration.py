@@ -29,6 +29,9 @@ HELD_BACK_HOURS = 6
 TINY_MODEL = {"epochs": 2, "lstm_units_1": 8, "lstm_units_2": 4, "min_holdout_days": 3}
 RESOURCE_KEYS = {"cpu_cores": "cpu_cores", "memory_gb": "memory_gb", "bandwidth_mbps": "bandwidth_mbps", "storage_gb": "storage_gb"}
 
+# trains every protocol and runs the whole pipeline end to end
+pytestmark = pytest.mark.slow
+
 
 def _write_landing(frame: pd.DataFrame, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)

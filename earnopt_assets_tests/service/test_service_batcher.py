@@ -116,6 +116,7 @@ def test_a_request_that_waits_too_long_times_out_and_others_still_complete():
     assert slow.calls == [[1]]
 
 
+@pytest.mark.slow
 def test_close_fails_waiting_requests_and_refuses_new_ones():
     gate = threading.Event()
 
