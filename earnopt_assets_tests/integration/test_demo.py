@@ -9,7 +9,7 @@ import pytest
 
 from earnopt_assets.catalog import load_catalog
 from earnopt_assets.cli import main
-from earnopt_assets.demo import DOWNSTREAM_STAGE, INGEST_STAGE
+from earnopt_assets.demo import ALLOCATION_STAGE, DOWNSTREAM_STAGE, INGEST_STAGE
 from earnopt_assets_tests.integration.demo_process import run_demo_process
 
 TINY = {"epochs": 2, "lstm_units_1": 8, "lstm_units_2": 4, "min_holdout_days": 3}
@@ -31,7 +31,7 @@ def test_demo_simulates_once_and_materializes_everything(data_dir: Path, small_c
     assert "no telemetry yet: simulating 24 days" in out
 
     instance = dg.DagsterInstance.get()
-    for key in (*INGEST_STAGE, *DOWNSTREAM_STAGE):
+    for key in (*INGEST_STAGE, *DOWNSTREAM_STAGE, *ALLOCATION_STAGE):
         assert instance.get_latest_materialization_event(dg.AssetKey(key)) is not None, key
     materialized = instance.get_materialized_partitions(dg.AssetKey("earnings_model"))
     assert materialized == set(catalog.enabled_names)

@@ -107,7 +107,7 @@ def materialize_for_ui(home: Path, defs: dg.Definitions, *, train: dict[str, dic
     """Materialize the graph into the persistent instance at ``home`` (what the webserver reads), in the
     demo's stage order; ``train`` maps the partitions to train to their run config (tests keep models tiny;
     untrained protocols get the fallback forecast). Returns the stages that failed."""
-    from earnopt_assets.demo import DOWNSTREAM_STAGE, INGEST_STAGE, materialize_stage
+    from earnopt_assets.demo import ALLOCATION_STAGE, DOWNSTREAM_STAGE, INGEST_STAGE, materialize_stage
 
     write_daemonless_instance(home)
     instance = dg.DagsterInstance.from_config(str(home))
@@ -115,6 +115,7 @@ def materialize_for_ui(home: Path, defs: dg.Definitions, *, train: dict[str, dic
     stages: list[tuple[tuple[str, ...], str | None, dict | None]] = [(INGEST_STAGE, None, None)]
     stages += [(("earnings_model",), partition, config) for partition, config in (train or {}).items()]
     stages.append((DOWNSTREAM_STAGE, None, None))
+    stages.append((ALLOCATION_STAGE, None, None))  # its own run in the demo too, so upstream failures cannot skip it
     try:
         for keys, partition, config in stages:
             result = materialize_stage(defs, instance, list(keys), partition, config)
