@@ -19,9 +19,9 @@ from earnopt_assets.allocation.cycle import read_cycle_inputs, run_allocation_cy
 from earnopt_assets.allocation.plan import allocation_in_force, initial_allocation
 from earnopt_assets.defs.allocation import allocation_metadata
 from earnopt_assets.forecasting.store import ensure_forecasts_table
-from earnopt_assets.ingestion.store import ensure_raw_earnings
 from earnopt_assets.simulator import simulate
 from earnopt_assets.warehouse import connect
+from earnopt_assets_tests.allocation.helpers import load_telemetry
 
 END = datetime(2026, 11, 20, 12)
 NOW = END + timedelta(minutes=20)
@@ -31,17 +31,6 @@ LOOSE = {"min_improvement_pct": 1.0, "min_net_benefit_usd_per_hour": 0.0, "max_c
 def _tight(small_catalog, **settings):
     host = small_catalog.host.model_copy(update={"cpu_cores": 4.0, "memory_gb": 6.0})
     return small_catalog.model_copy(update={"host": host, "allocation": small_catalog.allocation.model_copy(update=settings)})
-
-
-def _load(db: Path, frame: pd.DataFrame) -> None:
-    with connect(db) as conn:
-        ensure_raw_earnings(conn)
-        conn.register("telemetry", frame)
-        conn.execute(
-            "INSERT INTO raw_earnings (device, protocol, ts, earnings_usd, cpu_cores, memory_gb, bandwidth_mbps, storage_gb,"
-            " allocation, connection_failures, latency_ms) SELECT device, protocol, ts,"
-            " earnings_usd, cpu_cores, memory_gb, bandwidth_mbps, storage_gb, allocation, connection_failures, latency_ms FROM telemetry"
-        )
 
 
 def _telemetry(catalog, end: datetime, days: int, shares: dict[str, float], after: datetime | None = None) -> pd.DataFrame:
@@ -56,7 +45,7 @@ def running(data_dir: Path, small_catalog):
     catalog = _tight(small_catalog, **LOOSE)
     shares = initial_allocation(catalog)
     db = data_dir / "earnopt.duckdb"
-    _load(db, _telemetry(catalog, END, 6, shares))
+    load_telemetry(db, _telemetry(catalog, END, 6, shares))
     return catalog, db, shares
 
 
@@ -72,7 +61,7 @@ def test_without_a_plan_the_cycle_starts_from_the_reported_shares(data_dir: Path
     catalog = small_catalog.model_copy(update={"allocation": small_catalog.allocation.model_copy(update={"min_improvement_pct": 1e6})})
     reported = {"honeygain": 0.42, "storj": 0.67, "akash": 0.5}
     db = data_dir / "earnopt.duckdb"
-    _load(db, _telemetry(catalog, END, 4, reported))
+    load_telemetry(db, _telemetry(catalog, END, 4, reported))
     plan, metadata, document = _cycle(db, catalog, NOW)
     assert plan.status == "kept"
     assert {n: p.current_allocation for n, p in plan.inputs.protocols.items()} == pytest.approx(reported)
@@ -100,7 +89,7 @@ def test_an_applied_plan_is_in_force_while_its_first_hour_is_pending_then_when_c
     assert {n: p.current_allocation for n, p in pending.inputs.protocols.items()} == pytest.approx(first.target)
     assert pending.status == "kept" and pending.restarts == []
     # The orchestrator applied it: the hours after report the plan's shares.
-    _load(db, _telemetry(catalog, END + timedelta(hours=3), 1, first.target, after=END))
+    load_telemetry(db, _telemetry(catalog, END + timedelta(hours=3), 1, first.target, after=END))
     confirmed, metadata, _ = _cycle(db, catalog, END + timedelta(hours=3, minutes=5))
     assert {p.current_source for p in confirmed.inputs.protocols.values()} == {"applied_plan"}
     assert {n: p.current_allocation for n, p in confirmed.inputs.protocols.items()} == pytest.approx(first.target)
@@ -114,7 +103,7 @@ def test_a_plan_the_orchestrator_did_not_apply_is_said_and_not_assumed(running) 
     assert first.applied and first.restarts
     moved = [n for n in first.target if abs(first.target[n] - shares[n]) > 0.01]
     # The hours after the plan still report the old shares: the plan never ran.
-    _load(db, _telemetry(catalog, END + timedelta(hours=3), 1, shares, after=END))
+    load_telemetry(db, _telemetry(catalog, END + timedelta(hours=3), 1, shares, after=END))
     again, metadata, _ = _cycle(db, catalog, END + timedelta(hours=3, minutes=5))
     for name in moved:
         item = again.inputs.protocols[name]

@@ -17,9 +17,9 @@ from earnopt_assets.allocation.cycle import run_allocation_cycle
 from earnopt_assets.allocation.plan import initial_allocation
 from earnopt_assets.anomaly.store import ensure_state_tables
 from earnopt_assets.defs.allocation import allocation_metadata
-from earnopt_assets.ingestion.store import ensure_raw_earnings
 from earnopt_assets.simulator import simulate
 from earnopt_assets.warehouse import connect
+from earnopt_assets_tests.allocation.helpers import load_telemetry
 
 END = datetime(2026, 11, 20, 12)
 NOW = END + timedelta(minutes=20)
@@ -38,21 +38,10 @@ def _catalog(small_catalog, tight: bool = False, **settings):
     return small_catalog.model_copy(update={"host": host, "allocation": small_catalog.allocation.model_copy(update=settings)})
 
 
-def _load(db: Path, frame: pd.DataFrame) -> None:
-    with connect(db) as conn:
-        ensure_raw_earnings(conn)
-        conn.register("telemetry", frame)
-        conn.execute(
-            "INSERT INTO raw_earnings (device, protocol, ts, earnings_usd, cpu_cores, memory_gb, bandwidth_mbps, storage_gb,"
-            " allocation, connection_failures, latency_ms) SELECT device, protocol, ts,"
-            " earnings_usd, cpu_cores, memory_gb, bandwidth_mbps, storage_gb, allocation, connection_failures, latency_ms FROM telemetry"
-        )
-
-
 @pytest.fixture
 def warehouse(data_dir: Path, small_catalog) -> Path:
     db = data_dir / "earnopt.duckdb"
-    _load(db, simulate(small_catalog, days=6, seed=5, end=END, inject_anomalies=False).telemetry)
+    load_telemetry(db, simulate(small_catalog, days=6, seed=5, end=END, inject_anomalies=False).telemetry)
     return db
 
 
@@ -126,7 +115,7 @@ def test_kept_plan_restarts_nothing_and_says_so(data_dir: Path, small_catalog) -
     db = data_dir / "tight.duckdb"
     telemetry = simulate(catalog, days=6, seed=5, end=END, inject_anomalies=False).telemetry
     telemetry["allocation"] = telemetry["protocol"].map(initial_allocation(catalog))  # running shares that fit this host
-    _load(db, telemetry)
+    load_telemetry(db, telemetry)
     plan, metadata, document = _cycle(db, catalog)
     assert plan.status == "kept" and plan.decision.reallocation_cost.restarted  # the proposal would restart some
     _restart_figures_agree(plan, metadata, document)
@@ -178,7 +167,7 @@ def test_realised_vs_expected_plot_over_past_cycles(warehouse: Path, small_catal
     _, metadata, _ = _cycle(warehouse, small_catalog)
     assert metadata["realised_vs_expected"].value.startswith("![")
     later = simulate(small_catalog, days=1, seed=9, end=END + timedelta(hours=6), inject_anomalies=False).telemetry
-    _load(warehouse, later[later["ts"] > pd.Timestamp(END)])
+    load_telemetry(warehouse, later[later["ts"] > pd.Timestamp(END)])
     _, metadata, _ = _cycle(warehouse, small_catalog, END + timedelta(hours=6, minutes=5))
     assert metadata["realised_cycles_updated"] == 1
     assert "data:image/png;base64," in metadata["realised_vs_expected"].value

@@ -28,9 +28,9 @@ from earnopt_assets.defs.render import (
     utilisation_frame,
 )
 from earnopt_assets.forecasting.store import ensure_forecasts_table
-from earnopt_assets.ingestion.store import ensure_raw_earnings
 from earnopt_assets.simulator import simulate
 from earnopt_assets.warehouse import connect
+from earnopt_assets_tests.allocation.helpers import load_telemetry
 
 END = datetime(2026, 11, 20, 12)
 NOW = END + timedelta(minutes=20)
@@ -39,17 +39,6 @@ LOOSE = {"min_improvement_pct": 1.0, "min_net_benefit_usd_per_hour": 0.0, "max_c
 
 def with_settings(catalog, **settings):
     return catalog.model_copy(update={"allocation": catalog.allocation.model_copy(update=settings)})
-
-
-def load_telemetry(db: Path, frame: pd.DataFrame) -> None:
-    with connect(db) as conn:
-        ensure_raw_earnings(conn)
-        conn.register("telemetry", frame)
-        conn.execute(
-            "INSERT INTO raw_earnings (device, protocol, ts, earnings_usd, cpu_cores, memory_gb, bandwidth_mbps, storage_gb,"
-            " allocation, connection_failures, latency_ms) SELECT device, protocol, ts,"
-            " earnings_usd, cpu_cores, memory_gb, bandwidth_mbps, storage_gb, allocation, connection_failures, latency_ms FROM telemetry"
-        )
 
 
 @pytest.fixture
