@@ -36,8 +36,9 @@ from earnopt_assets.anomaly.cycle import (
 from earnopt_assets.anomaly.detector import AnomalyDetector
 from earnopt_assets.defs.render import anomaly_cycle_metadata, anomaly_model_metadata, anomaly_scores_metadata
 from earnopt_assets.ingestion import store as ingestion_store
+from earnopt_assets.ingestion.feature_store import read_feature_keys
 from earnopt_assets.resources import EarnoptResource
-from earnopt_assets.warehouse import DUCKDB_POOL, TELEMETRY_COLUMNS, table_exists
+from earnopt_assets.warehouse import DUCKDB_POOL, TELEMETRY_COLUMNS
 
 GROUP = "anomalies"
 # The alerts cycle also runs every hour at :20 (after the hourly landing), so silence is noticed.
@@ -76,13 +77,6 @@ def _recent_telemetry(conn: DuckDBPyConnection, hours: int) -> tuple[pd.DataFram
         return ingestion_store.read_telemetry(conn, columns=columns), None
     start = pd.Timestamp(newest) - pd.Timedelta(hours=hours)
     return ingestion_store.read_telemetry(conn, start=start, columns=columns), pd.Timestamp(newest)
-
-
-def _feature_keys(conn: DuckDBPyConnection) -> pd.DataFrame | None:
-    # The ingestion feature store has no key reader yet; this one read stays here until it does.
-    if not table_exists(conn, "earnings_features"):
-        return None
-    return conn.execute("SELECT device, protocol, ts FROM earnings_features").df()
 
 
 _TELEMETRY_UPDATED = dg.AutomationCondition.eager()
@@ -143,7 +137,7 @@ def anomaly_model(context: dg.AssetExecutionContext, earnopt: EarnoptResource, d
         with _warehouse(duckdb) as conn:
             _require_telemetry(conn)
             raw = ingestion_store.read_telemetry(conn)
-            feature_keys = _feature_keys(conn)
+            feature_keys = read_feature_keys(conn)
             alerted = anomaly_store.alert_hours(conn)
     except _NoTelemetry:
         raise dg.Failure(description=NO_TELEMETRY) from None

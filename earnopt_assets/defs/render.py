@@ -1,6 +1,5 @@
-"""Markdown for Dagster materialization metadata: small tables and embedded matplotlib figures.
-
-Plain Python (no Dagster); the asset modules wrap the strings in ``dg.MetadataValue.md``.
+"""Everything the asset modules show in the Dagster UI: TableMetadataValues (tables render inline), embedded
+matplotlib figures as markdown images, and the prose renderers of each asset group (one section per group).
 """
 
 from __future__ import annotations
@@ -9,33 +8,6 @@ import base64
 import io
 
 import pandas as pd
-
-
-def markdown_table(
-    frame: pd.DataFrame,
-    *,
-    float_format: str = "{:.6g}",
-    empty: str = "_(empty)_",
-    max_rows: int | None = None,
-) -> str:
-    """A small frame as a markdown table; ``|`` and newlines in cells are escaped so rows stay rows.
-
-    With ``max_rows`` only the first rows are shown and a note counts the rest.
-    """
-    if frame.empty:
-        return empty
-    shown = frame if max_rows is None else frame.head(max_rows)
-
-    def cell(value: object) -> str:
-        if isinstance(value, float):
-            return float_format.format(value)
-        return str(value).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(map(str, shown.columns)) + " |", "|" + "---|" * len(shown.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in shown.itertuples(index=False)]
-    if max_rows is not None and len(frame) > max_rows:
-        lines.append(f"\n_{len(frame) - max_rows} more rows_")
-    return "\n".join(lines)
 
 
 def pyplot():

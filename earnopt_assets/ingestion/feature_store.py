@@ -61,6 +61,13 @@ def feature_key_duplicates(conn: duckdb.DuckDBPyConnection, limit: int = 10) -> 
     return total, examples
 
 
+def read_feature_keys(conn: duckdb.DuckDBPyConnection) -> pd.DataFrame | None:
+    """(device, protocol, ts) of every ``earnings_features`` row, or None before the table exists."""
+    if not table_exists(conn, "earnings_features"):
+        return None
+    return conn.execute("SELECT device, protocol, ts FROM earnings_features").df()
+
+
 def feature_non_finite_counts(conn: duckdb.DuckDBPyConnection) -> tuple[int, dict[str, int], list[str]]:
     """(rows, non-finite values per feature column, missing feature columns) of ``earnings_features``."""
     if not table_exists(conn, "earnings_features"):
