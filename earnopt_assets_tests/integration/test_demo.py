@@ -15,15 +15,6 @@ from earnopt_assets_tests.integration.demo_process import run_demo_process
 TINY = {"epochs": 2, "lstm_units_1": 8, "lstm_units_2": 4, "min_holdout_days": 3}
 
 
-@pytest.fixture
-def dagster_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text((Path(__file__).resolve().parents[2] / "deploy" / "dagster.yaml").read_text())
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
-    return home
-
-
 @pytest.mark.slow
 def test_demo_simulates_once_and_materializes_everything(data_dir: Path, small_catalog_path: Path, dagster_home: Path) -> None:
     catalog = load_catalog(small_catalog_path)

@@ -26,15 +26,6 @@ ALLOWED = {
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def dagster_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text((Path(__file__).resolve().parents[2] / "deploy" / "dagster.yaml").read_text())
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
-    return home
-
-
 def land_recent_telemetry(data_dir: Path, catalog, hours: int) -> None:
     """The last ``hours`` hours up to the current hour, as a collector that just started would leave them."""
     from earnopt_assets.simulator import simulate
