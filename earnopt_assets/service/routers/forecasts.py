@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import threading
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -22,23 +21,10 @@ from earnopt_assets.service.routers.deps import get_state
 from earnopt_assets.service.state import ServiceState
 
 router = APIRouter(tags=["predictions"])
-# (warehouse, protocol, device) -> (warehouse stamp, answer). Opening DuckDB costs ~15-20 ms of CPU per poll; the
-# stored forecast can only change when the warehouse file or its WAL changes, so an unchanged stamp
-# serves the same rows without opening it. A held read connection is no option: it would lock writers out.
+# (warehouse, protocol, device) -> (warehouse stamp, answer): the built answer while the warehouse is unchanged
+# (reads.LAST_GOOD remembers the rows; this saves rebuilding the response from them on every poll).
 _ANSWERS: dict[tuple[str, str, str], tuple[tuple, StoredForecastResponse]] = {}
 _LOCK = threading.Lock()
-
-
-def warehouse_stamp(db_path: Path) -> tuple:
-    """(mtime_ns, size) of the DuckDB file and of its WAL: any committed write changes one of them."""
-    stamp: list[tuple[int, int] | None] = []
-    for path in (db_path, db_path.with_name(db_path.name + ".wal")):
-        try:
-            stat = path.stat()
-            stamp.append((stat.st_mtime_ns, stat.st_size))
-        except FileNotFoundError:
-            stamp.append(None)
-    return tuple(stamp)
 
 
 def _utc(value: Any) -> datetime:
@@ -54,28 +40,29 @@ def _amount(value: Any) -> float | None:
     "/forecasts/{protocol}",
     response_model=StoredForecastResponse,
     responses={404: {"description": "Unknown protocol, or no forecast stored for it yet."},
-               503: {"description": "The warehouse is locked by a writer for longer than the read timeout."}},
+               503: {"description": "The warehouse has been locked by a writer since before the service first read this "
+                                     "forecast, for longer than the read timeout (later, the last good answer is served)."}},
 )
 def stored_forecast(protocol: str, state: ServiceState = Depends(get_state)) -> StoredForecastResponse:
     """The newest ``earnings_forecast`` rows of ``protocol`` on this host's device, with their 80/95 %
     intervals, exactly as the pipeline stored them."""
-    from earnopt_assets.forecasting.store import latest_forecast_of
-
     if protocol not in state.catalog:
         raise NotFound(f"unknown protocol {protocol!r}; the catalog knows: {', '.join(state.catalog.names)}")
     device = state.catalog.host.device
-    stamp = warehouse_stamp(state.db_path)
+    stamp = reads.warehouse_stamp(state.db_path)
     with _LOCK:
         known = _ANSWERS.get((str(state.db_path), protocol, device))
     if known is not None and known[0] == stamp and stamp[0] is not None:
         return known[1]
     try:
-        with reads.read_connection(state.db_path) as conn:
-            rows = latest_forecast_of(conn, protocol, device)
+        reading = reads.latest_forecast_rows(state.db_path, protocol, device)
     except reads.WarehouseMissing:
-        rows = pd.DataFrame()
-    except reads.WarehouseBusy as exc:
+        reading = reads.Reading(pd.DataFrame())
+    except reads.WarehouseBusy as exc:  # locked since before this process ever read it
         raise ServiceUnavailable(str(exc), problem="warehouse-busy") from None
+    if reading.stale_for_s is not None and known is not None:
+        return known[1]  # a writer holds the warehouse: the last good answer
+    rows = reading.value
     if rows.empty:
         raise NotFound(f"no forecast stored for {protocol} on {device} yet; materialize earnings_forecast first")
     first = rows.iloc[0]
@@ -90,6 +77,7 @@ def stored_forecast(protocol: str, state: ServiceState = Depends(get_state)) -> 
         reason=None if pd.isna(first.reason) else str(first.reason), below_target=bool(first.below_target),
         predictions=predictions, total_usd=sum(p.earnings_usd for p in predictions),
     )
-    with _LOCK:
-        _ANSWERS[(str(state.db_path), protocol, device)] = (stamp, answer)
+    if reading.stale_for_s is None:
+        with _LOCK:
+            _ANSWERS[(str(state.db_path), protocol, device)] = (stamp, answer)
     return answer
