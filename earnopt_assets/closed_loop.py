@@ -43,6 +43,7 @@ FORECAST_HISTORY_HOURS = 8 * 24  # the seasonal-naive lags reach 168 h back
 TRAIN_WINDOW_HOURS = 28 * 24
 HOLDOUT_HOURS = 7 * 24
 ALERT_WINDOW_HOURS = 7 * 24 + 24  # the rules' trailing week before the evaluated hours
+KEEP_DAYS = 60  # telemetry the loop keeps: the allocation cycle learns its curves from the last 56 days
 
 
 @dataclass
@@ -170,9 +171,9 @@ class EarnoptLoop:
     def observe(self, rows: pd.DataFrame) -> None:
         """Ingest: append the hour's telemetry (the store's job on a real host)."""
         self.telemetry = pd.concat([self.telemetry, rows], ignore_index=True)
-        if len(self.telemetry) > 40 * 24 * len(self.names) * 1.2:  # keep the recent window only
+        if len(self.telemetry) > KEEP_DAYS * 24 * len(self.names) * 1.2:  # keep the recent window only
             newest = self.telemetry["ts"].max()
-            self.telemetry = self.telemetry[self.telemetry["ts"] > newest - pd.Timedelta(days=40)].reset_index(drop=True)
+            self.telemetry = self.telemetry[self.telemetry["ts"] > newest - pd.Timedelta(days=KEEP_DAYS)].reset_index(drop=True)
 
     def _series(self, since: pd.Timestamp) -> dict[str, pd.DataFrame]:
         recent = self.telemetry[self.telemetry["ts"] > since]
@@ -242,7 +243,11 @@ class EarnoptLoop:
         # Only the rules that can degrade a protocol decide the caps (the silent rule is off in a replay).
         rules = tuple(sorted(DEGRADING_RULES - {"silent"}))
         specs = {p.name: p for p in self.catalog.protocols}
-        alerts = [alert for ctx in iter_series(recent, specs, elasticity=settings.allocation_elasticity, level_band=settings.baseline_level_band)
+        # Earnings are adjusted by the response the last cycle learned, not a^0.6: a planned share change is
+        # then not an earnings drop (anomaly.series; a^0.6 read a cut or a saturated raise as one).
+        responses = {n: p.curve.relative for n, p in self.plans[-1].inputs.protocols.items() if p.curve.learned} if self.plans else None
+        alerts = [alert for ctx in iter_series(recent, specs, elasticity=settings.allocation_elasticity, level_band=settings.baseline_level_band,
+                                               responses=responses)
                   for alert in series_alerts(ctx, settings, since, None, rules=rules)]
         out = {a.protocol: f"critical {a.rule} alert at {a.hour:%Y-%m-%d %H:00}" for a in alerts
                if a.rule in DEGRADING_RULES and a.severity == "critical"}

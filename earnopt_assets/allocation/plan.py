@@ -4,8 +4,9 @@ No I/O here: :mod:`earnopt_assets.allocation.cycle` reads the inputs through the
 plan through :mod:`earnopt_assets.allocation.store`; the API service calls the same functions without writes.
 
 * :func:`assemble_inputs` - per protocol: expected $/h from the latest forecast (or a seasonal-naive
-  fallback from telemetry), the response curve fitted to the last 30 days of (allocation, earnings), the
-  potential, the current allocation and whether it is degraded.
+  fallback from telemetry), the response curve learned from the last 56 days of (ts, allocation, earnings)
+  (:func:`earnopt_assets.numerics.response.learn_response_curve`), the potential, the current allocation
+  and whether it is degraded.
 * :func:`compute_plan` - optimiser, the two plan checks, the reallocation decision, the actions. The plan
   is APPLIED only if the decision says reallocate AND both checks passed.
 * :func:`request_inputs` - the API's variant: posted current shares and predictions override the stored ones.
@@ -13,8 +14,17 @@ plan through :mod:`earnopt_assets.allocation.store`; the API service calls the s
 Potential earnings. A forecast f_i ($/h) describes the protocol at the allocation a_i it is expected to run
 at, so its full-allocation potential is (:func:`potential_from_forecast`)::
 
-    p_i = f_i / a_i**beta_i          (a_i >= 0.02)
-    p_i = k_i                        (a_i < 0.02 or no forecast: the fitted curve's own scale)
+    p_i = f_i / r_i(a_i)             (a_i >= 0.02 and r_i(a_i) >= 0.02; r_i = x**beta_i, or the learned
+                                      curve's interpolant at a_i, ResponseCurve.at_share)
+    p_i = k_i                        (otherwise, or no forecast: the curve's own scale)
+
+Snapping (:func:`snap_to_observed`). The optimiser plans on the concave envelope of each learned curve,
+which overstates a step curve (whole leases, a storage minimum) between its steps. Its answer x is
+therefore moved down to the least observed share that earns what x earns on the learned curve itself,
+s_i = min{s_j observed : r_i(s_j) >= r_i(x_i)} (the minimum share when x_i is below every observed share),
+those protocols are fixed there and the others re-solved with the resources this frees, until no share
+moves (at most 4 rounds). Every plan is then evaluated, and decided on, with the learned curve r_i, never
+with its envelope.
 """
 
 from __future__ import annotations
@@ -54,12 +64,13 @@ from earnopt_assets.allocation.risk import (
     potential_sd,
 )
 from earnopt_assets.catalog import Catalog
-from earnopt_assets.numerics.response import ResponseCurve, fit_response_curve
+from earnopt_assets.numerics.response import ResponseCurve, learn_response_curve
 
 logger = logging.getLogger("earnopt.allocation")
 
 PLAN_VERSION = 1
-CURVE_WINDOW_DAYS = 30
+CURVE_WINDOW_DAYS = 56  # the response is learned from the shares seen over 8 weeks
+SNAP_ROUNDS = 4
 OBSERVED_ALLOCATION_HOURS = 24
 MIN_OBSERVED_ALLOCATION = 0.02
 NO_CHANGE = 1e-6
@@ -210,14 +221,17 @@ def _reported_at(series: pd.DataFrame | None, when: Any) -> float | None:
 
 
 def potential_from_forecast(expected_usd_per_hour: float, at_allocation: float | None, curve: ResponseCurve) -> tuple[float, str]:
-    """Full-allocation potential p = f / a**beta of a forecast f made for allocation a, and how it was got.
+    """Full-allocation potential p = f / r(a) of a forecast f made for allocation a, and how it was got.
 
-    Below a = 0.02 (or with no allocation) the forecast says nothing about full allocation, so the fitted
-    curve's scale k is used.
+    Below a = 0.02, where r(a) < 0.02 (the learned curve pays nothing there) or with no allocation, the
+    forecast says nothing about full allocation, so the curve's scale k is used.
     """
     if at_allocation is not None and at_allocation >= MIN_OBSERVED_ALLOCATION:
-        return expected_usd_per_hour / float(curve.relative(at_allocation)), f"forecast at share {at_allocation:.3f} / x^beta (beta {curve.beta:.3f})"
-    return float(curve.scale_usd_per_hour), "fitted curve scale (share below 0.02 or unknown)"
+        response = float(curve.at_share(at_allocation))
+        if response >= MIN_OBSERVED_ALLOCATION:
+            how = "the learned curve" if curve.learned else f"x^beta (beta {curve.beta:.3f})"
+            return expected_usd_per_hour / response, f"forecast at share {at_allocation:.3f} / r(x) = {response:.3f} on {how}"
+    return float(curve.scale_usd_per_hour), "curve scale (share below 0.02, a share the curve pays nothing at, or unknown)"
 
 
 def assemble_inputs(
@@ -258,7 +272,7 @@ def assemble_inputs(
     for name in names:
         series = history.get(name)
         if series is not None and len(series):
-            curve = fit_response_curve(series["allocation"].to_numpy(float), series["earnings_usd"].to_numpy(float))
+            curve = learn_response_curve(series["ts"], series["allocation"].to_numpy(float), series["earnings_usd"].to_numpy(float))
             recent_alloc = series["allocation"].to_numpy(float)[-OBSERVED_ALLOCATION_HOURS:]
             observed: float | None = float(np.mean(recent_alloc))
         else:
@@ -371,9 +385,9 @@ def request_inputs(
             predicted = float(values[0] if mode == "next_hour" else sum(values) / len(values))
             if basis == "full_allocation":
                 potential, detail = predicted, "request (at full allocation)"
-            elif current >= MIN_OBSERVED_ALLOCATION:
-                potential = predicted / float(item.curve.relative(current))
-                detail = f"request at allocation {current:.3f} / r(x) with beta {item.curve.beta:.3f}"
+            elif current >= MIN_OBSERVED_ALLOCATION and float(item.curve.at_share(current)) >= MIN_OBSERVED_ALLOCATION:
+                potential = predicted / float(item.curve.at_share(current))
+                detail = f"request at allocation {current:.3f} / r(x) = {float(item.curve.at_share(current)):.3f}"
             elif item.curve.method != "no_data" and item.curve.scale_usd_per_hour > 0:
                 potential, detail = item.curve.scale_usd_per_hour, "request at ~0 allocation: fitted curve scale"
             else:
@@ -575,6 +589,61 @@ def raw_constraints_check(
     return replace(outcome, metadata={**outcome.metadata, "max_clip_share": float(result.max_clip)})
 
 
+def _snapped_share(curve: ResponseCurve, share: float, requirement: ProtocolRequirements, upper: float) -> float:
+    """s = min{observed s_j : r(s_j) >= r(share)} within the protocol's bounds (module docstring)."""
+    if not curve.learned:
+        return share
+    start = curve.plateau_start(share)
+    target = requirement.min_allocation if start is None else start
+    return float(min(max(target, requirement.min_allocation), upper, share))
+
+
+def snap_to_observed(
+    allocator: ResourceAllocator,
+    result: AllocationResult,
+    requirements: Mapping[str, ProtocolRequirements],
+    potentials: Mapping[str, float],
+    current: Mapping[str, float],
+    degraded: frozenset[str],
+    curves: Mapping[str, ResponseCurve],
+    change_penalty: float,
+) -> AllocationResult:
+    """Move the optimiser's answer onto observed-good shares of the learned curves (module docstring).
+
+    Protocols whose share moves down are fixed there and the rest re-solved; the returned result keeps the
+    last solve's status and raw solution (what the constraints check reads) with the snapped shares, which
+    use no more of any resource than that solution."""
+    fixed: dict[str, float] = {}
+    for _ in range(SNAP_ROUNDS):
+        if not result.allocations:
+            return result
+        moved = False
+        for name, share in result.allocations.items():
+            requirement = requirements[name]
+            upper = requirement.min_allocation if name in degraded else requirement.max_allocation
+            target = _snapped_share(curves[name], share, requirement, upper)
+            if name not in fixed and target < share - NO_CHANGE:
+                fixed[name] = target
+                moved = True
+        if not moved:
+            break
+        bounded = {n: replace(r, min_allocation=fixed[n], max_allocation=fixed[n]) if n in fixed else r for n, r in requirements.items()}
+        resolved = allocator.optimize_allocation(bounded, potentials, current, degraded, response_curves=curves, change_penalty=change_penalty)
+        if not resolved.allocations:  # keep the first feasible answer rather than none
+            break
+        result = resolved
+    shares = {}
+    for name, share in result.allocations.items():
+        requirement = requirements[name]
+        upper = requirement.min_allocation if name in degraded else requirement.max_allocation
+        shares[name] = fixed.get(name, _snapped_share(curves[name], share, requirement, upper))
+    by_protocol = {n: float(potentials[n] * curves[n].relative(s)) for n, s in shares.items()}
+    constraints = allocator.constraints
+    return replace(result, allocations=shares, expected_earnings=float(sum(by_protocol.values())),
+                   expected_earnings_by_protocol=by_protocol,
+                   resource_utilization=utilization_pct(resource_use(shares, requirements), constraints))
+
+
 def compute_plan(
     inputs: CycleInputs,
     catalog: Catalog,
@@ -597,9 +666,11 @@ def compute_plan(
     # plan on mean - lambda x downside (allocation.risk)
     sds = {n: potential_sd(p.potential_usd_per_hour, p.forecast_usd_per_hour, p.forecast_sd_usd_per_hour) for n, p in inputs.protocols.items()}
 
+    planned = planning_potentials(potentials, sds, settings.risk_aversion)
     result = allocator.optimize_allocation(
-        requirements, planning_potentials(potentials, sds, settings.risk_aversion), current, degraded, response_curves=curves, change_penalty=settings.change_penalty
+        requirements, planned, current, degraded, response_curves=curves, change_penalty=settings.change_penalty
     )
+    result = snap_to_observed(allocator, result, requirements, planned, current, degraded, curves, settings.change_penalty)
     checks = {
         "solver_status_optimal": check_solver_status(result),
         # the solver's raw x, not the clipped shares: clipping would hide an out-of-bounds answer

@@ -137,7 +137,7 @@ def earnings_drop(ctx: SeriesContext, settings: AlertSettings) -> list[RuleHit]:
         critical = x <= base * (1.0 - settings.earnings_drop_critical) + _TOL * base
         fire = valid & (x < base * (1.0 - settings.earnings_drop_threshold) - _TOL * base) & (~young | critical)
     hits: list[RuleHit] = []
-    scale = ctx.safe_allocation**ctx.elasticity
+    scale = ctx.response_scale
     for i in np.flatnonzero(fire):
         drop = 1.0 - x[i] / base[i]
         expected = base[i] * scale[i]

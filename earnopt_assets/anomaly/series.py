@@ -7,7 +7,9 @@ stopped reporting shows up as trailing missing hours.
 Notation: ``e_t`` earnings, ``a_t`` allocation, ``g`` = ``allocation_elasticity`` (earnings scale roughly as
 ``a^g``: diminishing returns), ``u_{r,t}`` usage of resource r, ``q_r`` the protocol's per-unit figure.
 
-* allocation-adjusted earnings   x_t = e_t / max(a_t, 0.01)^g
+* allocation-adjusted earnings   x_t = e_t / max(a_t, 0.01)^g, or x_t = e_t / r(a_t) with a learned response r
+                                 (``response``: the allocator's monotone curve, earnopt_assets.numerics.response)
+                                 when the caller has one; NaN where r(a_t) = 0 (the share earns nothing)
 * activity of resource r         v_{r,t} = u_{r,t} / (max(a_t, 0.01) * q_r)     (1.0 = exactly its share)
 * nan-tolerant trailing stats    mean/std over the ``w`` hours BEFORE t, ignoring missing hours, defined
                                  when at least half of the window was observed
@@ -21,7 +23,7 @@ Notation: ``e_t`` earnings, ``a_t`` allocation, ``g`` = ``allocation_elasticity`
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -97,11 +99,13 @@ class SeriesContext:
     _cache: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     # Hours whose earnings were spread over a collector gap (raw_earnings' ``imputed``), not observed.
     imputed: np.ndarray | None = None
+    # r(a): the learned relative response to the share; None = the a^g of ``elasticity``
+    response: Callable[[np.ndarray], np.ndarray] | None = None
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, spec: ProtocolSpec, *, elasticity: float = 0.6,
                    end: pd.Timestamp | None = None, device: str | None = None,
-                   level_band: float = 0.25) -> SeriesContext:
+                   level_band: float = 0.25, response: Callable[[np.ndarray], np.ndarray] | None = None) -> SeriesContext:
         """Build from telemetry rows of ONE series (any order, gaps allowed)."""
         if frame.empty:
             raise ValueError(f"no telemetry rows for protocol {spec.name!r}")
@@ -134,6 +138,7 @@ class SeriesContext:
             elasticity=elasticity,
             level_band=level_band,
             imputed=pd.DatetimeIndex(gridded["ts"]).isin(data.loc[data["imputed"].astype(bool), "ts"]) if "imputed" in data else None,
+            response=response,
         )
 
     def _cached(self, key: str, compute) -> np.ndarray:
@@ -151,9 +156,24 @@ class SeriesContext:
         return np.maximum(self.allocation, MIN_ALLOCATION)
 
     @property
+    def response_scale(self) -> np.ndarray:
+        """What the share is expected to earn relative to full allocation: r(a_t), else max(a_t, 0.01)^g."""
+        def compute() -> np.ndarray:
+            if self.response is None:
+                return self.safe_allocation**self.elasticity
+            return np.asarray(self.response(np.nan_to_num(self.allocation, nan=0.0)), dtype=float)
+
+        return self._cached("scale", compute)
+
+    @property
     def adjusted_earnings(self) -> np.ndarray:
-        """x_t = e_t / max(a_t, 0.01)^g."""
-        return self._cached("adj", lambda: self.earnings / self.safe_allocation**self.elasticity)
+        """x_t = e_t / max(a_t, 0.01)^g, or e_t / r(a_t) (NaN where r(a_t) = 0)."""
+        def compute() -> np.ndarray:
+            scale = self.response_scale
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return np.where(scale > 0, self.earnings / np.where(scale > 0, scale, 1.0), np.nan)
+
+        return self._cached("adj", compute)
 
     def activity(self, resource: str) -> np.ndarray:
         """v_{r,t} = u_{r,t} / (max(a_t, 0.01) * q_r); NaN when the protocol declares no use of r."""
@@ -255,8 +275,11 @@ class SeriesContext:
 
 
 def iter_series(telemetry: pd.DataFrame, specs: dict[str, ProtocolSpec], *, elasticity: float = 0.6,
-                extend_to_device_end: bool = True, level_band: float = 0.25) -> Iterator[SeriesContext]:
+                extend_to_device_end: bool = True, level_band: float = 0.25,
+                responses: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None) -> Iterator[SeriesContext]:
     """One :class:`SeriesContext` per (device, protocol) of known protocols, sorted by key.
+
+    ``responses``: per protocol a learned relative response r(a) to adjust earnings by instead of a^g.
 
     With ``extend_to_device_end`` each series runs to the newest hour any protocol of its device reported,
     so a protocol that went quiet while the others kept reporting has trailing missing hours.
@@ -271,4 +294,5 @@ def iter_series(telemetry: pd.DataFrame, specs: dict[str, ProtocolSpec], *, elas
         if spec is None:
             continue
         end = device_end[device] if extend_to_device_end else None
-        yield SeriesContext.from_frame(part, spec, elasticity=elasticity, end=end, device=str(device), level_band=level_band)
+        yield SeriesContext.from_frame(part, spec, elasticity=elasticity, end=end, device=str(device), level_band=level_band,
+                                       response=(responses or {}).get(str(protocol)))

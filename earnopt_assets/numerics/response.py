@@ -26,6 +26,36 @@ For the optimizer the normalised curve r(x) = x**beta is replaced by its piecewi
 fixed breakpoints 0 = z_0 < z_1 < ... < z_K = 1. Because r is concave the interpolant is the minimum of
 the chord lines, r_pwl(x) = min_k (a_k + b_k x), with b_k = (r(z_k) - r(z_{k-1})) / (z_k - z_{k-1}) and
 a_k = r(z_{k-1}) - b_k z_{k-1}; it never overestimates r and is exact at the breakpoints.
+
+Learned curve (:func:`learn_response_curve`, method ``"learned"``): real apps saturate, pay nothing below a
+minimum, or pay in whole leases, which no k x**beta represents. The cycle therefore learns each protocol's
+response from its own telemetry (hourly ts, allocation a_t, earnings e_t), assuming only that more share
+never earns less (monotone) and that earnings factor as e_t = g(a_t) * h_t * noise, h_t the share-free
+demand x price level:
+
+1. runs: maximal stretches at one share (|a_t - a_{t-1}| <= 0.001); the first hour of every run after the
+   first is dropped (a restart hour earns less for a reason that is not the share); zero hours inside a run
+   whose median is positive are dropped (outages);
+2. hour-of-day demand proxy (share-free): q_h = mean over hours of day h of e_t / m_run(t), m_run the run's
+   mean, normalised to mean 1; each hour is divided by q_{hour(t)}, so a run covering part of a day is not
+   judged by its hours' place in the daily rhythm;
+3. level per observed share s (rounded to 0.005): the hour-weighted mean m_s of the normalised earnings of
+   every run at s; shares with fewer than ``min_hours`` hours are not used;
+4. monotone fit: weighted isotonic regression (scipy ``isotonic_regression``, weights = hours) of m_s on s,
+   v_s non-decreasing; the curve's scale k = max_s v_s ($/h) and its levels r_s = v_s / k;
+5. what is believed between and beyond the observed shares, conservatively (no gain where the share was
+   never observed):
+
+       r(x) = r_{s_j}  with s_j the largest observed share <= x;   r(x) = 0 below the smallest observed share
+
+   a lower bound of any monotone truth through the fitted points (it is the curve plans are evaluated on,
+   :meth:`ResponseCurve.relative`). Divisions by the response at a forecast's share use the interpolant
+   through (0, 0) and the points (:meth:`ResponseCurve.at_share`), equal to r at every observed share.
+6. for the optimiser the concave envelope r_env (upper hull of (0, 0), the points and (1, r_max)): the
+   smallest concave majorant, so the problem stays convex; it overstates a step curve between its steps, so
+   the cycle evaluates and snaps its answer on r (allocation.plan.snap_to_observed).
+
+Below two usable shares nothing about the shape can be learned and the power fit above is used.
 """
 
 from __future__ import annotations
@@ -34,6 +64,7 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 
 PRIOR_BETA = 0.5
 MIN_BETA = 0.1
@@ -43,7 +74,9 @@ X_MIN = 0.005  # shares below this are "off"; their log would dominate the fit
 # Denser near 0 where x**beta is steep; 12 segments keep the chord error of sqrt below 0.03 of r(1).
 BREAKPOINTS: tuple[float, ...] = (0.0, 0.005, 0.015, 0.03, 0.06, 0.1, 0.16, 0.25, 0.37, 0.52, 0.7, 0.85, 1.0)
 
-CurveMethod = Literal["fit", "prior", "no_data"]
+CurveMethod = Literal["fit", "prior", "no_data", "learned"]
+SHARE_RESOLUTION = 0.005  # observed shares closer than this are one share
+RUN_CHANGE = 0.001  # a share change above this starts a new run
 
 
 @dataclass(frozen=True)
@@ -56,31 +89,114 @@ class ResponseCurve:
     n_points: int = 0
     log_spread: float = 0.0
     r2: float | None = None
+    # learned curve (method "learned"): observed shares s_j (increasing) and r_j = v_j / k (non-decreasing, max 1)
+    knots: tuple[float, ...] = ()
+    levels: tuple[float, ...] = ()
+    hours: tuple[int, ...] = ()  # telemetry hours behind each knot
 
     def __post_init__(self) -> None:
         if not (0.0 < self.beta <= 1.0) or not np.isfinite(self.beta):
             raise ValueError(f"ResponseCurve.beta must be in (0, 1], got {self.beta!r}")
         if not np.isfinite(self.scale_usd_per_hour) or self.scale_usd_per_hour < 0:
             raise ValueError(f"ResponseCurve.scale_usd_per_hour must be finite and >= 0, got {self.scale_usd_per_hour!r}")
+        if len(self.knots) != len(self.levels) or (self.hours and len(self.hours) != len(self.knots)):
+            raise ValueError("ResponseCurve.knots, levels and hours must have the same length")
+        if self.knots:
+            z, r = np.asarray(self.knots), np.asarray(self.levels)
+            if np.any(np.diff(z) <= 0) or z[0] < 0 or z[-1] > 1:
+                raise ValueError("ResponseCurve.knots must increase within [0, 1]")
+            if np.any(np.diff(r) < -1e-12) or r[0] < 0 or r[-1] > 1 + 1e-9:
+                raise ValueError("ResponseCurve.levels must be non-decreasing within [0, 1]")
+
+    @property
+    def learned(self) -> bool:
+        return bool(self.knots)
 
     def relative(self, x: float | np.ndarray) -> float | np.ndarray:
-        """r(x) = x**beta, the share of full-allocation earnings earned at allocation x."""
-        return np.power(np.clip(x, 0.0, 1.0), self.beta)
+        """r(x): the share of full-allocation earnings earned at allocation x.
+
+        Power curve: x**beta. Learned curve: the level of the largest observed share <= x, 0 below the
+        smallest (module docstring, step 5)."""
+        if not self.knots:
+            return np.power(np.clip(x, 0.0, 1.0), self.beta)
+        z, r = np.asarray(self.knots), np.asarray(self.levels)
+        index = np.searchsorted(z, np.asarray(x, dtype=float) + 1e-9, side="right") - 1
+        out = np.where(index >= 0, r[np.clip(index, 0, None)], 0.0)
+        return float(out) if np.ndim(out) == 0 else out
+
+    def at_share(self, x: float | np.ndarray) -> float | np.ndarray:
+        """The response a forecast made at share x is divided by: r(x) for a power curve; for a learned
+        curve the interpolant through (0, 0) and the observed points (flat beyond the largest)."""
+        if not self.knots:
+            return self.relative(x)
+        out = np.interp(np.asarray(x, dtype=float), np.r_[0.0, self.knots], np.r_[0.0, self.levels])
+        return float(out) if np.ndim(out) == 0 else out
+
+    def envelope(self) -> tuple[np.ndarray, np.ndarray]:
+        """Vertices (z, r) of the concave envelope of a learned curve: the upper hull of (0, 0), the
+        observed points and (1, r_max)."""
+        points = [*([(0.0, 0.0)] if self.knots[0] > 0 else []), *zip(self.knots, self.levels)]
+        if points[-1][0] < 1.0:
+            points.append((1.0, float(self.levels[-1])))
+        hull: list[tuple[float, float]] = []
+        for point in points:  # monotone chain, upper hull: drop a vertex that lies on or below the new chord
+            while len(hull) >= 2:
+                (x1, y1), (x2, y2) = hull[-2], hull[-1]
+                if (x2 - x1) * (point[1] - y1) - (y2 - y1) * (point[0] - x1) >= -1e-12:
+                    hull.pop()
+                else:
+                    break
+            hull.append(point)
+        z, r = np.array(hull).T
+        return z, r
+
+    def envelope_value(self, x: float | np.ndarray) -> float | np.ndarray:
+        """r_env(x), the concave envelope (x**beta for a power curve)."""
+        if not self.knots:
+            return self.relative(x)
+        z, r = self.envelope()
+        out = np.interp(np.asarray(x, dtype=float), z, r)
+        return float(out) if np.ndim(out) == 0 else out
+
+    def plateau_start(self, x: float) -> float | None:
+        """The smallest observed share that earns r(x) on the learned curve (None below every knot or for
+        a power curve): the least share that keeps what x earns."""
+        if not self.knots:
+            return None
+        level = float(self.relative(x))
+        z, r = np.asarray(self.knots), np.asarray(self.levels)
+        if x + 1e-9 < z[0]:
+            return None
+        return float(z[np.argmax(r >= level - 1e-12)])
 
     def earnings(self, x: float | np.ndarray) -> float | np.ndarray:
         """E(x) in $/h with the fitted scale."""
         return self.scale_usd_per_hour * self.relative(x)
 
     def chords(self, breakpoints: tuple[float, ...] = BREAKPOINTS) -> tuple[np.ndarray, np.ndarray]:
-        """Intercepts a_k and slopes b_k of the chord lines of r(x) = x**beta (r_pwl = min_k a_k + b_k x)."""
+        """Intercepts a_k and slopes b_k of len(breakpoints) - 1 chord lines, r_pwl = min_k a_k + b_k x.
+
+        Power curve: the chords of x**beta on the breakpoints. Learned curve: the segments of its concave
+        envelope (exact; the last one repeated to fill the count), or, with more segments than lines, the
+        envelope's chords on the breakpoints."""
         z = np.asarray(breakpoints, dtype=float)
         r = np.power(z, self.beta)
+        if self.knots:
+            hull_z, hull_r = self.envelope()
+            if len(hull_z) - 1 <= len(z) - 1:
+                pad = len(z) - len(hull_z)
+                z, r = np.r_[hull_z, hull_z[-1] + np.arange(1, pad + 1)], np.r_[hull_r, np.full(pad, hull_r[-1])]
+            else:
+                r = np.interp(z, hull_z, hull_r)
         slopes = np.diff(r) / np.diff(z)
         intercepts = r[:-1] - slopes * z[:-1]
         return intercepts, slopes
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        data = asdict(self)
+        for key in ("knots", "levels", "hours"):
+            data[key] = list(data[key])
+        return data
 
 
 def fit_response_curve(
@@ -127,4 +243,73 @@ def fit_response_curve(
         n_points=int(x.size),
         log_spread=spread,
         r2=r2,
+    )
+
+
+def _runs(allocations: np.ndarray) -> np.ndarray:
+    """Run id per hour: a new run starts where the share changes by more than RUN_CHANGE."""
+    return np.r_[0, np.cumsum(np.abs(np.diff(allocations)) > RUN_CHANGE)]
+
+
+def learn_response_curve(
+    ts: np.ndarray | pd.Series | list,
+    allocations: np.ndarray | list[float],
+    earnings: np.ndarray | list[float],
+    *,
+    min_hours: int = 12,
+    prior_beta: float = PRIOR_BETA,
+) -> ResponseCurve:
+    """A monotone response learned from hourly telemetry (module docstring, "Learned curve").
+
+    Returns the power fit (:func:`fit_response_curve`) when fewer than two shares have ``min_hours`` usable
+    hours; its ``beta`` is kept on the learned curve too (the forecasts' allocation scaling reads it).
+    """
+    from scipy.optimize import isotonic_regression
+
+    x = np.asarray(allocations, dtype=float).ravel()
+    e = np.asarray(earnings, dtype=float).ravel()
+    when = pd.to_datetime(pd.Series(np.asarray(ts).ravel()))
+    if not (x.shape == e.shape == (len(when),)):
+        raise ValueError(f"ts ({len(when)}), allocations ({x.size}) and earnings ({e.size}) must have the same length")
+    power = fit_response_curve(x, e, prior_beta=prior_beta)
+    order = np.argsort(when.to_numpy(), kind="stable")
+    x, e, hour = x[order], e[order], when.dt.hour.to_numpy()[order]
+    ok = np.isfinite(x) & np.isfinite(e) & (e >= 0)
+    x, e, hour = np.clip(x[ok], 0.0, 1.0), e[ok], hour[ok]
+    if x.size == 0:
+        return power
+    run = _runs(x)
+    frame = pd.DataFrame({"run": run, "share": x, "e": e, "hour": hour})
+    first_hour = np.r_[False, run[1:] != run[:-1]]
+    run_median = frame.groupby("run")["e"].transform("median").to_numpy()
+    frame = frame[~first_hour & ~((e <= 0) & (run_median > 0))]
+    if frame.empty:
+        return power
+    run_mean = frame.groupby("run")["e"].transform("mean").to_numpy()
+    # hour-of-day demand proxy from runs that earn: q_h = mean(e_t / m_run), normalised to mean 1
+    ratio = np.where(run_mean > 0, frame["e"].to_numpy() / np.where(run_mean > 0, run_mean, 1.0), np.nan)
+    profile = pd.Series(ratio).groupby(frame["hour"].to_numpy()).mean().reindex(range(24))
+    if profile.notna().all() and profile.mean() > 0:
+        q = (profile / profile.mean()).clip(lower=0.2).to_numpy()
+        frame = frame.assign(e=frame["e"].to_numpy() / q[frame["hour"].to_numpy()])
+    frame = frame.assign(share=np.round(frame["share"].to_numpy() / SHARE_RESOLUTION) * SHARE_RESOLUTION)
+    levels = frame.groupby("share")["e"].agg(["mean", "size"])
+    levels = levels[levels["size"] >= min_hours]
+    if len(levels) < 2:
+        return power
+    fitted = isotonic_regression(levels["mean"].to_numpy(float), weights=levels["size"].to_numpy(float), increasing=True).x
+    scale = float(fitted.max())
+    if scale <= 0:
+        return power
+    knots = np.clip(np.round(levels.index.to_numpy(float), 6), 0.0, 1.0)
+    return ResponseCurve(
+        beta=power.beta,
+        scale_usd_per_hour=scale,
+        method="learned",
+        n_points=int(levels["size"].sum()),
+        log_spread=power.log_spread,
+        r2=power.r2,
+        knots=tuple(float(k) for k in knots),
+        levels=tuple(float(v) for v in np.clip(fitted / scale, 0.0, 1.0)),
+        hours=tuple(int(h) for h in levels["size"]),
     )

@@ -90,8 +90,9 @@ def test_fallback_forecast_and_response_curves_from_raw_earnings(warehouse: Path
     for item in inputs.protocols.values():
         assert item.forecast_source == "seasonal_naive_fallback" and "no forecast" in item.forecast_detail
         assert item.forecast_usd_per_hour > 0 and item.observed_allocation is not None
-        assert item.curve.method in ("fit", "prior") and 0.1 <= item.curve.beta <= 0.95
-        assert item.potential_usd_per_hour == pytest.approx(item.forecast_usd_per_hour / item.observed_allocation**item.curve.beta)
+        assert item.curve.method in ("fit", "prior", "learned") and 0.1 <= item.curve.beta <= 0.95
+        # p = f / r(a) at the share the fallback was made for (the learned curve's interpolant there)
+        assert item.potential_usd_per_hour == pytest.approx(item.forecast_usd_per_hour / item.curve.at_share(item.observed_allocation))
         assert item.state_source == "initial" and not item.degraded
 
 

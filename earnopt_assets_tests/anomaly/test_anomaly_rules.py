@@ -333,3 +333,40 @@ def test_split_incidents():
     assert [(len(hours), at) for hours, at in parts] == [(3, START + timedelta(hours=7)), (2, None)]
     assert split_incidents(h, START + timedelta(hours=12), 3)[-1][1] == START + timedelta(hours=12)
     assert split_incidents([], START, 3) == []
+
+
+def _share_change(before: float, after: float, earnings_after: float, hours: int = 9 * 24) -> pd.DataFrame:
+    """Steady at ``before`` with earnings 1, then the last 12 hours at ``after`` earning ``earnings_after``."""
+    frame = flat_series(hours, allocation=before)
+    frame.loc[frame.index[-12:], "allocation"] = after
+    frame.loc[frame.index[-12:], "earnings_usd"] = earnings_after
+    return frame
+
+
+def test_a_learned_response_keeps_a_planned_share_change_from_reading_as_an_earnings_drop():
+    """A saturated bandwidth app raised from 20 % to 100 % earns the same: a^0.6 expects 2.6x and calls the
+    unchanged earnings a critical drop; the learned response (flat there) does not. A real drop still fires."""
+    frame = _share_change(0.2, 1.0, 1.0)
+    power = earnings_drop(ctx_of(frame), SETTINGS)
+    assert last_hour_hits(power, frame) and last_hour_hits(power, frame)[0].severity == "critical"
+
+    def saturated(a):
+        return np.where(np.asarray(a) >= 0.2, 1.0, 0.0)
+
+    learned = SeriesContext.from_frame(frame, TEST_SPEC, elasticity=SETTINGS.allocation_elasticity, response=saturated)
+    assert not earnings_drop(learned, SETTINGS)
+    dropped = _share_change(0.2, 1.0, 0.3)
+    real = earnings_drop(SeriesContext.from_frame(dropped, TEST_SPEC, response=saturated), SETTINGS)
+    assert last_hour_hits(real, dropped)[0].severity == "critical"
+    assert last_hour_hits(real, dropped)[0].evidence["baseline_usd"] == pytest.approx(1.0)
+
+
+def test_a_share_the_learned_response_pays_nothing_at_is_not_judged():
+    """Cut below a storage minimum the learned curve pays 0 there: zero earnings are expected, not a drop."""
+    frame = _share_change(0.8, 0.4, 0.0)
+
+    def minimum(a):
+        return np.where(np.asarray(a) >= 0.5, np.asarray(a), 0.0)
+
+    assert last_hour_hits(earnings_drop(ctx_of(frame), SETTINGS), frame)  # a^0.6 calls it a drop
+    assert not earnings_drop(SeriesContext.from_frame(frame, TEST_SPEC, response=minimum), SETTINGS)
