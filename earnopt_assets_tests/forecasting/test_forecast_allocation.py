@@ -141,7 +141,7 @@ def test_beta_is_saved_in_the_json_parts_and_loaded(trained):
     assert loaded.allocation_beta == predictor.allocation_beta
     directory = model_store(model_dir).path(PROTOCOL, loaded.version)
     metadata = json.loads((directory / "metadata.json").read_text())
-    assert metadata["format_version"] == MODEL_FORMAT_VERSION == 3
+    assert metadata["format_version"] == MODEL_FORMAT_VERSION == 4
     assert metadata["allocation_beta"] == predictor.allocation_beta
     assert metadata["allocation_response"]["beta"] == predictor.allocation_beta
     path = np.r_[np.full(8, 0.9), np.full(16, 0.2)]

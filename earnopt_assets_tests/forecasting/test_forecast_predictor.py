@@ -168,11 +168,12 @@ def test_training_records_history_validation_and_the_blend(trained):
 
 def test_seasonal_naive_weight_and_kind_are_the_validation_best(trained):
     """The combination with a seasonal naive forecast is chosen on validation after the blend (ties: smaller weight)."""
-    from earnopt_assets.forecasting.model.forecast import SEASONAL_NAIVE_KINDS
+    from earnopt_assets.forecasting.model.forecast import COMBINATION_KINDS
 
     predictor, _, _ = trained
     history = predictor.training
-    assert set(history.validation_mape_by_naive_weight) == {f"{k} {c:g}" for k in SEASONAL_NAIVE_KINDS for c in predictor.config.blend_grid}
+    kinds = [k for k in COMBINATION_KINDS if k != "ets" or predictor.state.base.ets is not None]  # ETS: test_frozen_ets
+    assert set(history.validation_mape_by_naive_weight) == {f"{k} {c:g}" for k in kinds for c in predictor.config.blend_grid}
     best = min(history.validation_mape_by_naive_weight.values())
     chosen = history.validation_mape_by_naive_weight[f"{predictor.state.naive_kind} {predictor.state.naive_weight:g}"]
     assert chosen == pytest.approx(best)
@@ -205,7 +206,7 @@ def test_state_without_a_naive_weight_loads_as_the_model_alone(trained):
 
     predictor, _, _ = trained
     data = predictor.state.to_json()
-    assert data["naive_kind"] in ("last_week", "median_4_weeks") and 0.0 <= data["naive_weight"] <= 1.0
+    assert data["naive_kind"] in ("last_week", "median_4_weeks", "ets") and 0.0 <= data["naive_weight"] <= 1.0
     del data["naive_weight"], data["naive_kind"]  # a version saved before the combination existed
     old = FittedState.from_json(data)
     assert old.naive_weight == 0.0 and old.naive_kind == "last_week"

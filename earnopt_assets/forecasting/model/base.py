@@ -13,6 +13,12 @@ For an origin ``t`` and target hour ``j = t + h`` (h = 1..24) the components are
 * ``day``        D_j = mean_{k=1..7} z_{j-24k}                   (daily profile, last 7 days)
 * ``day_level``  lambda^D_t * D_j, lambda^D_t the same ratio with D
 
+* ``week_median`` M_j = median_{k=1..4} z_{j-168k} (robust to one unusual week: a holiday, an outage)
+* ``week_median_level`` lambda^W_t * M_j
+* ``ets``        the frozen-parameter exponential smoothing forecast of :mod:`.ets` (the ``ets`` peer's model
+                 fitted once at training, re-run over the last 4 weeks before ``t``; ``day_level`` when the
+                 model has none or the window reaches before the history)
+
 (means skip lags before the start of the history; every lag is at or before ``t`` because h <= 24), i.e. a
 multiplicative level x seasonal decomposition (the level factors lambda are the ETS-like "recent level vs
 its seasonal expectation" terms). The base is ``b_{t+h} = max(0, sum_c w_{h,c} comp_c)`` with
@@ -30,6 +36,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from earnopt_assets.forecasting.model.ets import ETS_WINDOW_HOURS, FrozenETS
+
 HORIZON_HOURS = 24
 DAY = 24
 WEEK = 168
@@ -37,16 +45,25 @@ BASE_WEEKS = 4
 BASE_DAYS = 7
 LEVEL_HOURS = 24
 LEVEL_CLIP = (0.25, 4.0)
-COMPONENTS: tuple[str, ...] = ("lag_24", "lag_168", "week", "week_level", "day", "day_level", "week_level_6h", "week_level_72h")
+# the components of versions saved before the ETS and median terms: they load with those weights 0 (same forecasts)
+LEGACY_COMPONENTS: tuple[str, ...] = ("lag_24", "lag_168", "week", "week_level", "day", "day_level", "week_level_6h", "week_level_72h")
+COMPONENTS: tuple[str, ...] = (*LEGACY_COMPONENTS, "ets", "week_median", "week_median_level")
+ETS_CHUNK = 2048  # origins per ETS window gather (bounds memory at a year of hourly origins)
 # Sample weighting of the NNLS fit, chosen on validation (MAPE is relative; plain least squares favours
 # the peak hours): w = 1, 1/sqrt(|z| + 0.1 m) or 1/(|z| + 0.3 m), m = mean |z| of the fitted targets.
-WEIGHTINGS: tuple[str, ...] = ("squared", "sqrt_relative", "relative")
+# ``absolute_relative`` minimises sum_i |t_i - x_i w| / max(|t_i|, 0.1 m) itself (the validation MAPE's
+# own loss; a 1/|t|-weighted median regression) by iteratively reweighted NNLS: squared rows weighted
+# 1 / (max(|t|, 0.1 m)^2 * max(|relative residual|, 0.01)), IRLS_STEPS steps from the ``relative`` fit.
+WEIGHTINGS: tuple[str, ...] = ("squared", "sqrt_relative", "relative", "absolute_relative")
+IRLS_STEPS = 6
+IRLS_DELTA = 0.01
+MAPE_FLOOR = 0.1
 # Hours of history the base needs at an origin: one week of lags behind the 24 h level window.
 MIN_BASE_HISTORY = WEEK + LEVEL_HOURS
 # Hours the base reads at most (4 weeks behind the level window): a longer tail changes nothing.
 FULL_BASE_HISTORY = BASE_WEEKS * WEEK + LEVEL_HOURS
 ALLOCATION_FLOOR = 0.02
-DEFAULT_WEIGHTS = np.array([0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0])
+DEFAULT_WEIGHTS = np.eye(len(COMPONENTS))[COMPONENTS.index("week_level")]
 
 
 def causal_fill(values: np.ndarray) -> np.ndarray:
@@ -94,8 +111,36 @@ def _lag_mean(Z: np.ndarray, rows: np.ndarray, index: np.ndarray, period: int, c
     return np.where(n > 0, total / np.maximum(n, 1), np.nan)
 
 
-def components(Z: np.ndarray, rows: np.ndarray, origins: np.ndarray, horizon: int = HORIZON_HOURS) -> np.ndarray:
-    """Base components (n, horizon, 6) of origins ``origins`` (column indexes into row ``rows`` of ``Z``).
+def _lag_median(Z: np.ndarray, rows: np.ndarray, index: np.ndarray, period: int, count: int) -> np.ndarray:
+    """Median of the lags ``index - period * k``, k = 1..count, skipping those before the history (NaN if none)."""
+    stacked = _gather(Z, rows[..., None], index[..., None] - period * np.arange(1, count + 1))
+    ordered = np.sort(stacked, axis=-1)  # NaN last
+    n = np.isfinite(stacked).sum(axis=-1)
+    low = np.take_along_axis(ordered, np.clip((n - 1) // 2, 0, count - 1)[..., None], axis=-1)[..., 0]
+    high = np.take_along_axis(ordered, np.clip(n // 2, 0, count - 1)[..., None], axis=-1)[..., 0]
+    return np.where(n > 0, 0.5 * (low + high), np.nan)
+
+
+def ets_path(Z: np.ndarray, rows: np.ndarray, origins: np.ndarray, horizon: int, ets: FrozenETS | None) -> np.ndarray:
+    """(n, horizon) frozen-ETS forecasts from the last :data:`ETS_WINDOW_HOURS` before each origin; NaN
+    where there is no ETS or the window is not fully inside the history."""
+    out = np.full((len(origins), horizon), np.nan)
+    if ets is None:
+        return out
+    W = ets.matrix()[:horizon].T  # (N, horizon)
+    offsets = np.arange(-ETS_WINDOW_HOURS + 1, 1)
+    for start in range(0, len(origins), ETS_CHUNK):
+        part = slice(start, start + ETS_CHUNK)
+        windows = _gather(Z, rows[part, None], origins[part, None] + offsets[None, :])
+        complete = np.isfinite(windows).all(axis=1)
+        if complete.any():
+            out[part][complete] = windows[complete] @ W
+    return out
+
+
+def components(Z: np.ndarray, rows: np.ndarray, origins: np.ndarray, horizon: int = HORIZON_HOURS, ets: FrozenETS | None = None) -> np.ndarray:
+    """Base components (n, horizon, len(COMPONENTS)) of origins ``origins`` (column indexes into row
+    ``rows`` of ``Z``).
 
     ``Z`` (m, T) holds causally filled z series; only columns <= each origin are read.
     """
@@ -123,8 +168,12 @@ def components(Z: np.ndarray, rows: np.ndarray, origins: np.ndarray, horizon: in
     out[..., 5] = lam_day[:, None] * day
     out[..., 6] = lam_6[:, None] * week
     out[..., 7] = lam_72[:, None] * week
+    out[..., 8] = ets_path(Z, rows, origins, horizon, ets)
+    median = _lag_median(Z, r2, targets, WEEK, BASE_WEEKS)
+    out[..., 9] = median
+    out[..., 10] = lam_week[:, None] * median
     # before a full week of history the weekly terms fall back to the daily ones (never NaN)
-    for c, fallback in ((1, 0), (2, 4), (3, 5), (6, 5), (7, 5)):
+    for c, fallback in ((1, 0), (2, 4), (3, 5), (6, 5), (7, 5), (8, 5), (9, 4), (10, 5)):
         out[..., c] = np.where(np.isfinite(out[..., c]), out[..., c], out[..., fallback])
     return np.nan_to_num(out, nan=0.0)
 
@@ -143,15 +192,17 @@ class StatisticalBase:
     weighting: str = "squared"
     fit_hours: int | None = None
     validation_mape: dict[str, float] | None = None
+    ets: FrozenETS | None = None
 
     @classmethod
     def fit(
-        cls, Z: np.ndarray, rows: np.ndarray, origins: np.ndarray, targets: np.ndarray, weighting: str = "squared", comps: np.ndarray | None = None
+        cls, Z: np.ndarray, rows: np.ndarray, origins: np.ndarray, targets: np.ndarray, weighting: str = "squared", comps: np.ndarray | None = None,
+        ets: FrozenETS | None = None,
     ) -> StatisticalBase:
         """NNLS per horizon hour of ``targets`` (n, H) (z of hours t+1..t+H) on the origins' components."""
         from scipy.optimize import nnls
 
-        comps = components(Z, rows, origins, targets.shape[1]) if comps is None else comps
+        comps = components(Z, rows, origins, targets.shape[1], ets) if comps is None else comps
         weights = np.tile(DEFAULT_WEIGHTS, (targets.shape[1], 1))
         finite = np.abs(targets[np.isfinite(targets)])
         m = float(finite.mean()) if len(finite) else 1.0
@@ -159,21 +210,29 @@ class StatisticalBase:
             ok = np.isfinite(targets[:, h])
             if ok.sum() >= 4 * len(COMPONENTS):
                 t = targets[ok, h]
-                w = _sample_weights(t, weighting, m)
-                fitted, _ = nnls(comps[ok, h, :] * w[:, None], t * w)
+                X = comps[ok, h, :]
+                w = _sample_weights(t, "relative" if weighting == "absolute_relative" else weighting, m)
+                fitted, _ = nnls(X * w[:, None], t * w)
+                if weighting == "absolute_relative":  # IRLS towards min sum |t - Xw| / |t| (the MAPE itself)
+                    scale = 1.0 / np.maximum(np.abs(t), MAPE_FLOOR * m)
+                    for _ in range(IRLS_STEPS):
+                        residual = np.abs(t - X @ fitted) * scale
+                        w = scale / np.sqrt(np.maximum(residual, IRLS_DELTA))  # w^2 (t - xw)^2 = scale |t - xw|
+                        fitted, _ = nnls(X * w[:, None], t * w)
                 if np.isfinite(fitted).all() and fitted.sum() > 0:
                     weights[h] = fitted
-        return cls(weights, weighting)
+        return cls(weights, weighting, ets=ets)
 
     @classmethod
     def fit_by_validation(
-        cls, Z: np.ndarray, train_origins: np.ndarray, train_targets: np.ndarray, val_origins: np.ndarray, val_targets: np.ndarray, recent_hours: int
+        cls, Z: np.ndarray, train_origins: np.ndarray, train_targets: np.ndarray, val_origins: np.ndarray, val_targets: np.ndarray, recent_hours: int,
+        ets: FrozenETS | None = None,
     ) -> StatisticalBase:
         """Fit every weighting in :data:`WEIGHTINGS` on all training origins and on the last ``recent_hours``
         of them; keep the one with the lowest MAPE of the validation origins' 24 h paths (never the holdout)."""
         rows_t = np.zeros(len(train_origins), dtype=np.int64)
-        comps_t = components(Z, rows_t, train_origins, train_targets.shape[1])
-        comps_v = components(Z, np.zeros(len(val_origins), dtype=np.int64), val_origins, val_targets.shape[1])
+        comps_t = components(Z, rows_t, train_origins, train_targets.shape[1], ets)
+        comps_v = components(Z, np.zeros(len(val_origins), dtype=np.int64), val_origins, val_targets.shape[1], ets)
         best: tuple[float, StatisticalBase] | None = None
         scores: dict[str, float] = {}
         for span in (None, recent_hours):
@@ -181,7 +240,7 @@ class StatisticalBase:
             if span is not None and keep.sum() >= len(train_origins):
                 continue
             for weighting in WEIGHTINGS:
-                candidate = cls.fit(Z, rows_t, train_origins, train_targets[keep], weighting, comps=comps_t[keep])
+                candidate = cls.fit(Z, rows_t, train_origins, train_targets[keep], weighting, comps=comps_t[keep], ets=ets)
                 candidate.fit_hours = span
                 predicted = candidate.predict_components(comps_v)
                 ok = np.isfinite(val_targets) & (val_targets != 0)
@@ -197,7 +256,7 @@ class StatisticalBase:
         return np.maximum(np.einsum("nhc,hc->nh", comps, self.weights[: comps.shape[1]]), 0.0)
 
     def predict(self, Z: np.ndarray, rows: np.ndarray, origins: np.ndarray, horizon: int = HORIZON_HOURS) -> np.ndarray:
-        return self.predict_components(components(Z, rows, origins, horizon))
+        return self.predict_components(components(Z, rows, origins, horizon, self.ets))
 
     def to_json(self) -> dict:
         return {
@@ -206,16 +265,21 @@ class StatisticalBase:
             "weighting": self.weighting,
             "fit_hours": self.fit_hours,
             "validation_mape": self.validation_mape,
+            "ets": None if self.ets is None else self.ets.to_json(),
         }
 
     @classmethod
     def from_json(cls, data: dict) -> StatisticalBase:
-        if list(data.get("components", [])) != list(COMPONENTS):
+        names = list(data.get("components", []))
+        if names not in (list(COMPONENTS), list(LEGACY_COMPONENTS)):
             raise ValueError(f"base components {data.get('components')} differ from this code's {list(COMPONENTS)}")
         weights = np.asarray(data["weights"], dtype=float)
-        if weights.shape != (HORIZON_HOURS, len(COMPONENTS)) or not np.isfinite(weights).all() or (weights < 0).any():
-            raise ValueError(f"base weights must be {HORIZON_HOURS} x {len(COMPONENTS)} finite non-negative numbers")
-        return cls(weights, str(data.get("weighting", "squared")), data.get("fit_hours"), data.get("validation_mape"))
+        if weights.shape != (HORIZON_HOURS, len(names)) or not np.isfinite(weights).all() or (weights < 0).any():
+            raise ValueError(f"base weights must be {HORIZON_HOURS} x {len(names)} finite non-negative numbers")
+        if len(names) < len(COMPONENTS):  # saved before the ETS term: weight 0, the same forecasts as then
+            weights = np.concatenate([weights, np.zeros((HORIZON_HOURS, len(COMPONENTS) - len(names)))], axis=1)
+        ets = FrozenETS.from_json(data.get("ets"))
+        return cls(weights, str(data.get("weighting", "squared")), data.get("fit_hours"), data.get("validation_mape"), ets)
 
 
 def _sample_weights(t: np.ndarray, weighting: str, m: float) -> np.ndarray:

@@ -38,7 +38,8 @@ class ModelConfig:
     still uses every training origin); ``validation_hours`` (default ``validation_fraction``
     of that window, at least 7 days) at its end are never trained on: early stopping and the blend weight
     between base and base + correction are chosen there. ``ensemble_size`` networks with seeds ``seed``,
-    ``seed + 1``, ... are averaged. ``train_threads`` caps TensorFlow's intra/inter-op threads;
+    ``seed + 1``, ... are averaged. ``use_ets``: the base gets the frozen-parameter ETS term of
+    :mod:`.ets` (fitted once per training, a matrix product per forecast). ``train_threads`` caps TensorFlow's intra/inter-op threads;
     ``train_nice`` is the niceness increment of the training worker (``os.nice``).
     """
 
@@ -62,6 +63,7 @@ class ModelConfig:
     train_threads: int = 1
     train_nice: int = 10
     blend_grid: tuple[float, ...] = BLEND_GRID
+    use_ets: bool = True
     host_totals: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:

@@ -15,9 +15,10 @@ Per origin ``t`` (z = allocation-normalised earnings, causally filled; b = the s
   ``e^_{t+h} = z^_{t+h} * clip(a_{t+h})**beta`` with a_{t+h} the planned share (default: held at a_t).
   g is the blend weight chosen on validation. The recursive head runs 24 one-step forecasts, appending
   each z^ to the history and recomputing the base and the window from it.
-* combination with a seasonal naive forecast ``s_{t+h}``: ``z~_{t+h} = (1 - c) * z^_{t+h} + c * s_{t+h}``,
-  ``s`` = ``last_week`` (``z_{t+h-168}``) or ``median_4_weeks`` (``median_{k=1..4} z_{t+h-168k}``, robust
-  to one unusual week), the kind and ``c`` (``naive_weight``) chosen together on the validation origins
+* combination with a simple statistical forecast ``s_{t+h}``: ``z~_{t+h} = (1 - c) * z^_{t+h} + c * s_{t+h}``,
+  ``s`` = ``last_week`` (``z_{t+h-168}``), ``median_4_weeks`` (``median_{k=1..4} z_{t+h-168k}``, robust
+  to one unusual week) or ``ets`` (the frozen exponential smoothing of :mod:`.ets`, when the base has
+  one), the kind and ``c`` (``naive_weight``) chosen together on the validation origins
   (``z_{t+h-24}`` is not offered: it is already one of the base's NNLS components)
   after ``g`` (``c = 0``: the model alone). Averaging a model with simple seasonal forecasts is a classic
   robust combination: a level-adjusted base over-extrapolates short level shifts (holidays, outages).
@@ -44,7 +45,9 @@ from earnopt_assets.forecasting.model.base import (
     _gather,
     allocation_factor,
     components,
+    ets_path,
 )
+from earnopt_assets.forecasting.model.ets import FrozenETS
 
 CHANNELS: tuple[str, ...] = ("z", "base_error", "next_day", "hour_sin", "hour_cos", "dow_sin", "dow_cos", "allocation")
 SCALE_HOURS = 168
@@ -88,7 +91,7 @@ class FittedState:
     blend: float = 1.0
     allocation_response: dict[str, Any] | None = None
     naive_weight: float = 0.0  # c of the combination with a seasonal naive forecast (module docstring); 0 in older versions
-    naive_kind: str = "last_week"  # which one: a key of SEASONAL_NAIVE_KINDS
+    naive_kind: str = "last_week"  # which one: a key of COMBINATION_KINDS
     validation_scores: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -126,10 +129,13 @@ class FittedState:
         if not 0.0 <= naive_weight <= 1.0:
             raise ValueError(f"naive_weight {naive_weight} is not in [0, 1]")
         naive_kind = str(data.get("naive_kind", "last_week"))
-        if naive_kind not in SEASONAL_NAIVE_KINDS:
-            raise ValueError(f"naive_kind {naive_kind!r} is not one of {SEASONAL_NAIVE_KINDS}")
+        if naive_kind not in COMBINATION_KINDS:
+            raise ValueError(f"naive_kind {naive_kind!r} is not one of {COMBINATION_KINDS}")
+        base = StatisticalBase.from_json(data["base"])
+        if naive_kind == "ets" and base.ets is None:
+            raise ValueError("naive_kind 'ets' needs the base's ETS parameters, which are missing")
         return cls(
-            base=StatisticalBase.from_json(data["base"]),
+            base=base,
             allocation_beta=None if beta is None else float(beta),
             level_floor=float(data["level_floor"]),
             channel_mean=mean,
@@ -254,12 +260,12 @@ def forecast_z(
     rows = np.arange(n)
     origins = tails.origins
     base_path = state.base.predict(tails.Z, rows, origins)
-    kind = state.naive_kind
+    kind, ets = state.naive_kind, state.base.ets
     if network is None or g == 0.0:
-        return base_path, combine_with_seasonal_naive(base_path, tails, c, kind)
+        return base_path, combine_with_seasonal_naive(base_path, tails, c, kind, ets)
     if head == "direct":
         base_path, correction, eps = direct_correction(tails, state, network, sequence_length=sequence_length, timezone=timezone)
-        return base_path, combine_with_seasonal_naive(apply_ratio(base_path, g * correction, eps), tails, c, kind)
+        return base_path, combine_with_seasonal_naive(apply_ratio(base_path, g * correction, eps), tails, c, kind, ets)
     # recursive: one step at a time, each prediction appended to the history
     Z = np.concatenate([tails.Z, np.full((n, HORIZON_HOURS), np.nan)], axis=1)
     A = np.concatenate([tails.A, np.clip(future_allocation, ALLOCATION_FLOOR, 1.0)], axis=1)
@@ -274,10 +280,20 @@ def forecast_z(
         value = apply_ratio(step_base[:, 0], g * (state.target_mean + state.target_std * out), EPS_FRACTION * scale)
         predicted[:, k] = value
         Z[:, T + k] = value
-    return base_path, combine_with_seasonal_naive(predicted, tails, c, kind)
+    return base_path, combine_with_seasonal_naive(predicted, tails, c, kind, ets)
 
 
 SEASONAL_NAIVE_KINDS: tuple[str, ...] = ("last_week", "median_4_weeks")
+# what the model may be combined with: the seasonal naive kinds and the frozen ETS (when fitted)
+COMBINATION_KINDS: tuple[str, ...] = (*SEASONAL_NAIVE_KINDS, "ets")
+
+
+def combination_path(tails: Tails, kind: str, ets: FrozenETS | None = None) -> np.ndarray:
+    """(n, 24) partner forecast of the combination: :func:`seasonal_naive_path` or the frozen ETS (NaN
+    where it cannot forecast)."""
+    if kind == "ets":
+        return ets_path(tails.Z, np.arange(tails.Z.shape[0]), tails.origins, HORIZON_HOURS, ets)
+    return seasonal_naive_path(tails, kind)
 
 
 def seasonal_naive_path(tails: Tails, kind: str = "last_week") -> np.ndarray:
@@ -303,12 +319,12 @@ def seasonal_naive_path(tails: Tails, kind: str = "last_week") -> np.ndarray:
     return out
 
 
-def combine_with_seasonal_naive(path: np.ndarray, tails: Tails, weight: float, kind: str = "last_week") -> np.ndarray:
-    """``(1 - c) * path + c * s`` (c = ``weight``, s = :func:`seasonal_naive_path` of ``kind``); where s is NaN
-    the model's value stays."""
+def combine_with_seasonal_naive(path: np.ndarray, tails: Tails, weight: float, kind: str = "last_week", ets: FrozenETS | None = None) -> np.ndarray:
+    """``(1 - c) * path + c * s`` (c = ``weight``, s = :func:`combination_path` of ``kind``, floored at 0);
+    where s is NaN the model's value stays."""
     if weight <= 0.0:
         return path.copy()
-    naive = seasonal_naive_path(tails, kind)
+    naive = np.maximum(combination_path(tails, kind, ets), 0.0)
     return np.where(np.isfinite(naive), (1.0 - weight) * path + weight * naive, path)
 
 
@@ -377,8 +393,8 @@ def training_samples(
     return X, Y, origins
 
 
-def base_components_at(z_filled: np.ndarray, origins: np.ndarray, horizon: int = HORIZON_HOURS) -> np.ndarray:
-    return components(z_filled[None, :], np.zeros(len(origins), dtype=np.int64), origins, horizon)
+def base_components_at(z_filled: np.ndarray, origins: np.ndarray, horizon: int = HORIZON_HOURS, ets: FrozenETS | None = None) -> np.ndarray:
+    return components(z_filled[None, :], np.zeros(len(origins), dtype=np.int64), origins, horizon, ets)
 
 
 def held_future_allocation(allocation_tail: np.ndarray, path: np.ndarray | None) -> np.ndarray:

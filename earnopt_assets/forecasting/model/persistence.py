@@ -29,7 +29,9 @@ from earnopt_assets.modelstore import ModelStore, ModelStoreError, sha256_file
 log = logging.getLogger(__name__)
 
 MODEL_KIND = "lstm"
-MODEL_FORMAT_VERSION = 3
+MODEL_FORMAT_VERSION = 4
+# format 3 = before the frozen-ETS base term: still read (its base loads with the ETS weight 0, same forecasts)
+READABLE_FORMAT_VERSIONS: tuple[int, ...] = (3, MODEL_FORMAT_VERSION)
 KEEP_VERSIONS = 3
 METADATA_FILE = "metadata.json"
 PART_FILES: tuple[str, ...] = ("config.json", "state.json", "network.json", "network.npz", "history.json", "metrics.json", METADATA_FILE)
@@ -135,8 +137,8 @@ def load_model(cls: type, models_dir: str | Path, protocol: str, version: str | 
             if sha256_file(directory / name) != digest:
                 raise ModelLoadError(f"{protocol} {version}: {name} does not match its checksum in metadata.json")
         format_version = int(metadata.get("format_version", 0))
-        if format_version != MODEL_FORMAT_VERSION:
-            raise ModelLoadError(f"{protocol} {version}: model format {format_version}, this code reads {MODEL_FORMAT_VERSION}")
+        if format_version not in READABLE_FORMAT_VERSIONS:
+            raise ModelLoadError(f"{protocol} {version}: model format {format_version}, this code reads {', '.join(map(str, READABLE_FORMAT_VERSIONS))}")
         config = ModelConfig.from_json(json.loads((directory / "config.json").read_text(encoding="utf-8")))
         state = FittedState.from_json(json.loads((directory / "state.json").read_text(encoding="utf-8")))
         spec = json.loads((directory / "network.json").read_text(encoding="utf-8"))

@@ -48,10 +48,11 @@ from earnopt_assets.forecasting.model.errors import (  # noqa: F401  (callers im
     NonFiniteValuesError,
     SequenceValidationError,
 )
+from earnopt_assets.forecasting.model.ets import FrozenETS
 from earnopt_assets.forecasting.model.forecast import (
     CHANNELS,
+    COMBINATION_KINDS,
     LEVEL_FLOOR_FRACTION,
-    SEASONAL_NAIVE_KINDS,
     FittedState,
     Tails,
     apply_ratio,
@@ -309,8 +310,10 @@ class EarningsPredictor:
         def targets_of(origins: np.ndarray) -> np.ndarray:
             return z_target[origins[:, None] + np.arange(1, HORIZON_HOURS + 1)[None, :]]
 
+        # the ETS peer's smoothing parameters, fitted once on the last 4 weeks before validation (frozen for serving)
+        ets = FrozenETS.fit(z[:val_start]) if cfg.use_ets else None
         base = StatisticalBase.fit_by_validation(
-            z[None, :], train_origins, targets_of(train_origins), val_origins, targets_of(val_origins), cfg.max_train_hours
+            z[None, :], train_origins, targets_of(train_origins), val_origins, targets_of(val_origins), cfg.max_train_hours, ets=ets
         )
         C = len(CHANNELS)
         state = FittedState(base, beta, floor, np.zeros(C), np.ones(C), 0.0, 1.0, 1.0, response)
@@ -377,9 +380,10 @@ class EarningsPredictor:
             _, chosen = forecast_z(tails, state, self.network, head=cfg.head, sequence_length=L, timezone=cfg.timezone, future_allocation=held, naive_weight=0.0)
         naive_scores: dict[str, float] = {}
         options: list[tuple[float, int, str, float]] = []  # (MAPE, kind order, kind, c): ties -> smaller c, last_week
-        for order, kind in enumerate(SEASONAL_NAIVE_KINDS):
+        kinds = [k for k in COMBINATION_KINDS if k != "ets" or state.base.ets is not None]
+        for order, kind in enumerate(kinds):
             for c in cfg.blend_grid:
-                value = mape_pct(actual, to_earnings(combine_with_seasonal_naive(chosen, tails, c, kind), held, beta))
+                value = mape_pct(actual, to_earnings(combine_with_seasonal_naive(chosen, tails, c, kind, state.base.ets), held, beta))
                 if value is not None:
                     naive_scores[f"{kind} {c:g}"] = value
                     options.append((round(value, 9), order, kind, float(c)))
