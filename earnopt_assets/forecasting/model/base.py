@@ -123,18 +123,24 @@ def _lag_median(Z: np.ndarray, rows: np.ndarray, index: np.ndarray, period: int,
 
 def ets_path(Z: np.ndarray, rows: np.ndarray, origins: np.ndarray, horizon: int, ets: FrozenETS | None) -> np.ndarray:
     """(n, horizon) frozen-ETS forecasts from the last :data:`ETS_WINDOW_HOURS` before each origin; NaN
-    where there is no ETS or the window is not fully inside the history."""
+    where there is no ETS or the window is not fully inside the (observed, filled) history."""
+    rows, origins = np.asarray(rows, dtype=np.int64), np.asarray(origins, dtype=np.int64)
     out = np.full((len(origins), horizon), np.nan)
-    if ets is None:
+    N, T = ETS_WINDOW_HOURS, Z.shape[1]
+    if ets is None or T < N:
+        return out
+    first = origins - N + 1
+    missing = np.concatenate([np.zeros((Z.shape[0], 1)), np.cumsum(~np.isfinite(Z), axis=1)], axis=1)
+    inside = (first >= 0) & (origins < T)
+    ok = np.flatnonzero(inside)
+    ok = ok[missing[rows[ok], origins[ok] + 1] == missing[rows[ok], first[ok]]]  # no NaN in the window
+    if not len(ok):
         return out
     W = ets.matrix()[:horizon].T  # (N, horizon)
-    offsets = np.arange(-ETS_WINDOW_HOURS + 1, 1)
-    for start in range(0, len(origins), ETS_CHUNK):
-        part = slice(start, start + ETS_CHUNK)
-        windows = _gather(Z, rows[part, None], origins[part, None] + offsets[None, :])
-        complete = np.isfinite(windows).all(axis=1)
-        if complete.any():
-            out[part][complete] = windows[complete] @ W
+    windows = np.lib.stride_tricks.sliding_window_view(Z, N, axis=1)  # (m, T - N + 1, N), a view
+    for start in range(0, len(ok), ETS_CHUNK):
+        part = ok[start : start + ETS_CHUNK]
+        out[part] = windows[rows[part], first[part]] @ W
     return out
 
 
