@@ -149,3 +149,33 @@ def test_the_absolute_relative_weighting_fits_the_mape_better_than_least_squares
         return float(np.mean(np.abs(targets - fitted.predict_components(comps)) / targets))
 
     assert mape("absolute_relative") < min(mape("squared"), mape("relative"))
+
+
+def test_a_version_saved_in_format_3_still_loads_and_forecasts_as_it_did(long_model, tmp_path, monkeypatch):
+    """A format-3 version (8 base components, no ETS parameters) loads through the normal loader."""
+    import copy
+
+    from earnopt_assets.forecasting.model import persistence
+    from earnopt_assets.forecasting.model.predictor import EarningsPredictor
+
+    predictor, telemetry, _ = long_model
+    old = copy.deepcopy(predictor)
+    old.state.base.weights[:, len(LEGACY_COMPONENTS) :] = 0.0
+    old.state.base.ets = None
+    old.state.naive_kind = "last_week" if old.state.naive_kind == "ets" else old.state.naive_kind
+    legacy_json = StatisticalBase.to_json
+
+    def format_3(base):
+        data = legacy_json(base)
+        data.pop("ets")
+        return {**data, "components": list(LEGACY_COMPONENTS), "weights": base.weights[:, : len(LEGACY_COMPONENTS)].tolist()}
+
+    monkeypatch.setattr(StatisticalBase, "to_json", format_3)
+    monkeypatch.setattr(persistence, "MODEL_FORMAT_VERSION", 3)
+    old.save(tmp_path, promote=True)
+    monkeypatch.undo()
+    saved = json.loads((persistence.model_store(tmp_path).current_path("storj") / "state.json").read_text())
+    assert saved["base"]["components"] == list(LEGACY_COMPONENTS) and "ets" not in saved["base"]
+    loaded = EarningsPredictor.load(tmp_path, "storj")
+    recent = telemetry.iloc[:-48]
+    np.testing.assert_allclose(loaded.predict_next_24h(recent), old.predict_next_24h(recent), rtol=1e-12)
