@@ -209,6 +209,23 @@ class EarnoptLoop:
         self.last_retrain = pd.Timestamp(now)
         self.timings["retrain"] += time.perf_counter() - started
 
+    def _at_share_in_force(self, name: str, frame: pd.DataFrame) -> pd.DataFrame:
+        """The lags re-expressed at the share in force a_0 with the curve the last cycle learned:
+        e'_t = e_t r(a_0) / r(a_t), allocation a_0 (so the candidates' own x^beta rescaling is a no-op and the
+        forecast and the allocator's potential p = f / r(a_0) use one curve). A lag at a share the curve pays
+        nothing at says nothing about a_0: it takes the mean of the others. Unchanged without a learned curve."""
+        curve = self.plans[-1].inputs.protocols[name].curve if self.plans and name in self.plans[-1].inputs.protocols else None
+        if curve is None or not curve.learned or frame.empty:
+            return frame
+        shares = frame["allocation"].to_numpy(float)
+        held = float(shares[-1])
+        lag_response, held_response = np.asarray(curve.at_share(shares), dtype=float), float(curve.at_share(held))
+        earnings = frame["earnings_usd"].to_numpy(float)
+        known = lag_response > 0
+        rescaled = np.where(known, earnings * held_response / np.where(known, lag_response, 1.0), np.nan)
+        fill = float(np.nanmean(rescaled)) if known.any() else 0.0
+        return frame.assign(earnings_usd=np.where(known, rescaled, fill), allocation=held)
+
     def forecasts(self, now: datetime, series: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
         """Each hour: the served candidate's next 24 h with its conformal intervals (forecasts-table columns)."""
         from earnopt_assets.forecasting.candidates import OriginContext
@@ -219,7 +236,7 @@ class EarnoptLoop:
             frame = series.get(name)
             if frame is None or len(frame) < 200:
                 continue
-            ctx = OriginContext.from_frame(frame.tail(FORECAST_HISTORY_HOURS))
+            ctx = OriginContext.from_frame(self._at_share_in_force(name, frame.tail(FORECAST_HISTORY_HOURS)))
             values = np.clip(np.nan_to_num(np.asarray(served.forecaster(ctx), dtype=float)), 0.0, None)
             forecast = pd.DataFrame({"target_ts": pd.DatetimeIndex(ctx.target_ts), "value": values, "source": served.source,
                                      "forecast_time": pd.Timestamp(now), "origin_ts": pd.Timestamp(ctx.origin_ts)})

@@ -590,7 +590,7 @@ def raw_constraints_check(
 
 
 def _snapped_share(curve: ResponseCurve, share: float, requirement: ProtocolRequirements, upper: float) -> float:
-    """s = min{observed s_j : r(s_j) >= r(share)} within the protocol's bounds (module docstring)."""
+    """s_down = min{observed s_j : r(s_j) >= r(share)} within the protocol's bounds (module docstring)."""
     if not curve.learned:
         return share
     start = curve.plateau_start(share)
@@ -612,7 +612,8 @@ def snap_to_observed(
 
     Protocols whose share moves down are fixed there and the rest re-solved; the returned result keeps the
     last solve's status and raw solution (what the constraints check reads) with the snapped shares, which
-    use no more of any resource than that solution."""
+    use no more of any resource than that solution. A step up (the next lease, a storage minimum) is the
+    exact discrete check's part (:func:`discrete_check`)."""
     fixed: dict[str, float] = {}
     for _ in range(SNAP_ROUNDS):
         if not result.allocations:
@@ -638,10 +639,74 @@ def snap_to_observed(
         upper = requirement.min_allocation if name in degraded else requirement.max_allocation
         shares[name] = fixed.get(name, _snapped_share(curves[name], share, requirement, upper))
     by_protocol = {n: float(potentials[n] * curves[n].relative(s)) for n, s in shares.items()}
-    constraints = allocator.constraints
     return replace(result, allocations=shares, expected_earnings=float(sum(by_protocol.values())),
                    expected_earnings_by_protocol=by_protocol,
-                   resource_utilization=utilization_pct(resource_use(shares, requirements), constraints))
+                   resource_utilization=utilization_pct(resource_use(shares, requirements), allocator.constraints))
+
+
+def _options(curve: ResponseCurve, low: float, high: float) -> np.ndarray:
+    """The shares a protocol may run at in the discrete check: its observed shares within [low, high] and low
+    (learned curve), else a 0.01 grid."""
+    if curve.learned:
+        knots = np.asarray(curve.knots)
+        return np.unique(np.r_[low, knots[(knots >= low - 1e-9) & (knots <= high + 1e-9)]])
+    return np.unique(np.r_[np.arange(low, high + 1e-9, 0.01), high])
+
+
+def discrete_check(
+    result: AllocationResult,
+    requirements: Mapping[str, ProtocolRequirements],
+    potentials: Mapping[str, float],
+    current: Mapping[str, float],
+    degraded: frozenset[str],
+    curves: Mapping[str, ResponseCurve],
+    change_penalty: float,
+    totals: Mapping[str, float],
+) -> AllocationResult:
+    """Evaluate a second candidate plan on the learned (non-concave) curves and keep the better one.
+
+    The candidate is the exact optimum over the observed shares: max sum_i [p_i r_i(s) - lambda |s - c_i|] over
+    one option s per protocol (:func:`_options`) subject to the resource totals, a small mixed-integer program
+    (scipy ``milp``/HiGHS, one binary per protocol and option). It replaces the snapped convex answer only if
+    it earns more on r_i; a failed solve keeps the convex answer."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    if not result.allocations:
+        return result
+    names = list(result.allocations)
+    columns: list[tuple[str, float]] = []
+    values: list[float] = []
+    for name in names:
+        requirement = requirements[name]
+        upper = requirement.min_allocation if name in degraded else requirement.max_allocation
+        for share in _options(curves[name], requirement.min_allocation, upper):
+            columns.append((name, float(share)))
+            values.append(potentials[name] * float(curves[name].relative(share)) - change_penalty * abs(share - current.get(name, 0.0)))
+
+    def worth(shares: Mapping[str, float]) -> float:
+        return sum(potentials[n] * float(curves[n].relative(x)) - change_penalty * abs(x - current.get(n, 0.0)) for n, x in shares.items())
+
+    owner = np.array([names.index(n) for n, _ in columns])
+    usage = np.array([[share * requirements[n].as_vector()[k] for n, share in columns] for k in range(len(RESOURCES))])
+    pick_one = np.zeros((len(names), len(columns)))
+    pick_one[owner, np.arange(len(columns))] = 1.0
+    limits = np.array([totals[r] for r in RESOURCES]) * (1 - 1e-9)
+    try:
+        solved = milp(-np.array(values), constraints=[LinearConstraint(usage, -np.inf, limits), LinearConstraint(pick_one, 1, 1)],
+                      integrality=np.ones(len(columns)), bounds=Bounds(0, 1), options={"time_limit": 2.0})
+    except Exception:  # pragma: no cover - HiGHS failing is not a reason to lose the convex plan
+        return result
+    if not solved.success or solved.x is None:
+        return result
+    chosen = {columns[k][0]: columns[k][1] for k in np.flatnonzero(solved.x > 0.5)}
+    if set(chosen) != set(names) or worth(chosen) <= worth(result.allocations) + 1e-12:
+        return result
+    by_protocol = {n: float(potentials[n] * curves[n].relative(s)) for n, s in chosen.items()}
+    return replace(result, allocations=chosen, expected_earnings=float(sum(by_protocol.values())),
+                   expected_earnings_by_protocol=by_protocol,
+                   resource_utilization=utilization_pct(resource_use(chosen, requirements), ResourceConstraints.from_totals(totals)),
+                   diagnosis=[*result.diagnosis, "the exact optimum over the observed shares (HiGHS) earns more on the learned "
+                              "curves than the snapped convex answer and is proposed instead"])
 
 
 def compute_plan(
@@ -671,6 +736,7 @@ def compute_plan(
         requirements, planned, current, degraded, response_curves=curves, change_penalty=settings.change_penalty
     )
     result = snap_to_observed(allocator, result, requirements, planned, current, degraded, curves, settings.change_penalty)
+    result = discrete_check(result, requirements, planned, current, degraded, curves, settings.change_penalty, catalog.host.available())
     checks = {
         "solver_status_optimal": check_solver_status(result),
         # the solver's raw x, not the clipped shares: clipping would hide an out-of-bounds answer

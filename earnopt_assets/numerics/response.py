@@ -60,6 +60,7 @@ Below two usable shares nothing about the shape can be learned and the power fit
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -76,7 +77,11 @@ BREAKPOINTS: tuple[float, ...] = (0.0, 0.005, 0.015, 0.03, 0.06, 0.1, 0.16, 0.25
 
 CurveMethod = Literal["fit", "prior", "no_data", "learned"]
 SHARE_RESOLUTION = 0.005  # observed shares closer than this are one share
+KNOT_TOLERANCE = 1e-6  # a solver answer this close below an observed share is at it (solver precision)
 RUN_CHANGE = 0.001  # a share change above this starts a new run
+BOUNDARY_HOURS = 24  # hours either side of a share change whose means give the share's effect
+ANCHOR = 0.2  # weight of a run's mean level against a boundary ratio (a run's mean carries the price drift)
+ZERO_LEVEL = 0.02  # a run earning under 2 % of the best run earns nothing (below a minimum, no lease)
 
 
 @dataclass(frozen=True)
@@ -120,7 +125,7 @@ class ResponseCurve:
         if not self.knots:
             return np.power(np.clip(x, 0.0, 1.0), self.beta)
         z, r = np.asarray(self.knots), np.asarray(self.levels)
-        index = np.searchsorted(z, np.asarray(x, dtype=float) + 1e-9, side="right") - 1
+        index = np.searchsorted(z, np.asarray(x, dtype=float) + KNOT_TOLERANCE, side="right") - 1
         out = np.where(index >= 0, r[np.clip(index, 0, None)], 0.0)
         return float(out) if np.ndim(out) == 0 else out
 
@@ -165,7 +170,7 @@ class ResponseCurve:
             return None
         level = float(self.relative(x))
         z, r = np.asarray(self.knots), np.asarray(self.levels)
-        if x + 1e-9 < z[0]:
+        if x + KNOT_TOLERANCE < z[0]:
             return None
         return float(z[np.argmax(r >= level - 1e-12)])
 
@@ -251,6 +256,55 @@ def _runs(allocations: np.ndarray) -> np.ndarray:
     return np.r_[0, np.cumsum(np.abs(np.diff(allocations)) > RUN_CHANGE)]
 
 
+def _drift_free_levels(e: np.ndarray, run: np.ndarray, share: np.ndarray, n_shares: int) -> np.ndarray:
+    """Level per share with the slow price drift taken out (module docstring, step 3).
+
+    With c_s = log g(s) and u a common offset, weighted least squares over
+      boundaries j -> j+1 (both sides earn):  c_{s(j+1)} - c_{s(j)} = log f_{j+1} - log b_j         (weight 1)
+      runs j that earn:                       c_{s(j)} + u = log m_j                                (weight ANCHOR)
+    b_j, f_j the means of the last / first BOUNDARY_HOURS of a run, m_j its mean: across a share change the
+    price has had no time to move, so the boundary ratio is the share's effect; the anchors tie shares that
+    no boundary links. Levels g(s) = exp(c_s) times the share of its hours in runs that earn, rescaled to
+    the plain hour-weighted mean level. Runs earning under ZERO_LEVEL of the best run count as earning 0.
+    """
+    runs = np.unique(run)
+    starts = np.searchsorted(run, runs, side="left")
+    ends = np.searchsorted(run, runs, side="right")
+    run_share = share[starts]
+    run_mean = np.array([e[a:b].mean() for a, b in zip(starts, ends)])
+    earns = run_mean > ZERO_LEVEL * max(float(run_mean.max()), 1e-300)
+    rows, target, weight = [], [], []
+    for j in range(len(runs) - 1):
+        if earns[j] and earns[j + 1] and run_share[j] != run_share[j + 1]:
+            before = e[max(starts[j], ends[j] - BOUNDARY_HOURS):ends[j]].mean()
+            after = e[starts[j + 1]:min(ends[j + 1], starts[j + 1] + BOUNDARY_HOURS)].mean()
+            if before > 0 and after > 0:
+                row = np.zeros(n_shares + 1)
+                row[run_share[j + 1]], row[run_share[j]] = 1.0, -1.0
+                rows.append(row)
+                target.append(np.log(after / before))
+                weight.append(1.0)
+    for j in np.flatnonzero(earns):
+        row = np.zeros(n_shares + 1)
+        row[run_share[j]], row[-1] = 1.0, 1.0
+        rows.append(row)
+        target.append(np.log(run_mean[j]))
+        weight.append(ANCHOR)
+    plain = np.bincount(share, weights=e, minlength=n_shares) / np.maximum(np.bincount(share, minlength=n_shares), 1)
+    if not rows:
+        return plain
+    w = np.sqrt(np.array(weight))
+    design = np.array(rows) * w[:, None]
+    solution = np.linalg.lstsq(design, np.array(target) * w, rcond=None)[0]
+    hours = np.bincount(share, minlength=n_shares).astype(float)
+    earning_hours = np.bincount(run_share[earns], weights=(ends - starts)[earns], minlength=n_shares)
+    seen = earning_hours > 0
+    levels = np.where(seen, np.exp(np.clip(solution[:n_shares] - solution[:n_shares][seen].mean(), -50, 50)), 0.0)
+    levels *= earning_hours / np.maximum(hours, 1)
+    total = float(np.sum(levels * hours))
+    return levels * float(np.sum(plain * hours)) / total if total > 0 else plain
+
+
 def learn_response_curve(
     ts: np.ndarray | pd.Series | list,
     allocations: np.ndarray | list[float],
@@ -258,6 +312,7 @@ def learn_response_curve(
     *,
     min_hours: int = 12,
     prior_beta: float = PRIOR_BETA,
+    price_proxy: bool = True,
 ) -> ResponseCurve:
     """A monotone response learned from hourly telemetry (module docstring, "Learned curve").
 
@@ -268,48 +323,52 @@ def learn_response_curve(
 
     x = np.asarray(allocations, dtype=float).ravel()
     e = np.asarray(earnings, dtype=float).ravel()
-    when = pd.to_datetime(pd.Series(np.asarray(ts).ravel()))
-    if not (x.shape == e.shape == (len(when),)):
-        raise ValueError(f"ts ({len(when)}), allocations ({x.size}) and earnings ({e.size}) must have the same length")
+    when = np.asarray(pd.to_datetime(np.asarray(ts).ravel()), dtype="datetime64[h]")
+    if not (x.shape == e.shape == when.shape):
+        raise ValueError(f"ts ({when.size}), allocations ({x.size}) and earnings ({e.size}) must have the same length")
     power = fit_response_curve(x, e, prior_beta=prior_beta)
-    order = np.argsort(when.to_numpy(), kind="stable")
-    x, e, hour = x[order], e[order], when.dt.hour.to_numpy()[order]
+    order = np.argsort(when, kind="stable")
+    x, e, hour = x[order], e[order], when[order].astype(np.int64) % 24
     ok = np.isfinite(x) & np.isfinite(e) & (e >= 0)
     x, e, hour = np.clip(x[ok], 0.0, 1.0), e[ok], hour[ok]
     if x.size == 0:
         return power
     run = _runs(x)
-    frame = pd.DataFrame({"run": run, "share": x, "e": e, "hour": hour})
-    first_hour = np.r_[False, run[1:] != run[:-1]]
-    run_median = frame.groupby("run")["e"].transform("median").to_numpy()
-    frame = frame[~first_hour & ~((e <= 0) & (run_median > 0))]
-    if frame.empty:
+    bounds = np.r_[0, np.flatnonzero(np.diff(run)) + 1, run.size]
+    run_median = np.repeat([np.median(e[a:b]) for a, b in itertools.pairwise(bounds)], np.diff(bounds))
+    keep = ~np.r_[False, run[1:] != run[:-1]] & ~((e <= 0) & (run_median > 0))
+    x, e, hour, run = x[keep], e[keep], hour[keep], run[keep]
+    if x.size == 0:
         return power
-    run_mean = frame.groupby("run")["e"].transform("mean").to_numpy()
+    _, run_index = np.unique(run, return_inverse=True)
+    run_mean = (np.bincount(run_index, weights=e) / np.bincount(run_index))[run_index]
     # hour-of-day demand proxy from runs that earn: q_h = mean(e_t / m_run), normalised to mean 1
-    ratio = np.where(run_mean > 0, frame["e"].to_numpy() / np.where(run_mean > 0, run_mean, 1.0), np.nan)
-    profile = pd.Series(ratio).groupby(frame["hour"].to_numpy()).mean().reindex(range(24))
-    if profile.notna().all() and profile.mean() > 0:
-        q = (profile / profile.mean()).clip(lower=0.2).to_numpy()
-        frame = frame.assign(e=frame["e"].to_numpy() / q[frame["hour"].to_numpy()])
-    frame = frame.assign(share=np.round(frame["share"].to_numpy() / SHARE_RESOLUTION) * SHARE_RESOLUTION)
-    levels = frame.groupby("share")["e"].agg(["mean", "size"])
-    levels = levels[levels["size"] >= min_hours]
-    if len(levels) < 2:
+    earning = run_mean > 0
+    counts = np.bincount(hour[earning], minlength=24)
+    if np.all(counts > 0):
+        profile = np.bincount(hour[earning], weights=e[earning] / run_mean[earning], minlength=24) / counts
+        if profile.mean() > 0:
+            e = e / np.clip(profile / profile.mean(), 0.2, None)[hour]
+    shares, share_index = np.unique(np.round(x / SHARE_RESOLUTION).astype(np.int64), return_inverse=True)
+    hours = np.bincount(share_index)
+    means = _drift_free_levels(e, run_index, share_index, len(shares)) if price_proxy else np.bincount(share_index, weights=e) / hours
+    usable = hours >= min_hours
+    if usable.sum() < 2:
         return power
-    fitted = isotonic_regression(levels["mean"].to_numpy(float), weights=levels["size"].to_numpy(float), increasing=True).x
+    shares, hours, means = shares[usable] * SHARE_RESOLUTION, hours[usable], means[usable]
+    fitted = isotonic_regression(means, weights=hours.astype(float), increasing=True).x
     scale = float(fitted.max())
     if scale <= 0:
         return power
-    knots = np.clip(np.round(levels.index.to_numpy(float), 6), 0.0, 1.0)
+    knots = np.clip(np.round(shares, 6), 0.0, 1.0)
     return ResponseCurve(
         beta=power.beta,
         scale_usd_per_hour=scale,
         method="learned",
-        n_points=int(levels["size"].sum()),
+        n_points=int(hours.sum()),
         log_spread=power.log_spread,
         r2=power.r2,
         knots=tuple(float(k) for k in knots),
         levels=tuple(float(v) for v in np.clip(fitted / scale, 0.0, 1.0)),
-        hours=tuple(int(h) for h in levels["size"]),
+        hours=tuple(int(h) for h in hours),
     )

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from earnopt_assets.allocation.allocator import ProtocolRequirements, ResourceAllocator, ResourceConstraints
-from earnopt_assets.allocation.plan import potential_from_forecast, snap_to_observed
+from earnopt_assets.allocation.plan import discrete_check, potential_from_forecast, snap_to_observed
 from earnopt_assets.numerics.response import ResponseCurve, learn_response_curve
 
 HOURS = pd.date_range("2026-01-01", periods=24 * 60, freq="h")
@@ -109,3 +109,28 @@ def test_snapping_moves_a_between_leases_answer_onto_a_lease_and_gives_the_rest_
     earned = sum(potentials[n] * curves[n].relative(x) for n, x in snapped.allocations.items())
     assert snapped.expected_earnings == pytest.approx(earned)
     assert earned > sum(potentials[n] * curves[n].relative(x) for n, x in first.allocations.items())
+
+
+def test_the_discrete_check_steps_up_to_a_storage_minimum_the_snap_would_fall_below() -> None:
+    """The envelope prices 0.55 of a storage node at most of what 0.6 earns; the learned curve pays 0 below its
+    smallest observed share 0.6, so snapping down gives it nothing. The exact optimum over the observed shares
+    runs it at 0.6 and is proposed because it earns more on the learned curves."""
+    host = ResourceConstraints(total_cpu_cores=0.85, total_memory_gb=100, total_bandwidth_mbps=100, total_storage_gb=100)
+    cpu = {"cpu_per_unit": 1.0, "memory_per_unit": 0.0, "bandwidth_per_unit": 0.0, "storage_per_unit": 0.0}
+    requirements = {"storage": ProtocolRequirements(**cpu, min_allocation=0.5), "bandwidth": ProtocolRequirements(**cpu)}
+    curves = {
+        "storage": ResponseCurve(method="learned", knots=(0.6, 0.8, 1.0), levels=(0.6, 0.8, 1.0)),
+        "bandwidth": ResponseCurve(method="learned", knots=(0.1, 0.3, 0.5), levels=(0.5, 0.9, 1.0)),
+    }
+    potentials = {"storage": 1.0, "bandwidth": 1.0}
+    current = {"storage": 0.6, "bandwidth": 0.3}
+    allocator = ResourceAllocator(host)
+    first = allocator.optimize_allocation(requirements, potentials, current, response_curves=curves)
+    assert first.allocations == pytest.approx({"storage": 0.55, "bandwidth": 0.3}, abs=1e-5)
+    snapped = snap_to_observed(allocator, first, requirements, potentials, current, frozenset(), curves, 0.0)
+    assert snapped.allocations["storage"] == pytest.approx(0.5) and snapped.expected_earnings_by_protocol["storage"] == 0.0
+    checked = discrete_check(snapped, requirements, potentials, current, frozenset(), curves, 0.0, host.totals())
+    assert checked.allocations == pytest.approx({"storage": 0.6, "bandwidth": 0.1})
+    assert checked.expected_earnings == pytest.approx(0.6 + 0.5) and checked.expected_earnings > snapped.expected_earnings
+    assert "exact optimum over the observed shares" in checked.diagnosis[-1]
+    assert discrete_check(checked, requirements, potentials, current, frozenset(), curves, 0.0, host.totals()) is checked
