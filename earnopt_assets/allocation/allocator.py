@@ -9,8 +9,9 @@ Optimisation model, for protocols i = 1..n with allocation shares x_i::
                 l_i <= x_i <= u_i,   0 <= x_i <= 1
                 u_i = l_i                             if protocol i is degraded
 
-p_i is the protocol's expected $/h at full allocation, r_i(x) = x**beta_i its fitted response curve
-(earnopt_assets.numerics.response) whose chords give (a_ik, b_ik), c_i the current allocation and
+p_i is the protocol's expected $/h at full allocation, r_i(x) its response curve
+(earnopt_assets.numerics.response: the concave envelope of the curve learned from telemetry, or x**beta_i)
+whose chords give (a_ik, b_ik), c_i the current allocation and
 lambda >= 0 the reallocation friction in $/h per unit of change. The problem is built once per protocol
 set with ``cp.Parameter`` for every number that changes between cycles (DPP), so a re-solve skips
 canonicalisation. Coefficients are divided by max_i p_i before solving so that cents-per-hour
@@ -134,8 +135,6 @@ class AllocationResult:
     # answer outside its bounds fails the check instead of being silently clipped into a passing plan
     raw_allocations: dict[str, float] = field(default_factory=dict)
     max_clip: float = 0.0  # max |raw - clipped| share, recorded separately from the check
-    # $/h one more unit of each resource would earn at the optimum (the resource constraints' duals)
-    shadow_prices: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name, share in self.allocations.items():
@@ -258,14 +257,6 @@ class _ParametrisedProblem:
             raise RuntimeError("allocation problem is not DPP")
 
 
-def _shadow_prices(built: _ParametrisedProblem, scale: float) -> dict[str, float]:
-    """y_r >= 0, the dual of sum_i x_i R_ir <= T_r, back in $/h per unit of resource r (0 when unknown)."""
-    dual = built.constraints["resources"].dual_value
-    if dual is None:
-        return dict.fromkeys(RESOURCES, 0.0)
-    return {r: max(0.0, float(v)) * scale for r, v in zip(RESOURCES, np.asarray(dual, dtype=float).ravel())}
-
-
 class ResourceAllocator:
     """Maximise expected earnings under the host's resource totals; see the module docstring."""
 
@@ -385,7 +376,6 @@ class ResourceAllocator:
                     objective_value=objective,
                     raw_allocations={n: float(r) for n, r in zip(names, raw)},
                     max_clip=float(np.max(np.abs(raw - shares))) if len(raw) else 0.0,
-                    shadow_prices=_shadow_prices(built, scale),
                 )
         except Exception as exc:
             logger.exception("allocation failed")

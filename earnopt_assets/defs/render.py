@@ -95,8 +95,10 @@ ALLOCATION_COLUMN_DESCRIPTIONS: dict[str, str] = {
     "reason": "why that action",
     "expected_current_usd_per_h": "expected earnings at the current share",
     "expected_proposed_usd_per_h": "expected earnings at the proposed share",
-    "potential_usd_per_h": "expected earnings at a 100 % share (p in E(x) = p x^beta)",
-    "response_beta": "diminishing-returns exponent beta of E(x) = p x^beta",
+    "potential_usd_per_h": "expected earnings at a 100 % share (p in E(x) = p r(x))",
+    "response_curve": "the response r(x) the plan used: learned from telemetry at the shares seen (docs/MODELS.md), "
+    "else the power fit x^beta",
+    "response_at_target_%": "r at the share that runs after this cycle, percent of the earnings at a 100 % share",
     "cpu_cores": "CPU cores used by the share that runs after this cycle",
     "memory_gb": "memory (GB) used by the share that runs after this cycle",
     "bandwidth_mbps": "bandwidth (Mbit/s) used by the share that runs after this cycle",
@@ -126,7 +128,8 @@ def allocation_frame(plan, catalog) -> pd.DataFrame:
                 "expected_current_usd_per_h": p.expected_current_usd_per_hour,
                 "expected_proposed_usd_per_h": p.expected_proposed_usd_per_hour,
                 "potential_usd_per_h": p.potential_usd_per_hour,
-                "response_beta": p.response_beta,
+                "response_curve": _curve_text(plan.inputs.protocols[p.name].curve),
+                "response_at_target_%": 100.0 * float(plan.inputs.protocols[p.name].curve.relative(p.target)),
                 **{resource: round(vector[resource] * p.target, 4) for resource in ALLOCATION_RESOURCE_UNITS},
                 "current_basis": plan.inputs.protocols[p.name].current_source.replace("_", " "),
                 "earnings_source": p.forecast_source.replace("_", " "),
@@ -138,8 +141,15 @@ def allocation_frame(plan, catalog) -> pd.DataFrame:
         frame[column] = frame[column].astype(float).round(2)
     for column in ("expected_current_usd_per_h", "expected_proposed_usd_per_h", "potential_usd_per_h"):
         frame[column] = frame[column].astype(float).round(6)
-    frame["response_beta"] = frame["response_beta"].astype(float).round(3)
+    frame["response_at_target_%"] = frame["response_at_target_%"].astype(float).round(1)
     return frame
+
+
+def _curve_text(curve) -> str:
+    if curve.learned:
+        return (f"learned at {len(curve.knots)} shares seen ({100 * curve.knots[0]:.0f}-{100 * curve.knots[-1]:.0f} %), "
+                "flat between and above them, 0 below")
+    return f"power fit x^{curve.beta:.3f} ({curve.method.replace('_', ' ')})"
 
 
 def utilisation_frame(plan, catalog) -> pd.DataFrame:

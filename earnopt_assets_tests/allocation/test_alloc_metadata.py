@@ -30,6 +30,7 @@ IMAGE = re.compile(r"\(data:image/png;base64,[^)]*\)")
 ALLOCATION_COLUMNS = {
     "protocol", "current_share_%", "proposed_share_%", "change_pp", "action", "reason", "expected_current_usd_per_h",
     "expected_proposed_usd_per_h", "potential_usd_per_h", "cpu_cores", "memory_gb", "bandwidth_mbps", "storage_gb",
+    "response_curve", "response_at_target_%",
 }
 
 
@@ -97,6 +98,9 @@ def test_tables_have_units_and_one_row_per_protocol(warehouse: Path, small_catal
         p = plan.protocols[record.data["protocol"]]
         assert record.data["current_share_%"] == pytest.approx(100 * p.current, abs=0.01)
         assert record.data["change_pp"] == pytest.approx(100 * (p.proposed - p.current), abs=0.02)
+        curve = plan.inputs.protocols[p.name].curve
+        assert record.data["response_at_target_%"] == pytest.approx(100 * curve.relative(p.target), abs=0.06)
+        assert record.data["response_curve"].startswith("learned at" if curve.learned else "power fit")
     utilisation = metadata["utilisation"]
     columns = [c.name for c in utilisation.schema.columns]
     assert columns[0] == "resource" and "unit" in columns and any(c.endswith("_%") for c in columns)

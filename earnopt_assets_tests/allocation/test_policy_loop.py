@@ -134,3 +134,23 @@ def test_the_benchmarked_loop_is_the_one_the_schedule_runs(data_dir: Path, small
     assert np.allclose(env.applied[-loop_hours:], ran) and env.done
     with connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM optimization_cycles").fetchone()[0] == loop_hours
+
+
+def test_the_loop_forecasts_at_the_share_in_force_with_the_learned_curve(small_catalog) -> None:
+    """Lags at another share are re-expressed at the share in force by the curve the last cycle learned,
+    e'_t = e_t r(a_0) / r(a_t), so the forecast and the potential p = f / r(a_0) use one curve."""
+    env, history = cl.make_environment(small_catalog, seed=2, history_days=30, loop_days=1, end=END)
+    loop = cl.EarnoptLoop(small_catalog, history, use_forecasts=False, use_alerts=False)
+    loop.decide(env.now.to_pydatetime())
+    name = env.names[0]
+    curve = loop.plans[-1].inputs.protocols[name].curve
+    assert curve.learned
+    frame = history[history["protocol"] == name].tail(48).reset_index(drop=True)
+    low, high = curve.knots[0], curve.knots[-1]
+    frame["allocation"] = [low] * 24 + [high] * 24
+    out = loop._at_share_in_force(name, frame)
+    assert (out["allocation"] == high).all()
+    ratio = float(curve.at_share(high)) / float(curve.at_share(low))
+    assert out["earnings_usd"].to_numpy()[:24] == pytest.approx(frame["earnings_usd"].to_numpy()[:24] * ratio)
+    assert out["earnings_usd"].to_numpy()[24:] == pytest.approx(frame["earnings_usd"].to_numpy()[24:])
+    assert cl.EarnoptLoop(small_catalog, history)._at_share_in_force(name, frame) is frame  # no cycle yet: unchanged
