@@ -323,7 +323,10 @@ def learn_response_curve(
 
     x = np.asarray(allocations, dtype=float).ravel()
     e = np.asarray(earnings, dtype=float).ravel()
-    when = np.asarray(pd.to_datetime(np.asarray(ts).ravel()), dtype="datetime64[h]")
+    when = np.asarray(ts).ravel()
+    if not np.issubdtype(when.dtype, np.datetime64):  # pd.to_datetime walks an ndarray element by element
+        when = pd.to_datetime(pd.Series(when)).to_numpy()
+    when = when.astype("datetime64[h]")
     if not (x.shape == e.shape == when.shape):
         raise ValueError(f"ts ({when.size}), allocations ({x.size}) and earnings ({e.size}) must have the same length")
     power = fit_response_curve(x, e, prior_beta=prior_beta)
