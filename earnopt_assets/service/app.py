@@ -51,6 +51,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             max_wait_s=settings.predict_batch_wait_ms / 1000.0,
             timeout_s=settings.predict_timeout_seconds,
         )
+        state.request_forecaster = predict.request_forecaster()
         # Startup leaves millions of long-lived objects (TensorFlow, Keras, pandas, the models); a full
         # garbage collection scanning them stalls the event loop for ~100-200 ms under load. Freeze them
         # out of the collector's generations (requests' own garbage is still collected).

@@ -18,6 +18,7 @@ from earnopt_assets.catalog import Catalog, ProtocolSpec, UnknownProtocolError, 
 from earnopt_assets.service import forecast_adapter
 from earnopt_assets.service.errors import NotFound
 from earnopt_assets.service.metrics import ServiceMetrics
+from earnopt_assets.service.prediction import IntervalCache
 from earnopt_assets.service.serving import ServingDecisions
 from earnopt_assets.service.settings import ServiceSettings
 from earnopt_assets.service.training import GraphQLTrainLauncher, InstanceTrainLauncher
@@ -233,6 +234,8 @@ class ServiceState:
                 catalog_path=Path(settings.catalog),
             )
         self.batcher: Any = None  # PredictionBatcher, created in the running event loop by the app's lifespan
+        self.request_forecaster: Any = None  # prediction.RequestForecaster: what the batcher runs for /predict/earnings
+        self.intervals = IntervalCache()
         self._allocator: Any = None
         self._allocator_lock = threading.Lock()
         self.started_at = datetime.now(UTC)

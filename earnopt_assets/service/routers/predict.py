@@ -11,20 +11,21 @@ import numpy as np
 import pandas as pd
 from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 
 from earnopt_assets.service.errors import ModelUnavailable, ServiceUnavailable, UnprocessableData
-from earnopt_assets.service.routers.deps import get_state
-from earnopt_assets.service.schemas import (
-    EvaluationRequest,
-    EvaluationResponse,
-    HourlyPrediction,
-    PredictionRequest,
-    PredictionResponse,
+from earnopt_assets.service.prediction import (
+    HOUR_NS,
+    SLOW_SOURCES,
+    ParsedRows,
+    PredictionJob,
+    RequestForecaster,
+    cached_copy,
+    encode_answer,
 )
+from earnopt_assets.service.routers.deps import get_state
+from earnopt_assets.service.schemas import EvaluationRequest, EvaluationResponse, PredictionResponse
 from earnopt_assets.service.state import ServiceState
-from earnopt_assets.service.telemetry import hourly_grid, rows_to_columns, rows_to_frame, utc_now
+from earnopt_assets.service.telemetry import hourly_grid, rows_to_frame
 
 router = APIRouter(tags=["predictions"])
 
@@ -104,8 +105,9 @@ async def predict_earnings(protocol: ProtocolPath, http_request: Request, state:
 
     A forecast is a pure function of (decision, model version, request body), so answers are kept in an LRU
     cache keyed by those (``EARNOPT_PREDICTION_CACHE_SIZE``); a hit says ``cached: true``. Concurrent
-    identical requests share one computation; LSTM forecasts are micro-batched with the other requests in
-    flight, off the event loop.
+    identical requests share one computation; uncached requests of every protocol are micro-batched and
+    parsed, forecast and encoded off the event loop in one worker-thread hop
+    (:mod:`earnopt_assets.service.prediction`).
     """
     state.protocol(protocol)
     body = await http_request.body()
@@ -117,55 +119,62 @@ async def predict_earnings(protocol: ProtocolPath, http_request: Request, state:
     decided = decision.decided_at if decision is not None else None
     key = f"{protocol}|{entry.version if entry.loaded else None}|{decided}|{hashlib.sha256(body).hexdigest()}"
     cached = state.predictions.get(key)
-    if cached is not None:
+    if cached is None:
+        source, payload = await state.predictions.compute_once(
+            key, lambda: _compute(PredictionJob(protocol, body, entry, plan, state)), encode=lambda r: (r[0], cached_copy(r[1]))
+        )
+    else:
         source, payload = cached
-        state.metrics.predictions.labels(protocol, source).inc()
-        return Response(payload, media_type="application/json")
-    try:
-        request = PredictionRequest.model_validate_json(body)
-    except ValidationError as exc:
-        raise RequestValidationError([{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]) from None
-    response = await state.predictions.compute_once(
-        key,
-        lambda: _predict(protocol, request, entry, plan, state),
-        encode=lambda r: (r.source, r.model_copy(update={"cached": True}).model_dump_json().encode()),
-    )
-    state.metrics.predictions.labels(protocol, response.source).inc()
-    return response
+    state.metrics.predictions.labels(protocol, source).inc()
+    return Response(payload, media_type="application/json")
 
 
-async def _predict(protocol: str, request: PredictionRequest, entry: Any, plan: Plan, state: ServiceState) -> PredictionResponse:
-    """Prepare in the threadpool; if the champion answers, wait for its row of a shared batch."""
+async def _compute(job: PredictionJob) -> tuple[str, bytes]:
+    """(source, payload) of one uncached request: in the micro-batcher's thread, or (the sources that fit
+    per request) in the threadpool so they do not hold up the batch."""
     from earnopt_assets.service.batcher import BatcherClosed, BatchTimeout
 
-    prepared = await run_in_threadpool(_prepare, protocol, request, entry, plan, state)
-    if isinstance(prepared, PredictionResponse):
-        return prepared
-    device, origin = prepared
-    try:
-        values = await state.batcher.submit(entry.forecaster, origin)
-    except (BatchTimeout, BatcherClosed) as exc:
-        raise ServiceUnavailable(str(exc), problem="prediction-unavailable") from None
-    targets = pd.date_range(origin.origin_ts + pd.Timedelta(hours=1), periods=len(values), freq="h")
-    return _response(protocol, device, entry.version, plan, targets, values)
+    state = job.state
+    if job.plan.source in SLOW_SOURCES:
+        outcome = (await run_in_threadpool(state.request_forecaster.forecast, [job]))[0]
+    else:
+        try:
+            outcome = await state.batcher.submit(state.request_forecaster, job)
+        except (BatchTimeout, BatcherClosed) as exc:
+            raise ServiceUnavailable(str(exc), problem="prediction-unavailable") from None
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
 
 
-def _prepare(protocol: str, request: PredictionRequest, entry: Any, plan: Plan, state: ServiceState) -> PredictionResponse | tuple[str, Any]:
-    """(device, model origin) for the batcher, or the finished statistical answer; 422/503 on bad input."""
+def request_forecaster() -> RequestForecaster:
+    """The batcher's forecaster of whole requests (see :mod:`earnopt_assets.service.prediction`)."""
+    return RequestForecaster(_prepare, _answer_from_model)
+
+
+def _answer_from_model(job: PredictionJob, device: str, origin: Any, values: np.ndarray) -> tuple[str, bytes]:
+    first_target = int(np.datetime64(origin.series.ts[-1], "ns").astype(np.int64)) + HOUR_NS
+    return encode_answer(job.protocol, device, job.entry.version, job.plan, first_target, values, job.state.intervals.get(job.plan.decision))
+
+
+def _prepare(job: PredictionJob, parsed: ParsedRows) -> tuple[str, bytes] | tuple[str, Any]:
+    """(device, model origin) for the champion, or the finished statistical answer (source, payload);
+    422/503 on bad input."""
     from earnopt_assets.forecasting.batch import prepare_origin, prepare_origin_from_columns
     from earnopt_assets.forecasting.model.predictor import InsufficientHistoryError, SequenceValidationError
 
+    protocol, entry, plan, state = job.protocol, job.entry, job.plan, job.state
+    device, ts_ns, columns = parsed.device, parsed.ts_ns, parsed.columns
     fallback_reason: str | None = None
     if plan.use_model:
         try:
             # fast path (no DataFrame) for the usual contiguous series; gaps take the gridding path
-            device, ts_ns, columns = rows_to_columns(request.rows, protocol=protocol, default_device=state.catalog.host.device)
             origin = prepare_origin_from_columns(entry.predictor, ts_ns, columns)
             if origin is None:
-                origin = prepare_origin(entry.predictor, rows_to_frame(request.rows, protocol=protocol, default_device=device))
+                origin = prepare_origin(entry.predictor, rows_to_frame(parsed.request().rows, protocol=protocol, default_device=device))
             return device, origin
         except InsufficientHistoryError as exc:
-            if not request.fallback:
+            if not parsed.fallback:
                 raise UnprocessableData(str(exc), field="rows", required_history_hours=entry.predictor.required_history_hours) from None
             fallback_reason = f"{plan.source} serves {protocol} but needs more history: {exc}"
         except SequenceValidationError as exc:
@@ -174,63 +183,36 @@ def _prepare(protocol: str, request: PredictionRequest, entry: Any, plan: Plan, 
         from earnopt_assets.forecasting.candidates import InsufficientHistory, OriginContext, statistical_candidates
 
         # fast path: the posted columns straight onto the hourly grid (no DataFrame), as from_frame does
-        device, ts_ns, columns = rows_to_columns(request.rows, protocol=protocol, default_device=state.catalog.host.device)
         gridded = hourly_grid(ts_ns, {"earnings_usd": columns["earnings_usd"], "allocation": columns["allocation"]})
         candidate = statistical_candidates().get(plan.source)
         try:
             if candidate is None:
                 raise InsufficientHistory(f"unknown candidate {plan.source!r}")
             if gridded is None:
-                context = OriginContext.from_frame(rows_to_frame(request.rows, protocol=protocol, default_device=device))
+                context = OriginContext.from_frame(rows_to_frame(parsed.request().rows, protocol=protocol, default_device=device))
             else:
                 grid, values = gridded
                 context = OriginContext(ts=grid, earnings=values["earnings_usd"], allocation=values["allocation"])
             values = np.asarray(candidate(context), dtype=float)
-            return _response(protocol, device, None, plan, pd.DatetimeIndex(context.target_ts), values)
+            first_target = int(np.datetime64(context.ts[-1], "ns").astype(np.int64)) + HOUR_NS
+            return encode_answer(protocol, device, None, plan, first_target, values, state.intervals.get(plan.decision))
         except InsufficientHistory as exc:
-            if not request.fallback:
+            if not parsed.fallback:
                 raise UnprocessableData(f"{plan.source} serves {protocol} but cannot run on the posted rows: {exc}", field="rows") from None
             fallback_reason = f"{plan.source} serves {protocol} but cannot run on the posted rows: {exc}"
     if fallback_reason is None:
         fallback_reason = plan.reason
-        if not request.fallback:
+        if not parsed.fallback:
             raise ModelUnavailable(
                 f"{fallback_reason}; train one with POST /train/{protocol}, or send \"fallback\": true for the seasonal-naive baseline",
                 protocol=protocol,
             )
-    frame = rows_to_frame(request.rows, protocol=protocol, default_device=state.catalog.host.device)
+    frame = rows_to_frame(parsed.request().rows, protocol=protocol, default_device=state.catalog.host.device)
     device = str(frame["device"].iloc[0])
     targets, values = _baseline(frame)
-    return _response(protocol, device, None, Plan("seasonal_naive_fallback", fallback_reason, True, None, False), targets, values)
-
-
-def _response(protocol: str, device: str, version: str | None, plan: Plan, targets: pd.DatetimeIndex, values: np.ndarray) -> PredictionResponse:
-    from earnopt_assets.forecasting.intervals import ConformalIntervals
-
-    index = pd.DatetimeIndex(targets)
-    index = index.tz_localize("UTC") if index.tz is None else index.tz_convert("UTC")
-    clean = np.clip(np.nan_to_num(np.asarray(values, dtype=float), nan=0.0, posinf=0.0), 0.0, None)
-    bands: dict[str, np.ndarray] = {}
-    if plan.decision is not None and plan.decision.intervals:
-        try:
-            bands = ConformalIntervals.from_json(plan.decision.intervals).apply(clean)
-        except (ValueError, KeyError, TypeError):
-            bands = {}
-    hours = []
-    for i, (t, v) in enumerate(zip(index, clean)):
-        bounds = {k: float(bands[k][i]) for k in ("lower_80", "upper_80", "lower_95", "upper_95") if k in bands}
-        hours.append(HourlyPrediction(ts=t.to_pydatetime(), earnings_usd=float(v), **bounds))
-    return PredictionResponse(
-        protocol=protocol,
-        device=device,
-        model_version=version,
-        source=plan.source,
-        reason=plan.reason,
-        below_target=plan.below_target,
-        generated_at=utc_now(),
-        predictions=hours,
-        total_usd=float(clean.sum()),
-    )
+    first = pd.DatetimeIndex(targets)
+    first_target = int((first.tz_localize("UTC") if first.tz is None else first.tz_convert("UTC")).as_unit("ns").asi8[0])
+    return encode_answer(protocol, device, None, Plan("seasonal_naive_fallback", fallback_reason, True, None, False), first_target, values, None)
 
 
 @router.post("/evaluate/{protocol}", response_model=EvaluationResponse, responses=PROBLEM_RESPONSES)
