@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
 
     default_risk = load_catalog().allocation.risk_aversion
     earnopt = {f"earnopt_lambda_{default_risk:g}": None, "earnopt_lambda_0": 0.0}
-    tasks = [(p, s, args.history_days, args.loop_days, risk) for s in args.seeds for p, risk in earnopt.items()]  # long ones first
+    # long ones first, the default risk setting (the target figure) on every seed before lambda = 0
+    tasks = [(p, s, args.history_days, args.loop_days, risk) for p, risk in earnopt.items() for s in args.seeds]
     tasks += [(p, s, args.history_days, args.loop_days, None) for s in args.seeds for p in (*STATIC, "oracle")]
     if args.policies:
         tasks = [t for t in tasks if t[0] in args.policies]

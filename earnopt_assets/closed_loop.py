@@ -14,9 +14,10 @@ path, then ``loop_days`` in which the policy sets the share of every protocol ea
   cycle's inputs and plan (:func:`earnopt_assets.allocation.plan.assemble_inputs`,
   :func:`~earnopt_assets.allocation.plan.compute_plan`: optimiser, checks, reallocation rule with restart
   cost and risk setting) and apply the plan's targets in the next hour.
-  Forecaster: the allocation-aware statistical candidates only (seasonal naive 24/168 h rescaled to the
-  share in force by the fitted curve's beta, as the LSTM's base does), not the LSTM, and not MSTL/ETS (each costs ~0.3 s per origin; 12 protocols x 30 days x
-  3 seeds x several policies does not fit 2 shared cores).
+  Forecaster: the allocation-aware statistical candidates only (seasonal naive 24/168 h), their lags
+  re-expressed at the share in force with the response the last cycle learned (:meth:`EarnoptLoop._at_share_in_force`),
+  not the LSTM, and not MSTL/ETS (each costs ~0.3 s per origin; 12 protocols x 30 days x 3 seeds x several
+  policies does not fit 2 shared cores). The alert rules adjust earnings by the same learned response.
 * :func:`oracle_allocation` - knows the hidden response curves, demand and prices of the loop window and
   holds the best fixed allocation for it (a mixed-integer program over a 0.01 share grid, exact for the
   step-shaped curves); it does not move hour by hour, so an adaptive policy may exceed it.
