@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -204,6 +205,23 @@ def ets_forecast(ctx: OriginContext, window_hours: int = ETS_WINDOW_HOURS) -> np
     if float(np.ptp(y)) == 0.0:
         return _clip(np.full(ctx.horizon, y[-1]))
     return _clip(AutoETS(season_length=DAY_HOURS, model="ZZA").forecast(y=y, h=ctx.horizon)["mean"])
+
+
+def frozen_ets_forecast(ctx: OriginContext, ets: Any, beta: float | None = None, window_hours: int = ETS_WINDOW_HOURS) -> np.ndarray:
+    """The ``ets`` peer with its smoothing parameters fitted once at training (a
+    :class:`~earnopt_assets.forecasting.model.ets.FrozenETS`, the model base's): the same state recursion
+    over the last ``window_hours`` (at least one week) of the gap-filled history, one matrix product
+    instead of a refit. With ``beta`` it reads earnings moved to allocation 1, ``e / clip(a)**beta`` (as the
+    base it was fitted for does), and moves the forecast back at the target hours' shares."""
+    from earnopt_assets.forecasting.model.base import allocation_factor
+    from earnopt_assets.forecasting.model.ets import INIT_HOURS
+
+    hours = min(window_hours, len(ctx.earnings))
+    y = _window(ctx, hours, INIT_HOURS, "ets")
+    if beta is None:
+        return _clip(ets.forecast(y, ctx.horizon))
+    z = y / allocation_factor(np.asarray(ctx.allocation[-hours:], dtype=float), beta)
+    return _clip(ets.forecast(z, ctx.horizon) * allocation_factor(ctx.target_allocation(), beta))
 
 
 def statistical_candidates(*, allocation_beta: float | None = None) -> dict[str, Forecaster]:

@@ -136,3 +136,69 @@ def test_served_forecasts_equal_the_predictors_across_a_daylight_saving_change(t
     local = _LocalHours("Europe/Berlin").shift(hours)
     assert np.array_equal(calendar_channels(local, "UTC"), calendar_channels(hours, "Europe/Berlin"))
     assert _LocalHours("Asia/Kolkata").shift(hours) is None  # half-hour offsets: the pandas path serves
+
+
+def _ets_by_recursion(ets, y: np.ndarray) -> np.ndarray:
+    """The recursion of the ETS module's docstring, hour by hour (the reference the matrix must equal)."""
+    init, season = 168, 24
+    level = float(np.mean(y[:init]))
+    seasonal = [float(np.mean(y[k:init:season]) - level) for k in range(season)][::-1]  # s_0 newest .. s_23 next
+    trend = 0.0
+    for value in y:
+        error = value - (level + ets.phi * trend + seasonal[-1])
+        level, trend = level + ets.phi * trend + ets.alpha * error, ets.phi * trend + ets.beta * error
+        seasonal = [seasonal[-1] + ets.gamma * error, *seasonal[:-1]]
+    damp = np.cumsum(ets.phi ** np.arange(1, 25))
+    return np.array([level + damp[h - 1] * trend + seasonal[season - h] for h in range(1, 25)])
+
+
+@pytest.mark.parametrize("hours", [168, 240, 672])
+def test_frozen_ets_answers_are_the_recursion_with_the_training_parameters(hours: int) -> None:
+    from earnopt_assets.forecasting.candidates import OriginContext, frozen_ets_forecast
+    from earnopt_assets.forecasting.model.ets import FrozenETS
+
+    ets = FrozenETS(alpha=0.35, beta=0.02, gamma=0.15, phi=0.95, trend="Ad")
+    t = np.arange(700)
+    earnings = 2.0 + np.sin(2 * np.pi * t / 24) + 0.001 * t + np.random.default_rng(1).normal(0, 0.05, len(t))
+    grid = (np.datetime64("2026-03-01T00:00:00") + t * np.timedelta64(1, "h")).astype("datetime64[ns]")
+    ctx = OriginContext(ts=grid[-hours:], earnings=earnings[-hours:], allocation=np.full(hours, 0.5))
+    expected = np.clip(_ets_by_recursion(ets, earnings[-hours:]), 0.0, None)
+    assert np.allclose(frozen_ets_forecast(ctx, ets), expected, rtol=1e-9, atol=1e-12)
+    # with the model's allocation exponent: read at share 1, answered at the held share (0.5 -> 0.5**beta)
+    moved = frozen_ets_forecast(ctx, ets, beta=0.5)
+    assert np.allclose(moved, np.clip(_ets_by_recursion(ets, earnings[-hours:] / 0.5**0.5), 0.0, None) * 0.5**0.5, rtol=1e-9)
+
+
+def test_an_ets_source_is_served_from_the_frozen_parameters_without_a_refit(tmp_path, small_catalog_path, small_catalog, monkeypatch) -> None:
+    from fastapi.testclient import TestClient
+
+    from earnopt_assets.forecasting import candidates
+    from earnopt_assets.forecasting.model.ets import FrozenETS
+    from earnopt_assets.forecasting.registry import ServingDecision, write_serving_decision
+    from earnopt_assets.service.app import create_app
+    from earnopt_assets.service.settings import ServiceSettings
+    from earnopt_assets_tests.service.helpers import rows_payload, simulated, train_tiny_model
+
+    data_dir = tmp_path / "data"
+    version = train_tiny_model(small_catalog, data_dir / "models", "honeygain")
+    write_serving_decision(data_dir / "models", ServingDecision("honeygain", "ets", "ets holdout MAPE 8% < 15%", False, 8.0, 15.0, None, version))
+    telemetry = simulated(small_catalog, ["honeygain"], 10, end="2026-11-25T10:00:00")
+    body = {"rows": rows_payload(telemetry)}
+
+    def refit(ctx):  # the per-request fit must not run while frozen parameters exist
+        raise AssertionError("ets refitted per request")
+
+    with TestClient(create_app(ServiceSettings(data_dir=data_dir, catalog=small_catalog_path, prediction_cache_size=0))) as client:
+        entry = client.app.state.earnopt.models.get("honeygain")
+        ets = FrozenETS(alpha=0.3, beta=0.0, gamma=0.1, phi=1.0, trend="N")
+        entry.predictor.state.base.ets = ets
+        monkeypatch.setattr(candidates, "ets_forecast", refit)
+        monkeypatch.setitem(candidates.statistical_candidates.__globals__, "ets_forecast", refit)
+        answer = client.post("/predict/earnings/honeygain", json=body)
+    assert answer.status_code == 200, answer.text
+    data = answer.json()
+    assert data["source"] == "ets" and data["model_version"] is None
+    frame = telemetry.sort_values("ts")
+    ctx = candidates.OriginContext.from_frame(frame[["ts", "earnings_usd", "allocation"]].assign(ts=frame["ts"].dt.tz_localize(None) if frame["ts"].dt.tz else frame["ts"]))
+    expected = candidates.frozen_ets_forecast(ctx, ets, entry.predictor.allocation_beta)
+    assert np.allclose([p["earnings_usd"] for p in data["predictions"]], expected, rtol=1e-9, atol=1e-12)

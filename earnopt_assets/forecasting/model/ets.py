@@ -48,6 +48,7 @@ class FrozenETS:
     trend: str
     method: str = ""
     _matrix: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
+    _other_windows: dict[int, np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.trend not in TRENDS:
@@ -85,10 +86,15 @@ class FrozenETS:
             log.info("ETS fit failed (%s); the base does without its ETS component", exc)
             return None
 
-    def matrix(self) -> np.ndarray:
-        """``W`` (24, N): forecast of h = 1..24 = ``W @ y`` for the window ``y`` of the last N hours."""
-        if self._matrix is not None:
+    def matrix(self, window: int = ETS_WINDOW_HOURS) -> np.ndarray:
+        """``W`` (24, N): forecast of h = 1..24 = ``W @ y`` for the window ``y`` of the last N hours
+        (N = ``window``, at least the start state's week; the service forecasts posted windows of any such length)."""
+        if window == ETS_WINDOW_HOURS and self._matrix is not None:
             return self._matrix
+        if window in self._other_windows:
+            return self._other_windows[window]
+        if window < INIT_HOURS:
+            raise ValueError(f"an ETS window needs at least {INIT_HOURS} hours, got {window}")
         K = 2 + SEASON
         g = np.zeros(K)
         g[:3] = (self.alpha, self.beta, self.gamma)
@@ -104,7 +110,7 @@ class FrozenETS:
         C[0, :] = 1.0
         C[1, :] = damp
         C[2 + SEASON - np.arange(1, HORIZON + 1), np.arange(HORIZON)] = 1.0
-        N = ETS_WINDOW_HOURS
+        N = int(window)
         W = np.zeros((HORIZON, N))
         V = C
         for i in range(N - 1, -1, -1):
@@ -118,12 +124,16 @@ class FrozenETS:
             M0[row, k:INIT_HOURS:SEASON] += 1.0 / days
             M0[row, :INIT_HOURS] -= 1.0 / INIT_HOURS
         W += V.T @ M0
-        self._matrix = W
+        if N == ETS_WINDOW_HOURS:
+            self._matrix = W
+        else:
+            self._other_windows[N] = W
         return W
 
     def forecast(self, windows: np.ndarray, horizon: int = HORIZON) -> np.ndarray:
         """(..., horizon) forecasts of windows (..., N) of the last N hours."""
-        return np.asarray(windows, dtype=float) @ self.matrix()[:horizon].T
+        windows = np.asarray(windows, dtype=float)
+        return windows @ self.matrix(windows.shape[-1])[:horizon].T
 
     def to_json(self) -> dict:
         return {"alpha": self.alpha, "beta": self.beta, "gamma": self.gamma, "phi": self.phi, "trend": self.trend, "method": self.method, "window_hours": ETS_WINDOW_HOURS}

@@ -135,7 +135,7 @@ async def _compute(job: PredictionJob) -> tuple[str, bytes]:
     from earnopt_assets.service.batcher import BatcherClosed, BatchTimeout
 
     state = job.state
-    if job.plan.source in SLOW_SOURCES:
+    if job.plan.source in SLOW_SOURCES and frozen_ets(job) is None:
         outcome = (await run_in_threadpool(state.request_forecaster.forecast, [job]))[0]
     else:
         try:
@@ -145,6 +145,14 @@ async def _compute(job: PredictionJob) -> tuple[str, bytes]:
     if isinstance(outcome, BaseException):
         raise outcome
     return outcome
+
+
+def frozen_ets(job: PredictionJob) -> Any | None:
+    """The ETS parameters fitted at training that serve an ``ets`` answer (the protocol's model base
+    carries them), or None: the ``ets`` source then refits per request (older models)."""
+    if job.plan.source != "ets" or not job.entry.loaded:
+        return None
+    return getattr(job.entry.predictor.state.base, "ets", None)
 
 
 def request_forecaster() -> RequestForecaster:
@@ -180,7 +188,13 @@ def _prepare(job: PredictionJob, parsed: ParsedRows) -> tuple[str, bytes] | tupl
         except SequenceValidationError as exc:
             raise UnprocessableData(str(exc), field="rows") from None
     if fallback_reason is None and plan.source != "seasonal_naive_fallback":
-        from earnopt_assets.forecasting.candidates import InsufficientHistory, OriginContext, statistical_candidates
+        from earnopt_assets.forecasting.candidates import (
+            InsufficientHistory,
+            OriginContext,
+            frozen_ets_forecast,
+            statistical_candidates,
+        )
+        from earnopt_assets.forecasting.model.ets import INIT_HOURS
 
         # fast path: the posted columns straight onto the hourly grid (no DataFrame), as from_frame does
         gridded = hourly_grid(ts_ns, {"earnings_usd": columns["earnings_usd"], "allocation": columns["allocation"]})
@@ -193,7 +207,11 @@ def _prepare(job: PredictionJob, parsed: ParsedRows) -> tuple[str, bytes] | tupl
             else:
                 grid, values = gridded
                 context = OriginContext(ts=grid, earnings=values["earnings_usd"], allocation=values["allocation"])
-            values = np.asarray(candidate(context), dtype=float)
+            ets = frozen_ets(job)
+            if ets is not None and len(context.earnings) >= INIT_HOURS:
+                values = frozen_ets_forecast(context, ets, entry.predictor.allocation_beta)
+            else:
+                values = np.asarray(candidate(context), dtype=float)
             first_target = int(np.datetime64(context.ts[-1], "ns").astype(np.int64)) + HOUR_NS
             return encode_answer(protocol, device, None, plan, first_target, values, state.intervals.get(plan.decision))
         except InsufficientHistory as exc:
