@@ -8,14 +8,15 @@ Fit (:meth:`EarningsPredictor.fit`) on one protocol's hourly frame (``ts``, ``ea
    z = e / clip(a)**beta;
 2. the last ``validation_hours`` are held out: origins whose 24 target hours end before them train,
    origins inside them validate;
-3. base: per-horizon NNLS weights of the level x daily/weekly seasonal components on the training
-   origins (sample weighting and fit span chosen on validation; cheap); network: the seed LSTM learns the scaled base residual on the training origins of
+3. base: the ETS peer's smoothing parameters fitted once on the last 4 weeks before validation (frozen,
+   :mod:`.ets`), then per-horizon NNLS weights of the level x daily/weekly seasonal, weekly median and
+   ETS components on the training origins (sample weighting and fit span chosen on validation; cheap); network: the seed LSTM learns the scaled base residual on the training origins of
    the last ``max_train_hours`` (the cost cap), early-stopped on the validation origins; an ensemble of
    ``ensemble_size`` seeds is averaged;
 4. blend weight g in ``blend_grid``: the one with the lowest MAPE of 24 h forecasts (allocation held at
    the origin, as the headline scores it) over the validation origins (ties → the smaller g). g = 0 is
    the base alone: when the correction does not help on validation the model says so;
-5. then the combination with a seasonal naive forecast (``last_week`` or ``median_4_weeks``, weight c in
+5. then the combination with a seasonal naive or the ETS forecast (``last_week``, ``median_4_weeks`` or ``ets``, weight c in
    ``blend_grid``) on the same validation origins (ties → smaller c, then ``last_week``; c = 0 = the model
    alone): see :func:`.forecast.combine_with_seasonal_naive`.
 
