@@ -14,9 +14,10 @@ encodes every job of a batch in the batcher's thread. Each step was measured on 
 * **one hop**: parse, prepare and forecast run in the batcher's thread (was: a threadpool hop to
   prepare, then the batcher's), so concurrent requests of any protocol share a hop and each model's
   origins one vectorised pass.
-* **encoding**: the answer is built as JSON bytes once (no response-model re-validation by FastAPI, no
-  pandas index, the interval quantiles parsed once per serving decision); the cached copy differs in
-  its last field only.
+* **encoding**: the answer is built as JSON bytes once, with the standard library's C encoder, in the
+  ``PredictionResponse`` layout (no model objects, no response-model re-validation by FastAPI, no pandas
+  index, the interval quantiles parsed once per serving decision): 0.4 -> 0.1 ms. The cached copy
+  differs in its last field only.
 
 MSTL and AutoETS sources still fit per request (about 20 and 110 ms): they are kept off the batcher's
 thread so they do not hold up the others (:data:`SLOW_SOURCES`).
@@ -24,18 +25,19 @@ thread so they do not hold up the others (:data:`SLOW_SOURCES`).
 
 from __future__ import annotations
 
+import json
 import operator
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any, NotRequired
 
 import numpy as np
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_config
 from typing_extensions import TypedDict
 
-from earnopt_assets.api_schemas import PROTOCOL_NAME_PATTERN, HourlyPrediction, PredictionRequest, PredictionResponse
+from earnopt_assets.api_schemas import PROTOCOL_NAME_PATTERN, PredictionRequest
 
 SLOW_SOURCES = frozenset({"mstl", "ets"})
 HOUR_NS = 3_600_000_000_000
@@ -157,8 +159,7 @@ class IntervalCache:
         return intervals
 
 
-def utc_hour(ns: int) -> datetime:
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=int(ns) // 1000)
+_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
 def encode_answer(
@@ -173,19 +174,19 @@ def encode_answer(
             bands = intervals.apply(clean)
         except ValueError:
             bands = {}
-    first = utc_hour(first_target_ns)
-    hour = timedelta(hours=1)
-    keys = [k for k in ("lower_80", "upper_80", "lower_95", "upper_95") if k in bands]
-    columns = [bands[k].tolist() for k in keys]
+    stamps = np.datetime_as_string(np.datetime64(int(first_target_ns), "ns") + np.arange(len(clean)) * np.timedelta64(1, "h"), unit="s")
+    keys = ("lower_80", "upper_80", "lower_95", "upper_95")
+    columns = [bands[k].tolist() if k in bands else [None] * len(clean) for k in keys]  # null: no scored residuals
     hours = [
-        HourlyPrediction.model_construct(ts=first + i * hour, earnings_usd=v, **{k: c[i] for k, c in zip(keys, columns)})
-        for i, v in enumerate(clean.tolist())
+        {"ts": f"{stamp}Z", "earnings_usd": v, **{k: c[i] for k, c in zip(keys, columns)}}
+        for i, (stamp, v) in enumerate(zip(stamps.tolist(), clean.tolist()))
     ]
-    answer = PredictionResponse.model_construct(
-        protocol=protocol, device=device, model_version=version, source=plan.source, reason=plan.reason,
-        below_target=plan.below_target, generated_at=datetime.now(UTC), predictions=hours, total_usd=float(clean.sum()), cached=False,
-    )
-    payload = answer.model_dump_json().encode()
+    answer = {
+        "protocol": protocol, "device": device, "model_version": version, "source": plan.source, "reason": plan.reason,
+        "below_target": bool(plan.below_target), "generated_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "predictions": hours, "total_usd": float(clean.sum()), "cached": False,
+    }
+    payload = _JSON.encode(answer).encode()
     if not payload.endswith(CACHED_FALSE):  # pragma: no cover - the field order of the contract changed
         raise RuntimeError("PredictionResponse no longer ends with its 'cached' field")
     return plan.source, payload

@@ -103,6 +103,7 @@ def test_encoded_answers_are_valid_responses_and_the_cached_copy_only_says_so() 
     source, payload = encode_answer("honeygain", "local", None, plan, first, values, None)
     answer = PredictionResponse.model_validate_json(payload)
     assert source == "mstl" and answer.source == "mstl" and not answer.cached
+    assert all(set(p) == {"ts", "earnings_usd", "lower_80", "upper_80", "lower_95", "upper_95"} for p in json.loads(payload)["predictions"])
     assert [p.ts.hour for p in answer.predictions[:3]] == [0, 1, 2] and answer.predictions[0].ts.tzinfo is not None
     assert answer.predictions[-1].earnings_usd == 0.0 and answer.predictions[-2].earnings_usd == 0.0  # NaN, negative -> 0
     assert answer.total_usd == pytest.approx(sum(p.earnings_usd for p in answer.predictions))
