@@ -662,17 +662,31 @@ def discrete_check(
     curves: Mapping[str, ResponseCurve],
     change_penalty: float,
     totals: Mapping[str, float],
+    restart_cost_per_hour: Mapping[str, float] | None = None,
+    threshold: float = 0.05,
 ) -> AllocationResult:
     """Evaluate a second candidate plan on the learned (non-concave) curves and keep the better one.
 
-    The candidate is the exact optimum over the observed shares: max sum_i [p_i r_i(s) - lambda |s - c_i|] over
-    one option s per protocol (:func:`_options`) subject to the resource totals, a small mixed-integer program
-    (scipy ``milp``/HiGHS, one binary per protocol and option). It replaces the snapped convex answer only if
-    it earns more on r_i; a failed solve keeps the convex answer."""
+    The candidate is the exact optimum over the observed shares,
+
+        max sum_i [p_i r_i(s) - lambda |s - c_i| - [|s - c_i| > threshold] C_i]
+
+    over one option s per protocol (:func:`_options`) subject to the resource totals, a small mixed-integer
+    program (scipy ``milp``/HiGHS, one binary per protocol and option). C_i (``restart_cost_per_hour``) is
+    the restart cost the decision rule charges, amortised over its horizon: E_i(c_i) restart_minutes_i / 60
+    / h, so near-equal plans are not swapped for restarts. It replaces the snapped convex answer only if it
+    is worth more by the same measure; a failed solve keeps the convex answer."""
     from scipy.optimize import Bounds, LinearConstraint, milp
 
     if not result.allocations:
         return result
+    costs = restart_cost_per_hour or {}
+
+    def _option_worth(name: str, share: float) -> float:
+        change = abs(share - current.get(name, 0.0))
+        restart = costs.get(name, 0.0) if change > threshold + 1e-9 else 0.0
+        return potentials[name] * float(curves[name].relative(share)) - change_penalty * change - restart
+
     names = list(result.allocations)
     columns: list[tuple[str, float]] = []
     values: list[float] = []
@@ -681,10 +695,10 @@ def discrete_check(
         upper = requirement.min_allocation if name in degraded else requirement.max_allocation
         for share in _options(curves[name], requirement.min_allocation, upper):
             columns.append((name, float(share)))
-            values.append(potentials[name] * float(curves[name].relative(share)) - change_penalty * abs(share - current.get(name, 0.0)))
+            values.append(_option_worth(name, float(share)))
 
     def worth(shares: Mapping[str, float]) -> float:
-        return sum(potentials[n] * float(curves[n].relative(x)) - change_penalty * abs(x - current.get(n, 0.0)) for n, x in shares.items())
+        return sum(_option_worth(n, x) for n, x in shares.items())
 
     owner = np.array([names.index(n) for n, _ in columns])
     usage = np.array([[share * requirements[n].as_vector()[k] for n, share in columns] for k in range(len(RESOURCES))])
@@ -736,7 +750,12 @@ def compute_plan(
         requirements, planned, current, degraded, response_curves=curves, change_penalty=settings.change_penalty
     )
     result = snap_to_observed(allocator, result, requirements, planned, current, degraded, curves, settings.change_penalty)
-    result = discrete_check(result, requirements, planned, current, degraded, curves, settings.change_penalty, catalog.host.available())
+    horizon_hours = settings.horizon_minutes / 60.0
+    restart_costs = {n: (0.0 if n in degraded else
+                         (potentials[n] * float(curves[n].relative(current[n])) * requirements[n].restart_minutes / 60.0
+                          + settings.fixed_restart_cost_usd) / horizon_hours) for n in inputs.protocols}
+    result = discrete_check(result, requirements, planned, current, degraded, curves, settings.change_penalty, catalog.host.available(),
+                            restart_costs, settings.change_threshold)
     checks = {
         "solver_status_optimal": check_solver_status(result),
         # the solver's raw x, not the clipped shares: clipping would hide an out-of-bounds answer

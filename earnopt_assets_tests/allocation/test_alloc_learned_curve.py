@@ -7,7 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from earnopt_assets.allocation.allocator import ProtocolRequirements, ResourceAllocator, ResourceConstraints
+from earnopt_assets.allocation.allocator import (
+    AllocationResult,
+    ProtocolRequirements,
+    ResourceAllocator,
+    ResourceConstraints,
+)
 from earnopt_assets.allocation.plan import discrete_check, potential_from_forecast, snap_to_observed
 from earnopt_assets.numerics.response import ResponseCurve, learn_response_curve
 
@@ -134,3 +139,21 @@ def test_the_discrete_check_steps_up_to_a_storage_minimum_the_snap_would_fall_be
     assert checked.expected_earnings == pytest.approx(0.6 + 0.5) and checked.expected_earnings > snapped.expected_earnings
     assert "exact optimum over the observed shares" in checked.diagnosis[-1]
     assert discrete_check(checked, requirements, potentials, current, frozenset(), curves, 0.0, host.totals()) is checked
+
+
+def test_the_discrete_check_does_not_swap_a_near_equal_plan_for_restarts() -> None:
+    """Two plans that earn almost the same: without the restart cost the exact optimum would restart both
+    protocols for a 1 % gain; priced as the decision rule prices a restart, it keeps what runs."""
+    host = ResourceConstraints(total_cpu_cores=1.0, total_memory_gb=100, total_bandwidth_mbps=100, total_storage_gb=100)
+    cpu = {"cpu_per_unit": 1.0, "memory_per_unit": 0.0, "bandwidth_per_unit": 0.0, "storage_per_unit": 0.0}
+    requirements = {"a": ProtocolRequirements(**cpu), "b": ProtocolRequirements(**cpu)}
+    curves = {"a": ResponseCurve(method="learned", knots=(0.3, 0.7), levels=(0.5, 1.0)),
+              "b": ResponseCurve(method="learned", knots=(0.3, 0.7), levels=(0.5, 1.0))}
+    potentials = {"a": 1.0, "b": 1.01}
+    current = {"a": 0.7, "b": 0.3}  # earns 1.0 + 0.505; swapping to a 0.3 / b 0.7 earns 0.5 + 1.01
+    kept = AllocationResult(allocations=dict(current), expected_earnings=1.505, resource_utilization={}, is_optimal=True,
+                            solver_status="optimal", solve_seconds=0.0)
+    swapped = discrete_check(kept, requirements, potentials, current, frozenset(), curves, 0.0, host.totals())
+    assert swapped.allocations == pytest.approx({"a": 0.3, "b": 0.7})
+    costs = {"a": 0.01, "b": 0.01}  # each restart costs more than the 0.005 $/h the swap gains
+    assert discrete_check(kept, requirements, potentials, current, frozenset(), curves, 0.0, host.totals(), costs) is kept
