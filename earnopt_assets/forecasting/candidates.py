@@ -224,9 +224,21 @@ def frozen_ets_forecast(ctx: OriginContext, ets: Any, beta: float | None = None,
     return _clip(ets.forecast(z, ctx.horizon) * allocation_factor(ctx.target_allocation(), beta))
 
 
-def statistical_candidates(*, allocation_beta: float | None = None) -> dict[str, Forecaster]:
+def frozen_ets_forecaster(ets: Any) -> Forecaster:
+    """``ets_frozen``: :func:`frozen_ets_forecast` with the parameters ``ets`` (no allocation scaling), the
+    function an ``ets`` answer of the service and the 15-minute path applies."""
+
+    def forecast(ctx: OriginContext) -> np.ndarray:
+        return frozen_ets_forecast(ctx, ets)
+
+    forecast.__name__ = "ets_frozen"
+    return forecast
+
+
+def statistical_candidates(*, allocation_beta: float | None = None, frozen_ets: Any = None) -> dict[str, Forecaster]:
     """The statistical peers every LSTM is scored against (names in :data:`STATISTICAL_NAMES`, plus the
-    allocation-scaled seasonal naive ones of :data:`ALLOCATION_NAMES` when ``allocation_beta`` is given)."""
+    allocation-scaled seasonal naive ones of :data:`ALLOCATION_NAMES` when ``allocation_beta`` is given, and
+    ``ets_frozen`` (:func:`frozen_ets_forecaster`) when ``frozen_ets`` parameters are given)."""
     out: dict[str, Forecaster] = {
         "seasonal_naive_24": seasonal_naive_forecaster(DAY_HOURS),
         "seasonal_naive_168": seasonal_naive_forecaster(WEEK_HOURS),
@@ -236,4 +248,6 @@ def statistical_candidates(*, allocation_beta: float | None = None) -> dict[str,
     if allocation_beta is not None and np.isfinite(allocation_beta):
         out["seasonal_naive_24_alloc"] = allocation_seasonal_naive_forecaster(DAY_HOURS, float(allocation_beta))
         out["seasonal_naive_168_alloc"] = allocation_seasonal_naive_forecaster(WEEK_HOURS, float(allocation_beta))
+    if frozen_ets is not None:
+        out["ets_frozen"] = frozen_ets_forecaster(frozen_ets)
     return out

@@ -22,15 +22,20 @@ Serving. :func:`choose_source` picks the candidate with the lowest holdout MAPE 
 statistical candidates and the champion. When that MAPE is below the target it is the best passing candidate;
 when no candidate meets the target the best one serves anyway, flagged ``below_target`` (its check still
 fails, and the allocation widens its interval). A candidate that scored worse never serves, and a model that
-scored worse than a statistical candidate is never promoted, so it never serves.
+scored worse than a statistical candidate is never promoted, so it never serves. Serves = scored: the ``ets``
+source ranks with the score of ``ets_frozen`` (AutoETS parameters fitted before the holdout, frozen, carried in
+the decision and applied per request) when training could fit them; the refit-per-origin ``ets`` stays in the
+table as the statistical peer. Without parameters ``ets`` is ranked, and served, as the refit.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +49,11 @@ LSTM_SOURCE = "lstm"
 LSTM_BASE_SOURCE = "lstm_base_only"
 CHAMPION_KEY = "champion"  # the current champion re-scored on the challenger's holdout (score tables only)
 FALLBACK_SOURCE = "seasonal_naive_fallback"  # gap-tolerant same-hour-earlier-day; used when no decision applies
+# The ``ets`` peer refits AutoETS at every origin (the honest, stronger peer of the headline). What serves as
+# ``ets`` is its parameters fitted once on data before the holdout and frozen: scored under this key, and the
+# serving rule ranks that score (not the refit's) as the ``ets`` source.
+ETS_SOURCE = "ets"
+FROZEN_ETS_KEY = "ets_frozen"
 SCORE_COLUMNS: tuple[str, ...] = ("mape_pct", "mase", "mae_usd", "rmse_usd", "coverage_80_pct", "coverage_95_pct", "n_origins")
 
 
@@ -240,6 +250,7 @@ class ServingDecision:
     decided_at: str = field(default_factory=_utc_stamp)
     holdout_start: str | None = None
     training: dict[str, Any] | None = None  # the ChallengerVerdict of the run that decided
+    ets: dict[str, Any] | None = None  # frozen_ets_block(): the parameters an ``ets`` answer applies
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -262,6 +273,9 @@ def choose_source(
     exists, its score under ``"lstm"`` (the champion's, not a rejected challenger's). ``lstm_name`` is the
     name the champion serves under (:data:`LSTM_BASE_SOURCE` when its network correction has weight 0)."""
     eligible = {k: dict(v) for k, v in scores.items() if k != CHAMPION_KEY}
+    frozen = eligible.pop(FROZEN_ETS_KEY, None)
+    if frozen is not None:  # what serves as ets is the frozen form: rank its score, not the refit peer's
+        eligible[ETS_SOURCE] = frozen
     if LSTM_SOURCE in eligible and champion_version is None:
         eligible.pop(LSTM_SOURCE)  # no champion: the LSTM score is a rejected challenger's
     if LSTM_SOURCE in eligible and lstm_name != LSTM_SOURCE:
@@ -286,10 +300,47 @@ def choose_source(
         reason += f" (champion {champion_version} scored {float(eligible[lstm_name]['mape_pct']):.2f}%)"
     elif champion_version is None and LSTM_SOURCE in scores:
         reason += " (no LSTM champion: the challenger was not promoted)"
+    if best == ETS_SOURCE:
+        reason += (
+            "; ets serves AutoETS parameters frozen before the holdout (scored as ets_frozen)" if frozen is not None
+            else "; no frozen ETS parameters: ets refits per request (scored as the refit)"
+        )
     return ServingDecision(
         protocol, best, reason, below, mape, float(target_pct),
         champion_version if best == lstm_name else None, champion_version, table,
     )
+
+
+def _canonical(parameters: Mapping[str, Any]) -> str:
+    return json.dumps(dict(parameters), sort_keys=True, separators=(",", ":"))
+
+
+def frozen_ets_block(ets: Any) -> dict[str, Any]:
+    """The decision's ``ets`` field: a FrozenETS's JSON parameters and the sha256 of their canonical text."""
+    parameters = ets.to_json()
+    return {"parameters": parameters, "sha256": hashlib.sha256(_canonical(parameters).encode()).hexdigest()}
+
+
+@lru_cache(maxsize=256)
+def _frozen_from_text(text: str) -> Any:
+    from earnopt_assets.forecasting.model.ets import FrozenETS
+
+    return FrozenETS.from_json(json.loads(text))  # one instance per parameter set: its matrices are cached on it
+
+
+def frozen_ets_of(decision: ServingDecision | None) -> tuple[Any | None, str | None]:
+    """(FrozenETS, None) when ``decision`` carries intact frozen ETS parameters, else (None, why the ``ets``
+    source refits per request instead)."""
+    block = None if decision is None else decision.ets
+    if not block:
+        return None, "the serving decision carries no frozen ETS parameters (decided before they existed, or the fit failed): ets refits per request"
+    try:
+        text = _canonical(block["parameters"])
+        if hashlib.sha256(text.encode()).hexdigest() != block.get("sha256"):
+            return None, "the serving decision's frozen ETS parameters do not match their sha256: ets refits per request"
+        return _frozen_from_text(text), None
+    except (KeyError, TypeError, ValueError) as exc:
+        return None, f"the serving decision's frozen ETS parameters are unusable ({exc}): ets refits per request"
 
 
 # ---------------------------------------------------------------------------------------------- files

@@ -32,20 +32,29 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from earnopt_assets.forecasting.candidates import HORIZON_HOURS, OriginContext, statistical_candidates
+from earnopt_assets.forecasting.candidates import (
+    HORIZON_HOURS,
+    OriginContext,
+    frozen_ets_forecaster,
+    statistical_candidates,
+)
 from earnopt_assets.forecasting.model.config import ModelConfig
 from earnopt_assets.forecasting.model.errors import InsufficientHistoryError
 from earnopt_assets.forecasting.model.predictor import EarningsPredictor, ModelLoadError, SequenceValidationError
 from earnopt_assets.forecasting.registry import (
     CHAMPION_KEY,
     DEFAULT_MAPE_TARGET_PCT,
+    ETS_SOURCE,
     FALLBACK_SOURCE,
+    FROZEN_ETS_KEY,
     LSTM_BASE_SOURCE,
     LSTM_SOURCE,
     ChallengerVerdict,
     ServingDecision,
     choose_source,
     current_version,
+    frozen_ets_block,
+    frozen_ets_of,
     judge_challenger,
     read_serving_decision,
     score_row,
@@ -196,6 +205,30 @@ def _holdout_table(result, ts: np.ndarray, served_key: str | None) -> pd.DataFra
     return pd.DataFrame(rows)
 
 
+def fit_frozen_ets(earnings: np.ndarray, holdout_start: int, calibration_hours: int) -> tuple[Any | None, str | None]:
+    """(FrozenETS, note): the ``ets`` peer's AutoETS fitted once on the last 4 weeks before the interval
+    calibration window (before the holdout when the history is too short for that, said in the note), so
+    neither the holdout nor, when possible, the calibration origins were seen by the fit. None when it
+    cannot be fitted: ``ets`` then serves (and is ranked as) the refit."""
+    from earnopt_assets.forecasting.candidates import InsufficientHistory, fill_gaps
+    from earnopt_assets.forecasting.model.ets import ETS_WINDOW_HOURS, FrozenETS
+
+    end = holdout_start - calibration_hours
+    note = None
+    if end < ETS_WINDOW_HOURS:
+        end = holdout_start
+        note = "frozen ETS parameters fitted on the hours up to the holdout, including the interval calibration window (history too short to keep it out)"
+    if end < ETS_WINDOW_HOURS:
+        return None, f"no frozen ETS parameters: {end} h before the holdout, the fit needs {ETS_WINDOW_HOURS} h; ets refits per request"
+    try:
+        ets = FrozenETS.fit(fill_gaps(np.asarray(earnings[:end], dtype=float)))
+    except InsufficientHistory:
+        ets = None
+    if ets is None:
+        return None, "no frozen ETS parameters: the AutoETS fit failed or the window is flat; ets refits per request"
+    return ets, note
+
+
 def train_protocol(
     features: pd.DataFrame,
     protocol: str,
@@ -259,9 +292,12 @@ def train_protocol(
     batch = {LSTM_SOURCE: challenger.batch_forecaster()} if challenger is not None else {}
     if champion is not None:
         batch[CHAMPION_KEY] = champion.batch_forecaster()
+    frozen_ets, ets_note = fit_frozen_ets(earnings, start_index, calibration_hours)
+    if ets_note:
+        notes.append(ets_note)
     started = time.perf_counter()
     result, intervals = score_with_calibrated_intervals(
-        ts, earnings, allocation, start_index, statistical_candidates(),
+        ts, earnings, allocation, start_index, statistical_candidates(frozen_ets=frozen_ets),
         calibration_hours=calibration_hours, batch_forecasters=batch, unscored=imputed_on_grid(features, ts),
     )
     scoring_seconds = time.perf_counter() - started
@@ -298,7 +334,11 @@ def train_protocol(
     lstm_name = LSTM_BASE_SOURCE if served_model is not None and served_model.blend == 0.0 else LSTM_SOURCE
     decision = choose_source(protocol, serving_scores, target_pct=settings.mape_target_pct, champion_version=serving_champion, lstm_name=lstm_name)
     decision.scores = scores
+    if frozen_ets is not None and FROZEN_ETS_KEY in scores:
+        decision.ets = frozen_ets_block(frozen_ets)
     served_key = champion_key if decision.source in (LSTM_SOURCE, LSTM_BASE_SOURCE) else decision.source
+    if decision.source == ETS_SOURCE and decision.ets is not None:
+        served_key = FROZEN_ETS_KEY  # its intervals and holdout column are the frozen form's: what serves
     if served_key in intervals:
         decision.intervals = intervals[served_key].to_json()
     served_coverage = scores.get(served_key, {}).get("coverage_80_pct")
@@ -410,6 +450,13 @@ def forecast_protocol(
             why = f"model_error: {decision.source} champion {version} unusable: {exc}"
     elif decision.source != FALLBACK_SOURCE:
         candidate = statistical_candidates().get(decision.source)
+        reason = decision.reason
+        if decision.source == ETS_SOURCE:  # what was scored as the served ets: the frozen parameters, else the refit
+            frozen, refit_why = frozen_ets_of(decision)
+            if frozen is not None:
+                candidate = frozen_ets_forecaster(frozen)
+            else:
+                reason = f"{reason}; {refit_why}"
         try:
             if candidate is None:
                 raise ValueError(f"unknown candidate {decision.source!r}")
@@ -417,7 +464,7 @@ def forecast_protocol(
             values = np.clip(np.nan_to_num(np.asarray(candidate(context), dtype=float), nan=0.0), 0.0, None)
             targets = pd.DatetimeIndex(context.target_ts)
             return ProtocolForecast(
-                protocol, origin, targets, values, decision.source, None, decision.reason,
+                protocol, origin, targets, values, decision.source, None, reason,
                 _intervals(decision, values), decision.below_target, decision.mape_pct,
             )
         except ValueError as exc:  # InsufficientHistory is a ValueError

@@ -125,3 +125,20 @@ def test_serving_decision_round_trips_as_json(tmp_path):
     assert read_serving_decision(tmp_path, "akash") is None
     with pytest.raises(ValueError):
         read_serving_decision(tmp_path, "../etc")
+
+
+def test_ets_serves_as_the_frozen_form_it_was_scored_as_and_the_refit_stays_the_peer():
+    from earnopt_assets.forecasting.registry import FROZEN_ETS_KEY
+
+    # the refit (6 %) would win, but it is not what serves: the frozen form's 9 % is ranked as ets
+    table = scores(seasonal_naive_24=8.0, ets=6.0, lstm=10.0, **{FROZEN_ETS_KEY: 9.0})
+    decision = choose_source("storj", table, champion_version="v1")
+    assert decision.source == "seasonal_naive_24" and decision.scores["ets"]["mape_pct"] == 6.0
+    table = scores(seasonal_naive_24=8.0, ets=6.0, lstm=10.0, **{FROZEN_ETS_KEY: 7.0})
+    decision = choose_source("storj", table, champion_version="v1")
+    assert decision.source == "ets" and decision.mape_pct == 7.0 and "frozen before the holdout" in decision.reason
+    # the check's statistical bar still includes the refit peer
+    assert not judge_challenger(scores(seasonal_naive_24=8.0, ets=6.0, lstm=6.5, **{FROZEN_ETS_KEY: 7.0}), target_pct=15.0).check.passed
+    # without frozen parameters ets is ranked and served as the refit, and the reason says so
+    refit = choose_source("storj", scores(seasonal_naive_24=8.0, ets=6.0, lstm=10.0), champion_version="v1")
+    assert refit.source == "ets" and refit.mape_pct == 6.0 and "ets refits per request" in refit.reason

@@ -317,3 +317,43 @@ def test_retrain_sensor_skip_reason_is_specific_and_requests_become_runs(small_r
     result = forecasting.model_retrain_sensor(dg.build_sensor_context(resources={"earnopt": small_resources["earnopt"]}))
     assert [r.partition_key for r in result.run_requests] == ["akash"]
     assert result.run_requests[0].tags["earnopt/retrain"] == "check_failed"
+
+
+def test_the_decision_carries_the_frozen_ets_scored_in_the_harness_and_the_forecast_applies_it(trained_storj, tmp_path):
+    from earnopt_assets.forecasting.candidates import OriginContext, ets_forecast, frozen_ets_forecaster
+    from earnopt_assets.forecasting.registry import FROZEN_ETS_KEY, frozen_ets_of
+
+    _, telemetry, _, models, report = trained_storj
+    decision = report.decision
+    # the refit stays the peer; the frozen form is scored beside it on the same origins
+    assert {"ets", FROZEN_ETS_KEY} <= set(decision.scores) and decision.scores[FROZEN_ETS_KEY]["n_origins"] == 7
+    frozen, why = frozen_ets_of(decision)
+    assert frozen is not None and why is None and decision.ets["sha256"]
+    shutil.copytree(models, tmp_path / "m")
+    write_serving_decision(tmp_path / "m", replace(decision, source="ets", model_version=None, reason="ets best"))
+    served = forecast_protocol(telemetry, "storj", tmp_path / "m")
+    assert served.source == "ets" and served.reason == "ets best"
+    np.testing.assert_array_equal(served.values, frozen_ets_forecaster(frozen)(OriginContext.from_frame(telemetry)))
+    # a decision without the parameters serves the refit, and says so
+    write_serving_decision(tmp_path / "m", replace(decision, source="ets", model_version=None, reason="ets best", ets=None))
+    refit = forecast_protocol(telemetry, "storj", tmp_path / "m")
+    assert refit.source == "ets" and refit.reason.startswith("ets best; the serving decision carries no frozen ETS parameters")
+    np.testing.assert_allclose(refit.values, ets_forecast(OriginContext.from_frame(telemetry)))
+
+
+def test_the_frozen_ets_is_fitted_only_on_hours_before_the_calibration_window():
+    from earnopt_assets.forecasting.training import fit_frozen_ets
+
+    t = np.arange(60 * 24)
+    rng = np.random.default_rng(3)
+    earnings = 5 + 2 * np.sin(2 * np.pi * t / 24) + 0.02 * t / 24 + rng.normal(0, 0.2, len(t))
+    holdout, calibration = 50 * 24, 14 * 24
+    ets, note = fit_frozen_ets(earnings, holdout, calibration)
+    later = earnings.copy()
+    later[holdout - calibration :] *= 3.0  # the calibration window and the holdout: never seen by the fit
+    assert ets is not None and note is None and fit_frozen_ets(later, holdout, calibration)[0] == ets
+    earlier = earnings.copy()
+    earlier[holdout - calibration - 1] += 50.0
+    assert fit_frozen_ets(earlier, holdout, calibration)[0] != ets
+    short, why = fit_frozen_ets(earnings[: 20 * 24], 20 * 24, calibration)
+    assert short is None and "refits per request" in why

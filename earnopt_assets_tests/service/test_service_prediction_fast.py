@@ -170,36 +170,76 @@ def test_frozen_ets_answers_are_the_recursion_with_the_training_parameters(hours
     assert np.allclose(moved, np.clip(_ets_by_recursion(ets, earnings[-hours:] / 0.5**0.5), 0.0, None) * 0.5**0.5, rtol=1e-9)
 
 
-def test_an_ets_source_is_served_from_the_frozen_parameters_without_a_refit(tmp_path, small_catalog_path, small_catalog, monkeypatch) -> None:
+def _ets_service(tmp_path, small_catalog_path, decision):
     from fastapi.testclient import TestClient
 
-    from earnopt_assets.forecasting import candidates
-    from earnopt_assets.forecasting.model.ets import FrozenETS
-    from earnopt_assets.forecasting.registry import ServingDecision, write_serving_decision
+    from earnopt_assets.forecasting.registry import write_serving_decision
     from earnopt_assets.service.app import create_app
     from earnopt_assets.service.settings import ServiceSettings
-    from earnopt_assets_tests.service.helpers import rows_payload, simulated, train_tiny_model
 
     data_dir = tmp_path / "data"
-    version = train_tiny_model(small_catalog, data_dir / "models", "honeygain")
-    write_serving_decision(data_dir / "models", ServingDecision("honeygain", "ets", "ets holdout MAPE 8% < 15%", False, 8.0, 15.0, None, version))
-    telemetry = simulated(small_catalog, ["honeygain"], 10, end="2026-11-25T10:00:00")
-    body = {"rows": rows_payload(telemetry)}
+    write_serving_decision(data_dir / "models", decision)
+    return TestClient(create_app(ServiceSettings(data_dir=data_dir, catalog=small_catalog_path, prediction_cache_size=0)))
 
-    def refit(ctx):  # the per-request fit must not run while frozen parameters exist
+
+def _naive_ts(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.sort_values("ts")[["ts", "earnings_usd", "allocation"]]
+    return frame.assign(ts=frame["ts"].dt.tz_localize(None)) if frame["ts"].dt.tz else frame
+
+
+def test_an_ets_answer_is_the_frozen_form_the_harness_scored_for_the_same_window(tmp_path, small_catalog_path, small_catalog, monkeypatch) -> None:
+    from earnopt_assets.forecasting import candidates
+    from earnopt_assets.forecasting.harness import score_candidates
+    from earnopt_assets.forecasting.model.ets import FrozenETS
+    from earnopt_assets.forecasting.registry import ServingDecision, frozen_ets_block
+    from earnopt_assets_tests.service.helpers import rows_payload, simulated
+
+    telemetry = simulated(small_catalog, ["honeygain"], 20, end="2026-11-25T10:00:00")
+    frame = _naive_ts(telemetry)
+    ets = FrozenETS(alpha=0.3, beta=0.01, gamma=0.1, phi=0.9, trend="Ad")
+    # the harness: the frozen form scored at rolling origins; its last origin is the posted window's end
+    ctx = candidates.OriginContext.from_frame(frame)
+    n = len(ctx.earnings)
+    scored = score_candidates(ctx.ts, ctx.earnings, ctx.allocation, n - 24 * 3, {"ets_frozen": candidates.frozen_ets_forecaster(ets)})
+    last_origin = scored.origins[-1]
+    window = telemetry.sort_values("ts").iloc[: last_origin + 1]
+
+    def refit(ctx):  # the per-request fit must not run while the decision carries frozen parameters
         raise AssertionError("ets refitted per request")
 
-    with TestClient(create_app(ServiceSettings(data_dir=data_dir, catalog=small_catalog_path, prediction_cache_size=0))) as client:
-        entry = client.app.state.earnopt.models.get("honeygain")
-        ets = FrozenETS(alpha=0.3, beta=0.0, gamma=0.1, phi=1.0, trend="N")
-        entry.predictor.state.base.ets = ets
-        monkeypatch.setattr(candidates, "ets_forecast", refit)
+    decision = ServingDecision("honeygain", "ets", "ets holdout MAPE 8% < 15%", False, 8.0, 15.0, None, ets=frozen_ets_block(ets))
+    with _ets_service(tmp_path, small_catalog_path, decision) as client:
         monkeypatch.setitem(candidates.statistical_candidates.__globals__, "ets_forecast", refit)
-        answer = client.post("/predict/earnings/honeygain", json=body)
+        answer = client.post("/predict/earnings/honeygain", json={"rows": rows_payload(window)})
     assert answer.status_code == 200, answer.text
     data = answer.json()
     assert data["source"] == "ets" and data["model_version"] is None
-    frame = telemetry.sort_values("ts")
-    ctx = candidates.OriginContext.from_frame(frame[["ts", "earnings_usd", "allocation"]].assign(ts=frame["ts"].dt.tz_localize(None) if frame["ts"].dt.tz else frame["ts"]))
-    expected = candidates.frozen_ets_forecast(ctx, ets, entry.predictor.allocation_beta)
-    assert np.allclose([p["earnings_usd"] for p in data["predictions"]], expected, rtol=1e-9, atol=1e-12)
+    served = [p["earnings_usd"] for p in data["predictions"]]
+    np.testing.assert_allclose(served, scored.scores["ets_frozen"].predictions[-1], rtol=1e-12, atol=1e-12)
+
+
+def test_an_ets_decision_without_parameters_or_with_tampered_ones_refits_and_says_why(tmp_path, small_catalog_path, small_catalog, monkeypatch) -> None:
+    from earnopt_assets.forecasting import candidates
+    from earnopt_assets.forecasting.model.ets import FrozenETS
+    from earnopt_assets.forecasting.registry import ServingDecision, frozen_ets_block
+    from earnopt_assets_tests.service.helpers import rows_payload, simulated
+
+    telemetry = simulated(small_catalog, ["honeygain"], 10, end="2026-11-25T10:00:00")
+    calls = []
+
+    def refit(ctx):
+        calls.append(len(ctx.earnings))
+        return np.full(ctx.horizon, 1.25)
+
+    tampered = frozen_ets_block(FrozenETS(alpha=0.3, beta=0.0, gamma=0.1, phi=1.0, trend="N"))
+    tampered["parameters"]["alpha"] = 0.31
+    for name, block, why in (("none", None, "carries no frozen ETS parameters"), ("tampered", tampered, "do not match their sha256")):
+        decision = ServingDecision("honeygain", "ets", "ets holdout MAPE 8% < 15%", False, 8.0, 15.0, None, ets=block)
+        with _ets_service(tmp_path / name, small_catalog_path, decision) as client:
+            monkeypatch.setitem(candidates.statistical_candidates.__globals__, "ets_forecast", refit)
+            answer = client.post("/predict/earnings/honeygain", json={"rows": rows_payload(telemetry)})
+        assert answer.status_code == 200, answer.text
+        data = answer.json()
+        assert data["source"] == "ets" and [p["earnings_usd"] for p in data["predictions"]] == [1.25] * 24
+        assert why in data["reason"] and "refits per request" in data["reason"]
+    assert calls == [240, 240]

@@ -148,11 +148,13 @@ async def _compute(job: PredictionJob) -> tuple[str, bytes]:
 
 
 def frozen_ets(job: PredictionJob) -> Any | None:
-    """The ETS parameters fitted at training that serve an ``ets`` answer (the protocol's model base
-    carries them), or None: the ``ets`` source then refits per request (older models)."""
-    if job.plan.source != "ets" or not job.entry.loaded:
+    """The ETS parameters frozen at training that were scored as the served ``ets`` (the serving decision
+    carries them, checksummed), or None: the ``ets`` source then refits per request, as it was scored."""
+    if job.plan.source != "ets":
         return None
-    return getattr(job.entry.predictor.state.base, "ets", None)
+    from earnopt_assets.forecasting.registry import frozen_ets_of
+
+    return frozen_ets_of(job.plan.decision)[0]
 
 
 def request_forecaster() -> RequestForecaster:
@@ -209,9 +211,16 @@ def _prepare(job: PredictionJob, parsed: ParsedRows) -> tuple[str, bytes] | tupl
                 context = OriginContext(ts=grid, earnings=values["earnings_usd"], allocation=values["allocation"])
             ets = frozen_ets(job)
             if ets is not None and len(context.earnings) >= INIT_HOURS:
-                values = frozen_ets_forecast(context, ets, entry.predictor.allocation_beta)
+                values = frozen_ets_forecast(context, ets)
             else:
                 values = np.asarray(candidate(context), dtype=float)
+                if plan.source == "ets":  # served (and scored) as the refit: say why
+                    from dataclasses import replace
+
+                    from earnopt_assets.forecasting.registry import frozen_ets_of
+
+                    why = frozen_ets_of(plan.decision)[1] or f"fewer than {INIT_HOURS} posted hours for the frozen ETS: ets refits on them"
+                    plan = replace(plan, reason=f"{plan.reason}; {why}")
             first_target = int(np.datetime64(context.ts[-1], "ns").astype(np.int64)) + HOUR_NS
             return encode_answer(protocol, device, None, plan, first_target, values, state.intervals.get(plan.decision))
         except InsufficientHistory as exc:
