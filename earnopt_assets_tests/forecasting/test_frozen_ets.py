@@ -179,3 +179,63 @@ def test_a_version_saved_in_format_3_still_loads_and_forecasts_as_it_did(long_mo
     loaded = EarningsPredictor.load(tmp_path, "storj")
     recent = telemetry.iloc[:-48]
     np.testing.assert_allclose(loaded.predict_next_24h(recent), old.predict_next_24h(recent), rtol=1e-12)
+
+
+def _components_per_origin(Z: np.ndarray, rows: np.ndarray, origins: np.ndarray, horizon: int, ets: FrozenETS | None) -> np.ndarray:
+    """The base components as computed before the per-column pass: every lag gathered per origin and hour."""
+    from earnopt_assets.forecasting.model.base import _gather, _lag_mean, _lag_median, _level, ets_path
+
+    r2 = rows[:, None]
+    targets = origins[:, None] + np.arange(1, horizon + 1)[None, :]
+    recent = origins[:, None] - np.arange(23, -1, -1)[None, :]
+    week, day = _lag_mean(Z, r2, targets, 168, 4), _lag_mean(Z, r2, targets, 24, 7)
+    z_recent = _gather(Z, r2, recent)
+    level_sum = np.nansum(z_recent, axis=1)
+    week_recent = _lag_mean(Z, r2, recent, 168, 4)
+    lam_week, lam_day = _level(level_sum, week_recent), _level(level_sum, _lag_mean(Z, r2, recent, 24, 7))
+    lam_6 = _level(np.nansum(z_recent[:, -6:], axis=1), week_recent[:, -6:])
+    older = origins[:, None] - np.arange(71, -1, -1)[None, :]
+    lam_72 = _level(np.nansum(_gather(Z, r2, older), axis=1), _lag_mean(Z, r2, older, 168, 4))
+    median = _lag_median(Z, r2, targets, 168, 4)
+    columns = [
+        _gather(Z, r2, targets - 24), _gather(Z, r2, targets - 168), week, lam_week[:, None] * week, day, lam_day[:, None] * day,
+        lam_6[:, None] * week, lam_72[:, None] * week, ets_path(Z, rows, origins, horizon, ets), median, lam_week[:, None] * median,
+    ]
+    out = np.stack(columns, axis=-1)
+    for c, fallback in ((1, 0), (2, 4), (3, 5), (6, 5), (7, 5), (8, 5), (9, 4), (10, 5)):
+        out[..., c] = np.where(np.isfinite(out[..., c]), out[..., c], out[..., fallback])
+    return np.nan_to_num(out, nan=0.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_the_per_column_components_equal_the_per_origin_gathers_bitwise(seed):
+    rng = np.random.default_rng(seed)
+    m, T = int(rng.integers(1, 4)), int(rng.integers(30, 1300))
+    Z = rng.gamma(2.0, 1.0, (m, T))
+    Z[rng.random((m, T)) < 0.05] = np.nan  # gaps inside, and origins before a week / four weeks of history
+    rows, origins = rng.integers(0, m, 80), rng.integers(0, T, 80)
+    ets = FrozenETS(alpha=0.2, beta=0.01, gamma=0.05, phi=0.95, trend="Ad") if seed % 2 else None
+    got = components(Z, rows, origins, 24, ets)
+    np.testing.assert_array_equal(got, _components_per_origin(Z, rows, origins, 24, ets))
+    # terms a base weights 0 everywhere are left 0; the base they feed is the same number
+    needed = np.ones(len(COMPONENTS), dtype=bool)
+    needed[[7, 8, 9, 10]] = False
+    skipped = components(Z, rows, origins, 24, ets, needed)
+    np.testing.assert_array_equal(skipped[..., needed], got[..., needed])
+    assert (skipped[..., ~needed] == 0).all()
+    weights = rng.random((24, len(COMPONENTS))) * needed
+    base = StatisticalBase(weights, ets=ets)
+    np.testing.assert_array_equal(base.predict(Z, rows, origins), base.predict_components(got))
+
+
+def test_the_sorted_median_equals_numpys_nanmedian_bitwise():
+    from earnopt_assets.forecasting.model.base import median_of
+
+    rng = np.random.default_rng(4)
+    for _ in range(50):
+        stacked = rng.gamma(2.0, 1.0, (int(rng.integers(1, 30)), int(rng.integers(2, 5))))
+        stacked[rng.random(stacked.shape) < 0.3] = np.nan
+        expected = np.full(len(stacked), np.nan)
+        finite = np.isfinite(stacked).any(axis=1)
+        expected[finite] = np.nanmedian(stacked[finite], axis=1)
+        np.testing.assert_array_equal(median_of(stacked, stacked.shape[1]), expected)

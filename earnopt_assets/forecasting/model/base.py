@@ -95,6 +95,34 @@ def normalise(earnings: np.ndarray, allocation: np.ndarray, beta: float | None) 
     return np.asarray(earnings, dtype=float) / allocation_factor(allocation, beta)
 
 
+LEVEL_LONG_HOURS = 72
+# NaN columns padded before the history: every lag the components read is >= origin - (_PAD - 1), so a
+# gather needs no clipping and no mask
+_PAD = max(LEVEL_HOURS, LEVEL_LONG_HOURS) + max(WEEK * BASE_WEEKS, DAY * BASE_DAYS)
+_STEPS = np.arange(1, HORIZON_HOURS + 1)
+_WEEK_LAGS = WEEK * np.arange(1, BASE_WEEKS + 1)
+_DAY_LAGS = DAY * np.arange(1, BASE_DAYS + 1)
+_OLDER = np.arange(LEVEL_LONG_HOURS - 1, -1, -1)
+
+
+def _mean_of(stacked: np.ndarray) -> np.ndarray:
+    """Mean over the last axis skipping NaN (NaN when none is finite); the same sums as ``np.nansum``."""
+    finite = np.isfinite(stacked)
+    n = finite.sum(axis=-1)
+    total = np.where(finite, stacked, 0.0).sum(axis=-1)
+    return np.where(n > 0, total / np.maximum(n, 1), np.nan)
+
+
+def median_of(stacked: np.ndarray, count: int) -> np.ndarray:
+    """Median over the last axis (length ``count``) skipping NaN (NaN when none is finite): the two middle
+    finite values of the sorted lags (NaN sorts last), equal to ``np.nanmedian``."""
+    ordered = np.sort(stacked, axis=-1)
+    n = np.isfinite(stacked).sum(axis=-1)
+    low = np.take_along_axis(ordered, np.clip((n - 1) // 2, 0, count - 1)[..., None], axis=-1)[..., 0]
+    high = np.take_along_axis(ordered, np.clip(n // 2, 0, count - 1)[..., None], axis=-1)[..., 0]
+    return np.where(n > 0, 0.5 * (low + high), np.nan)
+
+
 def _gather(Z: np.ndarray, rows: np.ndarray, index: np.ndarray) -> np.ndarray:
     """Z[rows, index] with NaN where index is outside [0, T)."""
     T = Z.shape[1]
@@ -144,43 +172,71 @@ def ets_path(Z: np.ndarray, rows: np.ndarray, origins: np.ndarray, horizon: int,
     return out
 
 
-def components(Z: np.ndarray, rows: np.ndarray, origins: np.ndarray, horizon: int = HORIZON_HOURS, ets: FrozenETS | None = None) -> np.ndarray:
+def components(
+    Z: np.ndarray, rows: np.ndarray, origins: np.ndarray, horizon: int = HORIZON_HOURS, ets: FrozenETS | None = None,
+    needed: np.ndarray | None = None,
+) -> np.ndarray:
     """Base components (n, horizon, len(COMPONENTS)) of origins ``origins`` (column indexes into row
     ``rows`` of ``Z``).
 
-    ``Z`` (m, T) holds causally filled z series; only columns <= each origin are read.
+    ``Z`` (m, T) holds causally filled z series; only columns <= each origin are read. The seasonal means
+    and the median are functions of the target column alone, so they are computed once per column of the
+    span the origins read (consecutive origins share almost all their targets), then gathered.
+    ``needed`` (bool per component): the ETS, median and 72 h terms a base weights 0 everywhere are left 0
+    (not computed; 0 weight times any finite value adds exactly 0 to the base).
     """
+    needed = np.ones(len(COMPONENTS), dtype=bool) if needed is None else np.asarray(needed, dtype=bool)
     rows = np.asarray(rows, dtype=np.int64)
     origins = np.asarray(origins, dtype=np.int64)
-    r2 = rows[:, None]
-    targets = origins[:, None] + np.arange(1, horizon + 1)[None, :]
-    recent = origins[:, None] - np.arange(LEVEL_HOURS - 1, -1, -1)[None, :]
-    week = _lag_mean(Z, r2, targets, WEEK, BASE_WEEKS)
-    day = _lag_mean(Z, r2, targets, DAY, BASE_DAYS)
-    z_recent = _gather(Z, r2, recent)
-    level_sum = np.nansum(z_recent, axis=1)
-    week_recent = _lag_mean(Z, r2, recent, WEEK, BASE_WEEKS)
-    lam_week = _level(level_sum, week_recent)
-    lam_day = _level(level_sum, _lag_mean(Z, r2, recent, DAY, BASE_DAYS))
-    lam_6 = _level(np.nansum(z_recent[:, -6:], axis=1), week_recent[:, -6:])
-    older = origins[:, None] - np.arange(71, -1, -1)[None, :]
-    lam_72 = _level(np.nansum(_gather(Z, r2, older), axis=1), _lag_mean(Z, r2, older, WEEK, BASE_WEEKS))
     out = np.empty((len(origins), horizon, len(COMPONENTS)))
-    out[..., 0] = _gather(Z, r2, targets - DAY)
-    out[..., 1] = _gather(Z, r2, targets - WEEK)
+    if not len(origins):
+        return out
+    m, T = Z.shape
+    padded = np.empty((m, T + _PAD))
+    padded[:, :_PAD] = np.nan
+    padded[:, _PAD:] = Z
+    # the seasonal means are functions of the target column alone: computed once per column of the span
+    # the origins read (not once per origin and hour: consecutive origins share almost all their targets)
+    lo = int(origins.min()) + _PAD - (LEVEL_LONG_HOURS - 1)
+    columns = np.arange(lo, int(origins.max()) + _PAD + horizon + 1)
+    week_lags = padded[:, columns[:, None] - _WEEK_LAGS]  # (m, span, weeks)
+    week_c = _mean_of(week_lags)
+    want_median = bool(needed[9] or needed[10])
+    median_c = median_of(week_lags, BASE_WEEKS) if want_median else None
+    day_c = _mean_of(padded[:, columns[:, None] - _DAY_LAGS])
+    r2 = rows[:, None]
+    at = origins[:, None] + _PAD  # origin columns in ``padded``
+    targets = at + _STEPS[None, :horizon]
+    week = week_c[r2, targets - lo]
+    day = day_c[r2, targets - lo]
+    older = at - _OLDER[None, :]
+    z_older = padded[r2, older]
+    week_older = week_c[r2, older - lo]
+    z_recent = z_older[:, -LEVEL_HOURS:]
+    level_sum = np.nansum(z_recent, axis=1)
+    week_recent = week_older[:, -LEVEL_HOURS:]
+    lam_week = _level(level_sum, week_recent)
+    lam_day = _level(level_sum, day_c[r2, older[:, -LEVEL_HOURS:] - lo])
+    lam_6 = _level(np.nansum(z_recent[:, -6:], axis=1), week_recent[:, -6:])
+    lam_72 = _level(np.nansum(z_older, axis=1), week_older) if needed[7] else np.zeros(len(origins))
+    out[..., 0] = padded[r2, targets - DAY]
+    out[..., 1] = padded[r2, targets - WEEK]
     out[..., 2] = week
     out[..., 3] = lam_week[:, None] * week
     out[..., 4] = day
     out[..., 5] = lam_day[:, None] * day
     out[..., 6] = lam_6[:, None] * week
     out[..., 7] = lam_72[:, None] * week
-    out[..., 8] = ets_path(Z, rows, origins, horizon, ets)
-    median = _lag_median(Z, r2, targets, WEEK, BASE_WEEKS)
-    out[..., 9] = median
-    out[..., 10] = lam_week[:, None] * median
-    # before a full week of history the weekly terms fall back to the daily ones (never NaN)
+    out[..., 8] = ets_path(Z, rows, origins, horizon, ets) if needed[8] else 0.0
+    if want_median:
+        median = median_c[r2, targets - lo]
+        out[..., 9] = median
+        out[..., 10] = lam_week[:, None] * median
+    else:
+        out[..., 9:11] = 0.0
     for c, fallback in ((1, 0), (2, 4), (3, 5), (6, 5), (7, 5), (8, 5), (9, 4), (10, 5)):
-        out[..., c] = np.where(np.isfinite(out[..., c]), out[..., c], out[..., fallback])
+        if needed[c]:
+            out[..., c] = np.where(np.isfinite(out[..., c]), out[..., c], out[..., fallback])
     return np.nan_to_num(out, nan=0.0)
 
 
@@ -262,7 +318,8 @@ class StatisticalBase:
         return np.maximum(np.einsum("nhc,hc->nh", comps, self.weights[: comps.shape[1]]), 0.0)
 
     def predict(self, Z: np.ndarray, rows: np.ndarray, origins: np.ndarray, horizon: int = HORIZON_HOURS) -> np.ndarray:
-        return self.predict_components(components(Z, rows, origins, horizon, self.ets))
+        needed = (self.weights[:horizon] != 0).any(axis=0)  # terms weighted 0 everywhere are not computed
+        return self.predict_components(components(Z, rows, origins, horizon, self.ets, needed))
 
     def to_json(self) -> dict:
         return {

@@ -46,6 +46,7 @@ from earnopt_assets.forecasting.model.base import (
     allocation_factor,
     components,
     ets_path,
+    median_of,
 )
 from earnopt_assets.forecasting.model.ets import FrozenETS
 
@@ -310,13 +311,9 @@ def seasonal_naive_path(tails: Tails, kind: str = "last_week") -> np.ndarray:
         lags.append(tails.Z[:, start : start + HORIZON_HOURS])
     if not lags:
         return np.full((tails.Z.shape[0], HORIZON_HOURS), np.nan)
-    stacked = np.stack(lags)
     if weeks == 1:
-        return stacked[0]
-    finite = np.isfinite(stacked).any(axis=0)
-    out = np.full(stacked.shape[1:], np.nan)
-    out[finite] = np.nanmedian(stacked[:, finite], axis=0)
-    return out
+        return lags[0]
+    return median_of(np.stack(lags, axis=-1), len(lags))  # = np.nanmedian over the weeks, without its masked arrays
 
 
 def combine_with_seasonal_naive(path: np.ndarray, tails: Tails, weight: float, kind: str = "last_week", ets: FrozenETS | None = None) -> np.ndarray:
