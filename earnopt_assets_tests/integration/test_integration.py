@@ -104,12 +104,33 @@ def simulated(small_catalog):
     return simulate(small_catalog, days=DAYS, seed=11, end=END)
 
 
+# A bar no plan clears: the cycle keeps, so the allocation telemetry reports stays in force.
+BAR_THAT_KEEPS = {"min_improvement_pct": 1e6, "min_net_benefit_usd_per_hour": 1e6}
+BAR_IN_CENTS = {"min_improvement_pct": 0.0, "min_net_benefit_usd_per_hour": 0.0, "max_change_l1": 50.0, "risk_aversion": 0.0}
+
+
+def _set_allocation_settings(pipe: Pipeline, settings: dict | None) -> None:
+    """Replace the catalog's ``allocation`` settings (None: the catalog's defaults) and reload it."""
+    raw = yaml.safe_load(pipe.catalog_path.read_text())
+    raw.pop("allocation", None)
+    if settings is not None:
+        raw["allocation"] = dict(settings)
+    pipe.catalog_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    pipe.reload()
+
+
 @pytest.fixture
-def pipeline(data_dir, small_catalog_path, simulated) -> Pipeline:
-    """Everything but the last few hours has landed and been materialized."""
+def pipeline(request, data_dir, small_catalog_path, simulated) -> Pipeline:
+    """Everything but the last few hours has landed and been materialized, and one tick has run.
+
+    Parametrised indirectly with a dict of ``allocation`` settings, that tick (and the catalog the test
+    starts from) uses them instead of the catalog's."""
     # A replay ending in the past: wall-clock silence (alerts.silent_lag_hours) would flag every protocol.
     raw = yaml.safe_load(small_catalog_path.read_text())
     raw.setdefault("alerts", {})["silent_lag_hours"] = 0
+    fixture_settings = getattr(request, "param", None)
+    if fixture_settings is not None:
+        raw["allocation"] = dict(fixture_settings)
     small_catalog_path.write_text(yaml.safe_dump(raw, sort_keys=False))
     pipe = Pipeline(data_dir, small_catalog_path)
     telemetry = simulated.telemetry
@@ -194,10 +215,16 @@ def _decision_holds(analysis: dict, settings) -> bool:
     )
 
 
+@pytest.mark.parametrize("pipeline", [BAR_THAT_KEEPS], indirect=True)
 def test_new_telemetry_refreshes_forecasts_and_the_tick_follows_the_decision_rule(pipeline: Pipeline, simulated) -> None:
+    """The fixture's tick ran under a bar that keeps, so the allocation in force is the one telemetry
+    reports (the simulator's own shares), not the allocator's plan: a situation with a gain to take."""
     from earnopt_assets.defs.ingestion import landing_sensor
 
     paths = pipeline.paths
+    first = pipeline.latest_cycle()
+    assert not bool(first["applied"])
+    assert _query(paths, "SELECT count(*) AS n FROM allocation_state WHERE source = 'optimizer'")["n"].iloc[0] == 0
     first_forecast = _query(paths, "SELECT max(forecast_time) AS t, max(target_ts) AS last FROM forecasts").iloc[0]
 
     # New telemetry arrives; the landing sensor asks for exactly one ingestion run, keyed by the file.
@@ -213,17 +240,17 @@ def test_new_telemetry_refreshes_forecasts_and_the_tick_follows_the_decision_rul
     assert refreshed["t"] >= first_forecast["t"]
     assert refreshed["last"] == first_forecast["last"] + pd.Timedelta(hours=HELD_BACK_HOURS)
 
-    # Default thresholds (10% and $0.50/h net): the tick applies the plan only if the rule holds.
+    # Under the bar in force the tick applies the plan only if the rule holds (here it cannot: it keeps).
     pipeline.tick()
     cycle = pipeline.latest_cycle()
     analysis = json.loads(cycle["analysis"])["decision_analysis"]
     assert bool(cycle["applied"]) == _decision_holds(analysis, pipeline.catalog.allocation)
+    assert not bool(cycle["applied"])
+    # The situation has a gain: the plan beats the reported shares it starts from.
+    assert float(analysis["improvement_pct"]) > 0.0, analysis
 
     # An operator lowers the bar to cents: the same situation now reallocates, and state follows.
-    raw = yaml.safe_load(pipeline.catalog_path.read_text())
-    raw["allocation"] = {"min_improvement_pct": 0.0, "min_net_benefit_usd_per_hour": 0.0, "max_change_l1": 50.0, "risk_aversion": 0.0}
-    pipeline.catalog_path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    pipeline.reload()
+    _set_allocation_settings(pipeline, BAR_IN_CENTS)
     pipeline.tick()
     cycle = pipeline.latest_cycle()
     analysis = json.loads(cycle["analysis"])["decision_analysis"]
@@ -232,6 +259,14 @@ def test_new_telemetry_refreshes_forecasts_and_the_tick_follows_the_decision_rul
     state = _query(paths, "SELECT protocol, allocation FROM allocation_state")
     plan = json.loads(paths.latest_plan.read_text())
     assert dict(zip(state["protocol"], state["allocation"])) == pytest.approx(plan["allocations"])
+
+    # Back on the catalog's default bar, the plan just applied is the allocation in force: the tick
+    # again applies exactly when the rule holds.
+    _set_allocation_settings(pipeline, None)
+    pipeline.tick()
+    cycle = pipeline.latest_cycle()
+    analysis = json.loads(cycle["analysis"])["decision_analysis"]
+    assert bool(cycle["applied"]) == _decision_holds(analysis, pipeline.catalog.allocation)
 
 
 def test_injected_earnings_drop_alerts_degrades_and_caps_the_protocol(pipeline: Pipeline, simulated) -> None:
