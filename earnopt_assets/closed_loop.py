@@ -33,6 +33,7 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
+from earnopt_assets.allocation.plan import MIN_OBSERVED_ALLOCATION
 from earnopt_assets.catalog import Catalog
 from earnopt_assets.environment import HostEnvironment, oracle_view
 
@@ -214,7 +215,7 @@ class EarnoptLoop:
         """The lags re-expressed at the share in force a_0 with the curve the last cycle learned:
         e'_t = e_t r(a_0) / r(a_t), allocation a_0 (so the candidates' own x^beta rescaling is a no-op and the
         forecast and the allocator's potential p = f / r(a_0) use one curve). A lag at a share the curve pays
-        nothing at says nothing about a_0: it takes the mean of the others. Unchanged without a learned curve."""
+        nothing at (r < 0.02, as the allocator reads it) says nothing about a_0: it takes the mean of the others. Unchanged without a learned curve."""
         curve = self.plans[-1].inputs.protocols[name].curve if self.plans and name in self.plans[-1].inputs.protocols else None
         if curve is None or not curve.learned or frame.empty:
             return frame
@@ -222,7 +223,7 @@ class EarnoptLoop:
         held = float(shares[-1])
         lag_response, held_response = np.asarray(curve.at_share(shares), dtype=float), float(curve.at_share(held))
         earnings = frame["earnings_usd"].to_numpy(float)
-        known = lag_response > 0
+        known = lag_response >= MIN_OBSERVED_ALLOCATION  # the allocator's threshold: below it r(a) pays nothing
         rescaled = np.where(known, earnings * held_response / np.where(known, lag_response, 1.0), np.nan)
         fill = float(np.nanmean(rescaled)) if known.any() else 0.0
         return frame.assign(earnings_usd=np.where(known, rescaled, fill), allocation=held)

@@ -64,7 +64,7 @@ from earnopt_assets.allocation.risk import (
     potential_sd,
 )
 from earnopt_assets.catalog import Catalog
-from earnopt_assets.numerics.response import ResponseCurve, learn_response_curve
+from earnopt_assets.numerics.response import RUN_CHANGE, ResponseCurve, learn_response_curve
 
 logger = logging.getLogger("earnopt.allocation")
 
@@ -234,6 +234,35 @@ def potential_from_forecast(expected_usd_per_hour: float, at_allocation: float |
     return float(curve.scale_usd_per_hour), "curve scale (share below 0.02, a share the curve pays nothing at, or unknown)"
 
 
+def potential_from_running_hours(series: pd.DataFrame | None, curve: ResponseCurve,
+                                 hours: int = OBSERVED_ALLOCATION_HOURS) -> tuple[float, str] | None:
+    """Full-allocation potential of a protocol that is off, on the basis a running protocol's has.
+
+    A running protocol's potential is f / r(a), its forecast f made from lags re-expressed at its share a
+    (e_t r(a) / r(a_t)), so p = f / r(a) is a forecast of the lags' e_t / r(a_t). The protocol that is off
+    gets the same quantity from its last ``hours`` running hours:
+
+        p = mean_t e_t / r(a_t)   over its newest hours with r(a_t) >= 0.02, the first hour of each run
+                                  (a restart, priced by the restart rule) left out
+
+    The curve's scale k (the best level over 30 days, a maximum over noisy levels) is a different basis:
+    against it whichever protocol is off looked better every hour (issue 12, seed 3). None without such
+    hours (the caller then uses k)."""
+    if series is None or not len(series) or not curve.learned:
+        return None
+    shares = series["allocation"].to_numpy(float)
+    earnings = series["earnings_usd"].to_numpy(float)
+    response = np.asarray(curve.at_share(shares), dtype=float)
+    restart = np.r_[False, np.abs(np.diff(shares)) > RUN_CHANGE]
+    usable = np.flatnonzero((response >= MIN_OBSERVED_ALLOCATION) & ~restart & np.isfinite(earnings) & (earnings >= 0))
+    if not usable.size:
+        return None
+    last = usable[-hours:]
+    since = pd.Timestamp(series["ts"].iloc[last[0]])
+    return (float(np.mean(earnings[last] / response[last])),
+            f"off: its last {last.size} running hours (from {_hour(since)}) / r(x) on the learned curve")
+
+
 def assemble_inputs(
     catalog: Catalog,
     now: datetime,
@@ -320,6 +349,11 @@ def assemble_inputs(
             value = 0.0
 
         potential, _ = potential_from_forecast(value, basis if source != "no_data" else None, curve)
+        if basis is None or basis < MIN_OBSERVED_ALLOCATION or float(curve.at_share(basis)) < MIN_OBSERVED_ALLOCATION:
+            running = potential_from_running_hours(series, curve)  # off: the running protocols' basis, not k
+            if running is not None:
+                potential, off_detail = running
+                detail = f"{detail}; {off_detail}"
         if source == "prior":
             potential = catalog.require(name).prior_expected_usd_per_hour
         current, current_source, current_detail, disagreement = allocation_in_force(state.get(name), series, initial[name], now,
