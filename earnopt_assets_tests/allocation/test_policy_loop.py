@@ -154,3 +154,23 @@ def test_the_loop_forecasts_at_the_share_in_force_with_the_learned_curve(small_c
     assert out["earnings_usd"].to_numpy()[:24] == pytest.approx(frame["earnings_usd"].to_numpy()[:24] * ratio)
     assert out["earnings_usd"].to_numpy()[24:] == pytest.approx(frame["earnings_usd"].to_numpy()[24:])
     assert cl.EarnoptLoop(small_catalog, history)._at_share_in_force(name, frame) is frame  # no cycle yet: unchanged
+
+
+def test_a_lag_at_a_share_the_curve_pays_under_2_percent_at_says_nothing_about_the_share_in_force(small_catalog) -> None:
+    """Seed 3: golem's lags at 0.15 (r ~ 1e-3, below its first lease) earned 0, and as 0 x r(0.75) / r(0.15)
+    they made its forecast at 0.75 near zero; below the allocator's r = 0.02 they take the others' mean."""
+    from dataclasses import replace
+
+    env, history = cl.make_environment(small_catalog, seed=2, history_days=30, loop_days=1, end=END)
+    loop = cl.EarnoptLoop(small_catalog, history, use_forecasts=False, use_alerts=False)
+    loop.decide(env.now.to_pydatetime())
+    name = env.names[0]
+    curve = ResponseCurve(beta=0.5, scale_usd_per_hour=1.0, method="learned", knots=(0.15, 0.75), levels=(0.001, 1.0), hours=(24, 24))
+    plan = loop.plans[-1]
+    protocols = {**plan.inputs.protocols, name: replace(plan.inputs.protocols[name], curve=curve)}
+    loop.plans[-1] = replace(plan, inputs=replace(plan.inputs, protocols=protocols))
+    frame = history[history["protocol"] == name].tail(48).reset_index(drop=True)
+    frame["allocation"] = [0.15] * 24 + [0.75] * 24
+    frame["earnings_usd"] = [0.0] * 24 + [0.02] * 24
+    out = loop._at_share_in_force(name, frame)
+    assert out["earnings_usd"].to_numpy() == pytest.approx([0.02] * 48)
