@@ -445,6 +445,32 @@ def test_health_degraded_then_ok(data_dir, trained_store, small_catalog):
         assert body["status"] == "ok" and body["allocation_age_seconds"] < 60
 
 
+def test_health_counts_a_statistical_champion_as_served(data_dir, small_catalog):
+    """A protocol whose training run decided a statistical candidate serves (its LSTM lost) is served:
+    with no LSTM loaded at all the service is not down, and only the undecided protocols are missing."""
+    from earnopt_assets.forecasting.registry import ServingDecision, write_serving_decision
+
+    catalog_path = _small_catalog_file(data_dir, {"honeygain", "storj"})
+    catalog = load_catalog(catalog_path)
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0, tzinfo=None)
+    settings = ServiceSettings(data_dir=data_dir, catalog=catalog_path, model_reload_seconds=0)
+    seed_warehouse(settings.paths.warehouse, catalog, simulated(catalog, ["honeygain"], 2, end=now.isoformat()), forecast_time=now)
+    with TestClient(create_app(settings)) as client:
+        response = client.get("/health")
+        assert response.status_code == 503 and response.json()["status"] == "down"  # nothing can serve yet
+        write_serving_decision(settings.paths.models, ServingDecision(
+            protocol="honeygain", source="seasonal_naive_168", reason="beat the LSTM challenger on the holdout",
+            below_target=False, mape_pct=9.0, target_pct=15.0, model_version=None))
+        response = client.get("/health")
+        body = response.json()
+        assert response.status_code == 200 and body["status"] == "degraded"
+        assert body["models_loaded"] == 0 and body["missing_models"] == ["storj"]
+        write_serving_decision(settings.paths.models, ServingDecision(
+            protocol="storj", source="lstm", reason="champion", below_target=False, mape_pct=5.0,
+            target_pct=15.0, model_version="v1"))
+        assert client.get("/health").json()["missing_models"] == ["storj"]  # an LSTM decision needs its model
+
+
 def test_metrics_exposition(client, settings, small_catalog, telemetry):
     client.post("/predict/earnings/honeygain", json={"rows": _rows(telemetry, "honeygain")})
     client.post("/predict/earnings/nope", json={"rows": _rows(telemetry, "honeygain")})

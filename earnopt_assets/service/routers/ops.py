@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from earnopt_assets.forecasting.registry import LSTM_BASE_SOURCE, LSTM_SOURCE
 from earnopt_assets.service import reads
 from earnopt_assets.service.routers.deps import get_state
 from earnopt_assets.service.schemas import Alert, AlertsResponse, ComponentHealth, HealthResponse
@@ -36,20 +37,29 @@ def _age(ts: datetime | None, now: datetime) -> float | None:
     return None if ts is None else max(0.0, (now - ts).total_seconds())
 
 
+def _statistical_decision(state: ServiceState, protocol: str) -> bool:
+    """The protocol's last training run decided that a statistical candidate serves (no LSTM needed)."""
+    decision = state.serving.get(protocol)
+    return decision is not None and decision.source not in (LSTM_SOURCE, LSTM_BASE_SOURCE)
+
+
 @router.get("/health", response_model=HealthResponse)
 def health(response: Response, state: ServiceState = Depends(get_state)) -> HealthResponse:
     """Models loaded vs expected, the warehouse (read-only), the age of the newest telemetry and allocation.
 
-    ``status``: ``down`` when the warehouse cannot be read or no model is loaded; ``degraded`` when some
-    models are missing, the warehouse is busy, or telemetry/allocations are stale; else ``ok``. A
-    ``down`` service answers HTTP 503 so load balancers take it out of rotation.
+    ``status``: ``down`` when the warehouse cannot be read or no protocol can be served; ``degraded`` when
+    some models are missing, the warehouse is busy, or telemetry/allocations are stale; else ``ok``. A
+    ``down`` service answers HTTP 503 so load balancers take it out of rotation. A protocol whose training
+    run decided that a statistical candidate serves (its LSTM lost) is served, not missing: only a protocol
+    with neither a loaded LSTM nor such a decision counts in ``missing_models``.
     """
     now = datetime.now(UTC)
     expected = state.catalog.enabled_names
     # get() re-checks each model's files (a stat while unchanged), so a model trained since the last
     # request counts at once.
     loaded = {name for name in expected if state.models.get(name).loaded}
-    missing = [name for name in expected if name not in loaded]
+    statistical = {name for name in expected if name not in loaded and _statistical_decision(state, name)}
+    missing = [name for name in expected if name not in loaded and name not in statistical]
     telemetry_ts = allocation_ts = None
     problems: list[str] = []
     try:  # one read-only connection, and none while the warehouse is unchanged (reads.LAST_GOOD)
@@ -71,7 +81,7 @@ def health(response: Response, state: ServiceState = Depends(get_state)) -> Heal
         allocation_ts = _plan_time(state)
     telemetry_age = _age(telemetry_ts, now)
     allocation_age = _age(allocation_ts, now)
-    if warehouse.status == "down" or not loaded:
+    if warehouse.status == "down" or not (loaded or statistical):
         overall = "down"
     else:
         if missing:
